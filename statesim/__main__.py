@@ -1,0 +1,6 @@
+"""``python -m statesim``."""
+import sys
+
+from statesim.cli import main
+
+sys.exit(main())

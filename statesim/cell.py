@@ -1,0 +1,117 @@
+"""The one contract at the heart of statesim: a cell maps ``(x_t, state) -> (y_t, state)``.
+
+A cell is a ``torch.nn.Module`` subclass of :class:`Cell`. It declares its state as named parts with
+per-sample shapes (an LSTM has ``h`` and ``c``), its input and output sizes, and one step of its
+dynamics. It never loops over time: the engine (:mod:`statesim.engine`) owns unrolling, initial
+states, forcing, masks and BPTT, so every feature works for every cell, including a stranger's.
+
+Two optional methods let a cell be fast without changing the contract:
+
+* :meth:`Cell.project_inputs` maps the whole input sequence ``[T, B, F]`` at once (one matrix product
+  for every input projection); :meth:`Cell.transition` then takes one projected step. A cell that
+  overrides neither simply implements :meth:`Cell.forward`.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from statesim.errors import ShapeError
+
+#: A state is a named collection of tensors, each ``[B, *part_shape]``.
+State = dict[str, Tensor]
+
+
+class CellParams(BaseModel):
+    """Base of every cell's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Cell(nn.Module):
+    """Base class of every cell: declare ``state_spec``/``output_size`` and implement one step."""
+
+    #: The pydantic model validating this cell's YAML parameters (everything except ``type``).
+    Params: ClassVar[type[BaseModel]] = CellParams
+
+    def __init__(self, input_size: int) -> None:
+        super().__init__()
+        if int(input_size) <= 0:
+            raise ShapeError(f"{type(self).__name__}: input_size must be positive, got {input_size}.")
+        self.input_size = int(input_size)
+
+    # ----------------------------------------------------------------- declared by each cell
+    @property
+    def state_spec(self) -> dict[str, tuple[int, ...]]:
+        """Named state parts and their per-sample shapes, e.g. ``{"h": (64,), "c": (64,)}``."""
+        raise NotImplementedError(f"{type(self).__name__} must declare state_spec")
+
+    @property
+    def output_size(self) -> int:
+        """Size of ``y_t`` (before any output head)."""
+        raise NotImplementedError(f"{type(self).__name__} must declare output_size")
+
+    def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step: ``x [B, input_size]`` and ``state`` to ``(y [B, output_size], new_state)``."""
+        return self.transition(self.project_inputs(x.unsqueeze(0)).squeeze(0), state)
+
+    # ----------------------------------------------------------------- optional fast path
+    def project_inputs(self, inputs: Tensor) -> Tensor:
+        """Map a whole input sequence ``[T, B, F]`` ahead of the time loop (identity by default)."""
+        return inputs
+
+    def transition(self, projected_x: Tensor, state: State) -> tuple[Tensor, State]:
+        """One step on a projected input; cells that hoist work out of the loop implement this."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward or transition")
+
+    @property
+    def hoists_inputs(self) -> bool:
+        """True when the cell splits its step into project_inputs + transition."""
+        return type(self).transition is not Cell.transition
+
+    # ----------------------------------------------------------------- construction helpers
+    @classmethod
+    def from_params(cls, input_size: int, params: BaseModel) -> "Cell":
+        """Build from validated YAML parameters (keyword arguments of ``__init__``)."""
+        return cls(input_size=input_size, **dict(params))
+
+    def zero_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> State:
+        """A state of zeros for a batch, on the cell's device and dtype unless given."""
+        ref = next(self.parameters(), None)
+        device = device if device is not None else (ref.device if ref is not None else "cpu")
+        dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.get_default_dtype())
+        return {name: torch.zeros((batch_size, *shape), device=device, dtype=dtype)
+                for name, shape in self.state_spec.items()}
+
+    def check_input(self, x: Tensor, *, time_major: bool = False) -> None:
+        """Raise a :class:`ShapeError` naming the cell when ``x`` cannot be fed to it."""
+        name = type(self).__name__
+        want = "[T, B, input_size]" if time_major else "[B, input_size]"
+        if not isinstance(x, Tensor):
+            raise ShapeError(f"{name}: expected a torch.Tensor input {want}, got {type(x).__name__}.")
+        ndim = 3 if time_major else 2
+        if x.dim() != ndim or x.shape[-1] != self.input_size:
+            raise ShapeError(f"{name}: expected input of shape {want} with input_size={self.input_size}, "
+                             f"got shape {list(x.shape)}.")
+        if not x.is_floating_point():
+            raise ShapeError(f"{name}: expected a floating-point input, got dtype {x.dtype}.")
+        ref = next(self.parameters(), None)
+        if ref is not None and x.device != ref.device:
+            raise ShapeError(f"{name}: input is on {x.device} but the cell's parameters are on {ref.device}; "
+                             f"move one of them (model.to(device)).")
+
+    def check_state(self, state: Mapping[str, Tensor], batch_size: int) -> None:
+        """Raise a :class:`ShapeError` when ``state`` does not match ``state_spec``."""
+        name = type(self).__name__
+        spec = self.state_spec
+        if set(state) != set(spec):
+            raise ShapeError(f"{name}: state parts {sorted(state)} do not match the declared parts {sorted(spec)}.")
+        for part, shape in spec.items():
+            got = tuple(state[part].shape)
+            if got != (batch_size, *shape):
+                raise ShapeError(f"{name}: state part '{part}' should have shape {[batch_size, *shape]}, "
+                                 f"got {list(got)}.")

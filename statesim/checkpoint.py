@@ -1,0 +1,142 @@
+"""Checkpoints: tensors in safetensors, everything else in a JSON sidecar; never pickle.
+
+A checkpoint is a nested tree of dicts/lists whose leaves are tensors or JSON values (model weights,
+optimizer and scheduler state, RNG states). Tensors go to ``NAME.safetensors`` under their tree path;
+the tree's shape and the plain values go to ``NAME.json`` with the weights file's SHA-256, the step
+and the config digest. The sidecar is published after the weights, so a sidecar always describes a
+complete weights file; loading verifies the checksum before trusting either.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from statesim.errors import CheckpointError
+from statesim.fileio import atomic_write_bytes, atomic_write_json
+
+FORMAT = "statesim-checkpoint/1"
+
+
+def _flatten(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, torch.Tensor):
+        key = prefix or "_"
+        tensors[key] = tree.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(tree, dict):
+        return {"__dict__": [[_key(k), _flatten(v, f"{prefix}/{k}", tensors)] for k, v in tree.items()]}
+    if isinstance(tree, (list, tuple)):
+        return {"__list__": [_flatten(v, f"{prefix}/{i}", tensors) for i, v in enumerate(tree)],
+                "tuple": isinstance(tree, tuple)}
+    if tree is None or isinstance(tree, (bool, int, float, str)):
+        return {"__value__": tree}
+    raise CheckpointError(f"cannot store a {type(tree).__name__} in a checkpoint (only tensors and JSON values)")
+
+
+def _key(key: Any) -> Any:
+    if isinstance(key, (str, int)):
+        return key
+    raise CheckpointError(f"checkpoint dict keys must be str or int, got {type(key).__name__}")
+
+
+def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if "__tensor__" in node:
+        return tensors[node["__tensor__"]]
+    if "__dict__" in node:
+        return {k: _unflatten(v, tensors) for k, v in node["__dict__"]}
+    if "__list__" in node:
+        items = [_unflatten(v, tensors) for v in node["__list__"]]
+        return tuple(items) if node.get("tuple") else items
+    return node["__value__"]
+
+
+@dataclass
+class CheckpointInfo:
+    """The sidecar of a checkpoint."""
+
+    path: Path
+    step: int
+    config_digest: str
+    meta: dict[str, Any]
+
+
+def save_checkpoint(path: str | Path, tree: dict[str, Any], *, step: int, config_digest: str,
+                    meta: dict[str, Any] | None = None) -> Path:
+    """Write ``path.safetensors`` then ``path.json``, each atomically. ``path`` has no suffix."""
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(tree, "", tensors)
+    blob = save_safetensors(tensors)
+    weights = atomic_write_bytes(path.with_suffix(".safetensors"), blob)
+    atomic_write_json(path.with_suffix(".json"), {
+        "format": FORMAT, "step": step, "config_digest": config_digest,
+        "weights": weights.name, "sha256": hashlib.sha256(blob).hexdigest(), "meta": meta or {},
+        "tree": skeleton})
+    return path.with_suffix(".json")
+
+
+def read_info(sidecar: str | Path) -> CheckpointInfo:
+    """Read a checkpoint's sidecar (no tensors)."""
+    sidecar = Path(sidecar)
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
+        return CheckpointInfo(sidecar, int(data["step"]), str(data["config_digest"]), dict(data.get("meta", {})))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} is unreadable or corrupt ({exc}). "
+                              f"Delete it or resume from another checkpoint.") from None
+
+
+def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], CheckpointInfo]:
+    """Load and verify a checkpoint; a truncated or altered file raises a CheckpointError naming it."""
+    sidecar = Path(sidecar)
+    if sidecar.suffix == ".safetensors":
+        sidecar = sidecar.with_suffix(".json")
+    info = read_info(sidecar)
+    data = json.loads(sidecar.read_text(encoding="utf-8"))
+    weights = sidecar.with_name(data["weights"])
+    try:
+        blob = weights.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint weights {weights} cannot be read ({exc}).") from None
+    if hashlib.sha256(blob).hexdigest() != data["sha256"]:
+        raise CheckpointError(f"checkpoint {weights} is corrupt or truncated: its SHA-256 does not match the one "
+                              f"recorded in {sidecar.name}. Resume from an earlier checkpoint.")
+    try:
+        tensors = load_safetensors(blob)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {weights} is not a valid safetensors file ({exc}).") from None
+    tensors = {k: v.to(map_location) for k, v in tensors.items()}
+    return _unflatten(data["tree"], tensors), info
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """Sidecars in ``folder``, oldest step first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for sidecar in folder.glob("step_*.json"):
+        try:
+            found.append((int(sidecar.stem.split("_", 1)[1]), sidecar))
+        except ValueError:
+            continue
+    return [p for _, p in sorted(found)]
+
+
+def latest_good_checkpoint(folder: str | Path, warn: Any = None) -> tuple[dict[str, Any], CheckpointInfo] | None:
+    """The newest checkpoint in ``folder`` that verifies; corrupt newer ones are reported through ``warn``."""
+    for sidecar in reversed(list_checkpoints(folder)):
+        try:
+            return load_checkpoint(sidecar)
+        except CheckpointError as exc:
+            if warn is not None:
+                warn(f"{exc} Falling back to the previous checkpoint.")
+    return None

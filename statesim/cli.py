@@ -1,0 +1,157 @@
+"""The ``statesim`` command. Heavy imports (torch) happen inside subcommands so ``--help`` is instant."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+EPILOG = """examples:
+  statesim run scenarios/moving_average.yaml
+  statesim run scenarios/moving_average.yaml --set training.lr=0.01 --out runs/ma
+  statesim run scenarios/moving_average.yaml --resume runs/ma
+  statesim validate scenarios/linear_system.yaml --print
+  statesim plugins
+
+environment:
+  STATESIM_DISABLE_PLUGIN_AUTOLOAD=1   load only built-in plugins
+  STATESIM_BLOCK_PLUGINS=a,b           skip the named plugins
+"""
+
+
+def _plugin_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--block-plugin", action="append", default=[], metavar="NAME",
+                        help="skip the plugin NAME (repeatable)")
+    parser.add_argument("--strict-plugins", action="store_true",
+                        help="fail when any plugin cannot be loaded instead of skipping it")
+
+
+def _host(args: argparse.Namespace):
+    from statesim.plugin_manager import build_plugin_host
+
+    return build_plugin_host(block=args.block_plugin, strict=args.strict_plugins)
+
+
+def _set_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="scenario YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config key (dotted path, value as YAML), e.g. --set training.lr=0.01")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train and evaluate a scenario."""
+    from statesim.run import execute
+
+    run_dir = execute(args.file, args.overrides, out=args.out, resume=args.resume, device=args.device,
+                      host=_host(args))
+    print(f"run folder: {run_dir}")
+    results = run_dir / "results.json"
+    if results.exists():
+        print(results.read_text(encoding="utf-8").strip())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a scenario file without running it."""
+    from statesim.config import dump_config
+    from statesim.run import prepare
+
+    config, host = prepare(args.file, args.overrides, host=_host(args))
+    for problem in host.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if args.print:
+        print(dump_config(config), end="")
+    else:
+        print(f"{args.file}: valid (scenario '{config.scenario.type}')")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every plugin and what it registers."""
+    host = _host(args)
+    kinds = {"cell": "cells", "topology": "topologies", "initial_state": "initial states", "scenario": "scenarios"}
+    for info in [None, *host.plugins]:
+        if info is None:
+            continue
+        origin = "built-in" if info.distribution is None else f"{info.distribution} {info.version}"
+        print(f"{info.name}  ({origin})")
+        for kind, names in host.provided_by(info.name).items():
+            if names:
+                entries = ", ".join(f"{n}" for n in names)
+                print(f"    {kinds[kind]}: {entries}")
+    for problem in host.problems:
+        print(f"problem: {problem}")
+    if args.verbose:
+        print()
+        for kind, label in kinds.items():
+            for name in host.registry.names(kind):
+                provided = host.registry.get(kind, name)
+                print(f"{label[:-1] if not label.endswith('ies') else label[:-3] + 'y'} {name}: "
+                      f"{provided.record.description}  [{provided.plugin}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``statesim``."""
+    parser = argparse.ArgumentParser(
+        prog="statesim", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Simulate and train stateful dynamical systems f(x_t, h_{t-1}) -> (y_t, h_t) from YAML scenarios.")
+    from statesim import __version__
+
+    parser.add_argument("--version", action="version", version=f"statesim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train and evaluate a scenario, writing a run folder",
+                         description="Train and evaluate a scenario. Writes config.yaml, metrics.jsonl, results.json, "
+                                     "checkpoints/ and plots/ to the run folder (runs/<name>-<timestamp> by default).")
+    _set_args(run)
+    run.add_argument("--out", help="run folder to create (default: runs/<name>-<timestamp>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint")
+    run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the scenario's device")
+    _plugin_args(run)
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a scenario file without running it",
+                              description="Validate a scenario file and its --set overrides; list every problem.")
+    _set_args(validate)
+    validate.add_argument("--print", action="store_true", help="print the fully resolved config")
+    _plugin_args(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    plugins = sub.add_parser("plugins", help="list plugins and what they register",
+                             description="List every loaded plugin (name, distribution, version) and the cells, "
+                                         "topologies, initial-state policies and scenarios it registers.")
+    plugins.add_argument("-v", "--verbose", action="store_true", help="also describe every registered name")
+    _plugin_args(plugins)
+    plugins.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run a subcommand; user errors print one paragraph and exit non-zero."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    func: Callable[[argparse.Namespace], int] = args.func
+    from statesim.errors import StatesimError
+
+    try:
+        return func(args)
+    except StatesimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # Interrupted from the trainer is a clean stop, not a crash
+        from statesim.trainer import Interrupted
+
+        if isinstance(exc, Interrupted):
+            print(f"{exc} Continue with --resume.", file=sys.stderr)
+            return 130
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Scenario configuration: pydantic v2 models, registry-resolved components, errors with file and line.
+
+A scenario file names parts by registered name (``cell: {type: lstm, hidden_size: 64}``). Validation
+runs in two passes: the static schema below, then every :class:`ComponentSpec` is resolved against
+the plugin registry and its parameters validated by the plugin's own pydantic model. All problems
+of both passes are reported at once, each with file, line, dotted key and, for unknown keys or
+names, a "did you mean".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
+
+from statesim.errors import ConfigError
+from statesim.forcing import ClampConfig
+from statesim.registry import Registry, did_you_mean, unknown_name_message
+from statesim.yamlio import Lines, dump_yaml, load_yaml, parse_yaml
+
+
+@dataclass
+class ConfigIssue:
+    """One problem: where (file, line, dotted key) and what to do about it."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file + (f", line {self.line}" if self.line else "")
+        return f"{where}: {('`' + self.key + '`: ') if self.key else ''}{self.message}"
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """A part chosen by registered name; its other keys are validated by that plugin's model."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: ClassVar[str] = ""
+    type: str = Field(..., description="registered name (see `statesim plugins`)")
+    _params: BaseModel | None = PrivateAttr(None)
+
+    @property
+    def params(self) -> BaseModel:
+        """The validated parameters (after :func:`resolve`)."""
+        if self._params is None:
+            raise RuntimeError(f"{self.kind} '{self.type}' has not been resolved against a registry")
+        return self._params
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        if self._params is None:
+            return handler(self)
+        return {"type": self.type, **self._params.model_dump(mode="json")}
+
+
+class CellSpec(ComponentSpec):
+    kind: ClassVar[str] = "cell"
+
+
+class TopologySpec(ComponentSpec):
+    kind: ClassVar[str] = "topology"
+    type: str = "unidirectional"
+
+
+class InitialStateSpec(ComponentSpec):
+    kind: ClassVar[str] = "initial_state"
+    type: str = "zeros"
+
+
+class ScenarioSpec(ComponentSpec):
+    kind: ClassVar[str] = "scenario"
+
+
+class ModelConfig(Strict):
+    """A model: a cell (or several, per the topology), how they are wired, how state starts, a head."""
+
+    cell: CellSpec = Field(..., description="the cell stepped by the engine, e.g. {type: lstm, hidden_size: 64}")
+    topology: TopologySpec = Field(default_factory=lambda: TopologySpec(type="unidirectional"),
+                                   description="how cells are wired over time")
+    initial_state: InitialStateSpec = Field(default_factory=lambda: InitialStateSpec(type="zeros"),
+                                            description="policy giving the state at t = 0")
+    head: Literal["auto", "linear", "none"] = Field(
+        "auto", description="output head y = W h (+ b): 'auto' adds one only when sizes differ")
+    head_bias: bool = Field(True, description="learn the head's bias")
+
+
+class BPTTConfig(Strict):
+    """Backpropagation through time. ``full``: one graph over the whole sequence. ``truncated``: the
+    sequence is processed in chunks of ``k1`` steps, one optimizer update per chunk, the state carried
+    across chunks; each update backpropagates through the last ``k2 >= k1`` steps (``k2`` defaults to
+    ``k1``; with ``k2 > k1`` the ``k2 - k1`` earlier steps are recomputed from a detached state)."""
+
+    mode: Literal["full", "truncated"] = Field("full", description="full or truncated BPTT")
+    k1: int | None = Field(None, gt=0, description="steps per chunk / between updates (truncated)")
+    k2: int | None = Field(None, gt=0, description="steps backpropagated per update, >= k1 (truncated)")
+
+
+class ClipConfig(Strict):
+    """Gradient clipping, applied after backward and before the optimizer step."""
+
+    max_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this")
+    norm_type: float = Field(2.0, gt=0, description="p of the global p-norm")
+    max_value: float | None = Field(None, gt=0, description="clip each gradient element to [-v, v]")
+    adaptive: float | None = Field(None, gt=0, description="clip the norm to this multiple of its running mean")
+
+
+class ScheduleConfig(Strict):
+    """Learning-rate schedule (steps count optimizer updates)."""
+
+    type: Literal["constant", "cosine", "step", "exponential"] = Field("constant", description="schedule shape")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 over this many steps")
+    step_size: int = Field(1000, gt=0, description="'step': decay every step_size steps")
+    gamma: float = Field(0.5, gt=0, description="'step'/'exponential': decay factor")
+    min_lr: float = Field(0.0, ge=0, description="'cosine': final learning rate")
+
+
+class TrainingConfig(Strict):
+    """The shared trainer's settings, used by every scenario."""
+
+    steps: int = Field(1000, ge=0, description="optimizer updates")
+    batch_size: int = Field(32, gt=0, description="sequences per batch")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    momentum: float = Field(0.0, ge=0, description="'sgd': momentum")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
+    bptt: BPTTConfig = Field(default_factory=BPTTConfig, description="full or truncated BPTT")
+    clip: ClipConfig = Field(default_factory=ClipConfig, description="gradient clipping")
+    loss_from_step: int = Field(0, ge=0, description="ignore the first steps of every sequence in the loss "
+                                                      "(lets the state settle)")
+    eval_every: int = Field(100, gt=0, description="validate every this many steps")
+    early_stopping: int | None = Field(None, gt=0, description="stop after this many validations without "
+                                                               "improvement")
+    min_delta: float = Field(0.0, ge=0, description="improvement needed to reset early stopping")
+    log_every: int = Field(10, gt=0, description="write metrics.jsonl every this many steps")
+    checkpoint_every: int = Field(500, gt=0, description="save a checkpoint every this many steps")
+    keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept per job (newest)")
+    nonfinite: Literal["skip", "abort", "reduce_lr"] = Field(
+        "abort", description="on a NaN/inf loss or gradient: skip the update, stop, or halve the lr and skip")
+    deterministic: bool = Field(False, description="use torch's deterministic algorithms")
+
+
+class OutputConfig(Strict):
+    """Where and what a run writes."""
+
+    dir: str = Field("runs", description="parent folder of run folders (relative to the working directory)")
+    plots: bool = Field(True, description="write plots/*.png")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class RunConfig(Strict):
+    """A scenario file."""
+
+    name: str | None = Field(None, description="run name; defaults to the scenario file's stem")
+    scenario: ScenarioSpec = Field(..., description="the scenario plugin and its parameters")
+    model: ModelConfig | None = Field(None, description="the model, for scenarios that train one")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="shared trainer settings")
+    forcing: list[ClampConfig] = Field(default_factory=list, description="clamps applied when evaluating")
+    seed: int = Field(0, description="seed of torch, numpy and random")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where to compute; 'auto' picks cuda if present")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="run-folder settings")
+
+    def resolved(self) -> dict[str, Any]:
+        """The fully resolved config (defaults filled) as plain data."""
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """Hash of the resolved config, stored in checkpoints so resume can refuse a changed run."""
+        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- resolution
+def _unwrap(annotation: Any) -> list[type[BaseModel]]:
+    """BaseModel classes inside an annotation (through Optional, list, dict)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found += _unwrap(arg)
+    return found
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the model reached by following ``loc`` from ``model`` (for suggestions)."""
+    current: list[type[BaseModel]] = [model]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        nxt: list[type[BaseModel]] = []
+        for cls in current:
+            field = cls.model_fields.get(str(part))
+            if field is not None:
+                nxt += _unwrap(field.annotation)
+        if not nxt:
+            return []
+        current = nxt
+    return [name for cls in current for name in cls.model_fields]
+
+
+def _line(lines: Lines, loc: tuple) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if tuple(loc[:end]) in lines:
+            return lines[tuple(loc[:end])]
+    return None
+
+
+def _issues_from_validation(exc: ValidationError, model: type[BaseModel], prefix: tuple, file: str,
+                            lines: Lines, extra_fields: tuple[str, ...] = ()) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            options = _fields_at(model, tuple(err["loc"])[:-1]) + list(extra_fields)
+            message = (f"unknown key '{loc[-1]}'.{did_you_mean(str(loc[-1]), options)} "
+                       f"Allowed keys here: {', '.join(options)}.")
+        elif err["type"] == "missing":
+            message = "this key is required. Add it."
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            message = f"{err['msg']}{shown}."
+        issues.append(ConfigIssue(file, _line(lines, loc), key, message))
+    return issues
+
+
+def resolve(node: Any, path: tuple, registry: Registry, file: str, lines: Lines, issues: list[ConfigIssue]) -> None:
+    """Resolve every ComponentSpec under ``node`` against ``registry``, collecting problems."""
+    if isinstance(node, ComponentSpec):
+        table = registry.entries.get(node.kind, {})
+        if node.type not in table:
+            issues.append(ConfigIssue(file, _line(lines, path + ("type",)), ".".join(map(str, path + ("type",))),
+                                      unknown_name_message(node.kind.replace("_", "-"), node.type, list(table))))
+            return
+        params_model = table[node.type].record.params
+        try:
+            node._params = params_model.model_validate(node.model_extra or {})
+        except ValidationError as exc:
+            issues += _issues_from_validation(exc, params_model, path, file, lines, extra_fields=("type",))
+            return
+        resolve(node._params, path, registry, file, lines, issues)
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            resolve(getattr(node, name), path + (name,), registry, file, lines, issues)
+    elif isinstance(node, (list, tuple)):
+        for index, item in enumerate(node):
+            resolve(item, path + (index,), registry, file, lines, issues)
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            resolve(item, path + (key,), registry, file, lines, issues)
+
+
+def _check_raw_components(data: Any, model: type[BaseModel], path: tuple, registry: Registry, file: str,
+                          lines: Lines, issues: list[ConfigIssue]) -> None:
+    """Validate component specs found in raw data when the static pass already failed elsewhere."""
+    if not isinstance(data, dict):
+        return
+    for name, field in model.model_fields.items():
+        if name not in data:
+            continue
+        for cls in _unwrap(field.annotation):
+            raw = data[name]
+            if issubclass(cls, ComponentSpec) and isinstance(raw, dict) and isinstance(raw.get("type"), str):
+                try:
+                    spec = cls.model_validate(raw)
+                except ValidationError:
+                    continue
+                resolve(spec, path + (name,), registry, file, lines, issues)
+            elif not issubclass(cls, ComponentSpec):
+                if isinstance(raw, list):
+                    for index, item in enumerate(raw):
+                        _check_raw_components(item, cls, path + (name, index), registry, file, lines, issues)
+                else:
+                    _check_raw_components(raw, cls, path + (name,), registry, file, lines, issues)
+
+
+# --------------------------------------------------------------------------- overrides and loading
+def apply_override(data: dict, assignment: str, lines: Lines) -> None:
+    """Apply one ``dotted.key=value`` (value parsed as YAML) to ``data`` in place."""
+    if "=" not in assignment:
+        raise ConfigError([ConfigIssue("--set", None, assignment,
+                                       "an override must look like key.path=value, e.g. training.lr=0.01.")])
+    key, raw = assignment.split("=", 1)
+    value, _ = parse_yaml(raw, f"--set {key}")
+    parts = key.strip().split(".")
+    target = data
+    for part in parts[:-1]:
+        if isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+            continue
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    if isinstance(target, list) and parts[-1].isdigit():
+        target[int(parts[-1])] = value
+    else:
+        target[parts[-1]] = value
+    lines.pop(tuple(parts), None)
+
+
+def validate_data(data: Any, registry: Registry, file: str = "<config>", lines: Lines | None = None) -> RunConfig:
+    """Validate plain data as a RunConfig and resolve its components; raise one ConfigError listing all issues."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(file, 1, "", "a scenario file must be a mapping with at least a "
+                                                    "`scenario:` key.")])
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        issues = _issues_from_validation(exc, RunConfig, (), file, lines)
+        # Report the plugins' own problems in the same message, so one edit-run cycle fixes everything.
+        _check_raw_components(data, RunConfig, (), registry, file, lines, issues)
+        raise ConfigError(issues) from None
+    issues: list[ConfigIssue] = []
+    resolve(config, (), registry, file, lines, issues)
+    if issues:
+        raise ConfigError(issues)
+    return config
+
+
+def load_config(path: str | Path, registry: Registry, overrides: list[str] = ()) -> RunConfig:
+    """Load, override and validate a scenario file."""
+    data, lines = load_yaml(path)
+    if data is None:
+        data = {}
+    for assignment in overrides:
+        if not isinstance(data, dict):
+            break
+        apply_override(data, assignment, lines)
+    config = validate_data(data, registry, str(path), lines)
+    if config.name is None:
+        config.name = Path(path).stem
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML text."""
+    return dump_yaml(config.resolved())

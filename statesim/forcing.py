@@ -1,0 +1,147 @@
+"""Forcing: steer a system by clamping chosen units of its input or of a named state part.
+
+Semantics (one rule for inputs and states): a clamp active at step ``t`` replaces what the cell
+*reads* at step ``t``. For ``target="input"`` the chosen input units of ``x_t`` are overwritten; for a
+state part (``target="h"``, ``"c"``, ``"layer1.h"``) the chosen units of the state entering step ``t``
+(``h_{t-1}``) are overwritten before the cell computes ``(y_t, h_t)``. The states the engine returns
+are what the dynamics produced; the clamp acts on every step inside its window ``[start, stop)``.
+
+Gradients: a forced unit is a constant for the step that reads it, so no gradient flows through it
+back to earlier steps or to the parameters that produced the overwritten value; the other units are
+untouched. If the forcing value is a tensor with ``requires_grad=True``, gradients flow into it, so a
+forcing signal can itself be optimised (optimal control, input inference).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence, Union
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from statesim.cell import State
+
+#: A value is a constant, one value per unit, a tensor broadcastable to ``[steps, B, units]`` (or
+#: ``[B, units]``/``[units]``), or a schedule ``t -> value`` of the global step index.
+ForcingValue = Union[float, Sequence[float], Tensor, Callable[[int], Union[float, Tensor]]]
+
+
+@dataclass
+class Clamp:
+    """Overwrite ``units`` of ``target`` with ``value`` for global steps ``start <= t < stop``."""
+
+    target: str
+    value: ForcingValue
+    units: Sequence[int] | None = None
+    start: int = 0
+    stop: int | None = None
+
+    def active(self, t: int) -> bool:
+        """Whether the clamp acts at global step ``t``."""
+        return t >= self.start and (self.stop is None or t < self.stop)
+
+    def value_at(self, t: int, batch: int, n_units: int, like: Tensor) -> Tensor:
+        """The clamp's value at global step ``t`` as a ``[batch, n_units]`` tensor."""
+        value = self.value(t) if callable(self.value) else self.value
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        if value.dim() == 3:  # [steps of the window, B, units]
+            value = value[t - self.start]
+        return value.expand(batch, n_units) if value.dim() < 2 or value.shape[0] == 1 else value
+
+    def index(self, width: int) -> Tensor | slice:
+        """Units as an index into the last dimension."""
+        if self.units is None:
+            return slice(None)
+        units = list(self.units)
+        bad = [u for u in units if not -width <= u < width]
+        if bad:
+            raise ValueError(f"forcing of '{self.target}': units {bad} out of range for width {width}")
+        return torch.as_tensor(units, dtype=torch.long)
+
+
+@dataclass
+class Forcing:
+    """A set of clamps applied by the engine; empty forcing costs nothing."""
+
+    clamps: list[Clamp] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.clamps)
+
+    @property
+    def forces_state(self) -> bool:
+        """Whether any clamp targets a state part (needs per-step work in the loop)."""
+        return any(c.target != "input" for c in self.clamps)
+
+    def check(self, state_parts: Iterable[str]) -> None:
+        """Raise a ValueError naming the valid targets when a clamp names an unknown one."""
+        valid = ["input", *state_parts]
+        for clamp in self.clamps:
+            if clamp.target not in valid:
+                raise ValueError(f"forcing target '{clamp.target}' is not 'input' or a state part of this model; "
+                                 f"valid targets: {valid}")
+
+    def apply_to_inputs(self, inputs: Tensor, t0: int = 0) -> Tensor:
+        """Apply every input clamp to a whole sequence ``[T, B, F]`` starting at global step ``t0``."""
+        clamps = [c for c in self.clamps if c.target == "input"]
+        if not clamps:
+            return inputs
+        inputs = inputs.clone()
+        steps, batch, width = inputs.shape
+        for clamp in clamps:
+            idx = clamp.index(width)
+            n_units = width if clamp.units is None else len(clamp.units)
+            for t in range(max(clamp.start - t0, 0), steps if clamp.stop is None else min(clamp.stop - t0, steps)):
+                inputs[t][:, idx] = clamp.value_at(t0 + t, batch, n_units, inputs)
+        return inputs
+
+    def apply_to_state(self, state: State, t: int) -> State:
+        """Overwrite clamped state units for global step ``t`` (out of place; autograd-safe)."""
+        clamps = [c for c in self.clamps if c.target != "input" and c.active(t)]
+        if not clamps:
+            return state
+        state = dict(state)
+        for clamp in clamps:
+            part = state[clamp.target].clone()
+            width = part.shape[-1]
+            n_units = width if clamp.units is None else len(clamp.units)
+            part[:, clamp.index(width)] = clamp.value_at(t, part.shape[0], n_units, part)
+            state[clamp.target] = part
+        return state
+
+
+class ClampConfig(BaseModel):
+    """A clamp as written in YAML: ``{target: input, units: [0, 1], start: 100, stop: 200, value: 3.0}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(description="'input' or a state part name such as 'h', 'c' or 'layer1.h'")
+    units: list[int] | None = Field(None, description="unit indices to clamp; all units when omitted")
+    start: int = Field(0, ge=0, description="first step of the window (global step index)")
+    stop: int | None = Field(None, description="end of the window (exclusive); open-ended when omitted")
+    value: float | list[float] | None = Field(None, description="constant value, or one per unit")
+    ramp: tuple[float, float] | None = Field(None, description="linear ramp from the first to the second value "
+                                                                "over [start, stop)")
+
+    @model_validator(mode="after")
+    def _one_value(self) -> "ClampConfig":
+        if (self.value is None) == (self.ramp is None):
+            raise ValueError("give exactly one of 'value' or 'ramp'")
+        if self.ramp is not None and self.stop is None:
+            raise ValueError("a 'ramp' needs a 'stop'")
+        if self.stop is not None and self.stop <= self.start:
+            raise ValueError("'stop' must be greater than 'start'")
+        return self
+
+    def to_clamp(self) -> Clamp:
+        """The runtime clamp this config describes."""
+        if self.ramp is None:
+            return Clamp(self.target, self.value, self.units, self.start, self.stop)
+        first, last, start, span = self.ramp[0], self.ramp[1], self.start, max(self.stop - self.start - 1, 1)
+        return Clamp(self.target, lambda t: first + (last - first) * (t - start) / span, self.units,
+                     self.start, self.stop)
+
+
+def forcing_from_config(clamps: Sequence[ClampConfig]) -> Forcing:
+    """Build runtime forcing from its YAML description."""
+    return Forcing([c.to_clamp() for c in clamps])

@@ -1,0 +1,168 @@
+"""Models: a topology of cells, an initial-state policy and an output head, built from config.
+
+The three extension points besides cells are plugins too:
+
+* a :class:`Topology` wires cells over time (unidirectional, stacked, bidirectional, ...) and runs
+  them through the engine; one that can be stepped tick by tick offers :meth:`Topology.as_cell`;
+* an :class:`InitialState` policy gives the state at ``t = 0`` for each named state part;
+* the head maps the topology's output to the target size (``y = W h + b``) or is left out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from statesim.cell import Cell, State
+from statesim.engine import Trajectory
+from statesim.forcing import Forcing
+from statesim.registry import Registry
+
+CellFactory = Callable[[int], Cell]
+
+
+class PluginParams(BaseModel):
+    """Base of topology and initial-state parameter models: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class InitialContext:
+    """What an initial-state policy may use: the sequence about to run, an encoding, the topology."""
+
+    inputs: Tensor | None = None
+    lengths: Tensor | None = None
+    encoded: Tensor | None = None
+    topology: "Topology | None" = None
+
+
+class InitialState(nn.Module):
+    """Base of initial-state policies: ``forward(batch_size, ...) -> State`` for every named part."""
+
+    Params: ClassVar[type[BaseModel]] = PluginParams
+
+    def __init__(self, state_spec: dict[str, tuple[int, ...]]) -> None:
+        super().__init__()
+        self.state_spec = dict(state_spec)
+
+    def forward(self, batch_size: int, *, device: torch.device | str, dtype: torch.dtype,
+                context: InitialContext | None = None) -> State:
+        """The state at ``t = 0`` for a batch."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_params(cls, state_spec: dict[str, tuple[int, ...]], params: BaseModel) -> "InitialState":
+        """Build from validated YAML parameters."""
+        return cls(state_spec, **dict(params))
+
+
+class Topology(nn.Module):
+    """Base of topologies: run cells over a sequence through the engine; same result shape as a cell's unroll."""
+
+    Params: ClassVar[type[BaseModel]] = PluginParams
+
+    def __init__(self, input_size: int) -> None:
+        super().__init__()
+        self.input_size = input_size
+
+    @property
+    def state_spec(self) -> dict[str, tuple[int, ...]]:
+        """Every named state part of every cell the topology holds (e.g. ``layer1.h``)."""
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        """Size of the topology's output per step."""
+        raise NotImplementedError
+
+    def forward(self, inputs: Tensor, state: State, *, lengths: Tensor | None = None,
+                forcing: Forcing | None = None, return_states: bool = False, t0: int = 0) -> Trajectory:
+        """Run the whole sequence ``[T, B, F]`` from ``state``."""
+        raise NotImplementedError
+
+    def as_cell(self) -> Cell | None:
+        """A cell that steps this topology one tick (None when it needs the whole sequence)."""
+        return None
+
+    @classmethod
+    def from_params(cls, input_size: int, cell_factory: CellFactory, params: BaseModel) -> "Topology":
+        """Build from validated YAML parameters."""
+        return cls(input_size, cell_factory, **dict(params))
+
+
+class SequenceModel(nn.Module):
+    """A topology, its initial-state policy and an optional output head: what trainers and embedders use."""
+
+    def __init__(self, topology: Topology, initial_state: InitialState, head: nn.Module | None = None) -> None:
+        super().__init__()
+        self.topology, self.initial_state, self.head = topology, initial_state, head
+
+    @property
+    def input_size(self) -> int:
+        return self.topology.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.head.out_features if isinstance(self.head, nn.Linear) else self.topology.output_size
+
+    @property
+    def state_spec(self) -> dict[str, tuple[int, ...]]:
+        return self.topology.state_spec
+
+    def _ref(self) -> Tensor:
+        return next(self.parameters())
+
+    def initial(self, batch_size: int, *, inputs: Tensor | None = None, lengths: Tensor | None = None,
+                encoded: Tensor | None = None) -> State:
+        """The state at ``t = 0`` from the model's initial-state policy."""
+        ref = self._ref()
+        context = InitialContext(inputs, lengths, encoded, self.topology)
+        return self.initial_state(batch_size, device=ref.device, dtype=ref.dtype, context=context)
+
+    def read_out(self, outputs: Tensor) -> Tensor:
+        """Apply the output head (to ``[..., O]``)."""
+        return outputs if self.head is None else self.head(outputs)
+
+    def forward(self, inputs: Tensor, state: State | None = None, *, lengths: Tensor | None = None,
+                forcing: Forcing | None = None, return_states: bool = False, t0: int = 0,
+                encoded: Tensor | None = None) -> Trajectory:
+        """Unroll over ``inputs [T, B, F]``; outputs pass through the head."""
+        if state is None:
+            state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded)
+        traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
+        outputs = self.read_out(traj.outputs)
+        if lengths is not None and self.head is not None:
+            mask = torch.arange(inputs.shape[0], device=inputs.device).unsqueeze(1) < lengths.to(inputs.device)
+            outputs = outputs * mask.unsqueeze(-1).to(outputs.dtype)
+        return Trajectory(outputs, traj.final_state, traj.states)
+
+    def step_cell(self) -> Cell:
+        """The cell that advances this model one tick; raises for topologies that need the whole sequence."""
+        cell = self.topology.as_cell()
+        if cell is None:
+            raise TypeError(f"{type(self.topology).__name__} needs the whole sequence and cannot be stepped "
+                            f"one tick at a time; use a unidirectional or stacked topology.")
+        return cell
+
+
+def build_model(registry: Registry, config: Any, input_size: int, output_size: int | None = None) -> SequenceModel:
+    """Build a :class:`SequenceModel` from a resolved ``ModelConfig`` and the data's sizes."""
+    cell_entry = registry.get("cell", config.cell.type).record
+
+    def make_cell(size: int) -> Cell:
+        return cell_entry.cls.from_params(size, config.cell.params)
+
+    topology_entry = registry.get("topology", config.topology.type).record
+    topology = topology_entry.cls.from_params(input_size, make_cell, config.topology.params)
+    policy_entry = registry.get("initial_state", config.initial_state.type).record
+    policy = policy_entry.cls.from_params(topology.state_spec, config.initial_state.params)
+    head: nn.Module | None = None
+    wants_head = config.head == "linear" or (
+        config.head == "auto" and output_size is not None and output_size != topology.output_size)
+    if wants_head:
+        head = nn.Linear(topology.output_size, output_size or topology.output_size, bias=config.head_bias)
+    return SequenceModel(topology, policy, head)

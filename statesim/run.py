@@ -1,0 +1,164 @@
+"""``statesim run``: make the run folder, record everything needed to reproduce it, run the scenario."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from statesim.config import RunConfig, dump_config, load_config
+from statesim.errors import ConfigError, StatesimError
+from statesim.fileio import atomic_write_json, atomic_write_text
+from statesim.plugin_manager import PluginHost, build_plugin_host
+from statesim.scenario import RunContext
+from statesim.trainer import seed_everything
+from statesim.yamlio import parse_yaml
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'auto' (cuda when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StatesimError("device 'cuda' was requested but no CUDA device is available; "
+                            "use --device cpu or device: auto.")
+    return torch.device(name)
+
+
+def environment(host: PluginHost) -> dict[str, Any]:
+    """Versions of Python, torch, statesim and every plugin, and the git commit when available."""
+    from statesim import __version__
+
+    commit = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "statesim": __version__, "git_commit": commit,
+            "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in host.plugins],
+            "plugin_problems": host.problems, "argv": sys.argv}
+
+
+def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [d for k in keys for d in _config_diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+class Progress:
+    """A rich progress bar per training job, showing the loss."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+            TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = RichProgress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, job: str, total: int, done: int):
+        """Begin a job's bar; returns the per-update callback."""
+        if not self.tasks:
+            self.bar.start()
+        task = self.bar.add_task(job, total=total, completed=done, loss=float("nan"))
+        self.tasks[job] = task
+        return lambda step, loss: self.bar.update(task, completed=step, loss=loss)
+
+    def stop(self, job: str) -> None:
+        """Finish a job's bar."""
+        self.tasks.pop(job, None)
+        if not self.tasks:
+            self.bar.stop()
+
+
+@contextmanager
+def graceful_interrupt() -> Iterator[list[bool]]:
+    """First Ctrl-C asks the trainer to checkpoint and stop; a second one interrupts at once."""
+    flag = [False]
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag[0]:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        flag[0] = True
+        print("\nstopping after the current update (Ctrl-C again to stop at once)...", file=sys.stderr)
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def prepare(config_file: str | Path, overrides: list[str] = (), *, host: PluginHost | None = None) -> tuple[RunConfig, PluginHost]:
+    """Load plugins and validate a scenario file with its overrides."""
+    host = host or build_plugin_host()
+    return load_config(config_file, host.registry, list(overrides)), host
+
+
+def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Path | None = None,
+            resume: str | Path | None = None, device: str | None = None, host: PluginHost | None = None,
+            echo: Any = None) -> Path:
+    """Run a scenario file end to end; returns the run folder."""
+    echo = echo or (lambda message: print(message, file=sys.stderr))
+    overrides = list(overrides) + ([f"device={device}"] if device else [])
+    config, host = prepare(config_file, overrides, host=host)
+    for problem in host.problems:
+        echo(f"warning: {problem}")
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise StatesimError(f"cannot resume: {saved} does not exist. Pass the run folder of an earlier "
+                                f"`statesim run` to --resume.")
+        old, _ = parse_yaml(saved.read_text(encoding="utf-8"), str(saved))
+        diff = [d for d in _config_diff(old, config.resolved()) if not d.startswith(("output.", "device:"))]
+        if diff:
+            raise StatesimError("cannot resume: the scenario differs from the one in "
+                                f"{saved}:\n  " + "\n  ".join(diff) + "\nRun it as a new run instead.")
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise StatesimError(f"the run folder {run_dir} already exists and is not empty; choose another --out, "
+                                f"or continue it with --resume {run_dir}.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", f"# resolved config of {config_file}\n" + dump_config(config))
+    env = environment(host)
+    env["seed"] = config.seed
+    atomic_write_json(run_dir / "run.json", env)
+
+    seed_everything(config.seed)
+    if config.training.deterministic:
+        torch.use_deterministic_algorithms(True)
+    registration = host.registry.get("scenario", config.scenario.type)
+    scenario = registration.record.cls(config.scenario.params)
+    progress = Progress(config.output.progress and sys.stderr.isatty() and not os.environ.get("CI"))
+    with graceful_interrupt() as stop_flag:
+        ctx = RunContext(config, host, run_dir, resolve_device(config.device), resume=resume is not None,
+                         progress=progress, should_stop=lambda: stop_flag[0], echo=echo)
+        results = scenario.run(ctx)
+    results = {"scenario": config.scenario.type, "seed": config.seed, **results,
+               "train_seconds": {k: round(v, 3) for k, v in ctx.timings.items()}}
+    atomic_write_json(run_dir / "results.json", results)
+    return run_dir
+
+
+__all__ = ["execute", "prepare", "ConfigError"]

@@ -1,0 +1,141 @@
+"""Scenarios: a task (data, training recipe, evaluation, plots) run by ``statesim run``.
+
+A scenario is a plugin class with a ``Params`` model and a ``run(ctx)`` method that returns the
+results dict written to ``results.json``. It uses the :class:`RunContext` for everything shared:
+building models from config, the one trainer, plots, logging and the run folder.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from statesim.config import ModelConfig, RunConfig, TrainingConfig
+from statesim.data import DataSplits, mse_loss
+from statesim.errors import ConfigError, StatesimError
+from statesim.fileio import atomic_write_text, save_figure
+from statesim.model import SequenceModel, build_model
+from statesim.plugin_manager import PluginHost
+from statesim.trainer import LossFn, Trainer, TrainResult
+
+
+class ScenarioParams(BaseModel):
+    """Base of scenario parameter models: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per logged step, appended and flushed as it happens."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+    def truncate(self, job: str, step: int) -> None:
+        """Drop records of ``job`` after ``step`` (written after the checkpoint a resume starts from)."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if record.get("job") == job and record.get("step", 0) > step:
+                continue
+            kept.append(line)
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+
+
+@dataclass
+class RunContext:
+    """What a scenario gets from the runner: config, plugins, run folder, device, the trainer."""
+
+    config: RunConfig
+    host: PluginHost
+    run_dir: Path
+    device: torch.device
+    resume: bool = False
+    progress: Any = None
+    should_stop: Callable[[], bool] = lambda: False
+    echo: Callable[[str], None] = print
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.run_dir / "metrics.jsonl")
+
+    def path(self, relative: str) -> Path:
+        """A path inside the run folder; refuses one that would escape it."""
+        target = (self.run_dir / relative).resolve()
+        if not target.is_relative_to(self.run_dir.resolve()):
+            raise StatesimError(f"the path '{relative}' in the scenario would write outside the run folder "
+                                f"{self.run_dir}; use a relative path without '..' (or pass it on the command line).")
+        return target
+
+    def build_model(self, config: ModelConfig | None, input_size: int, output_size: int | None) -> SequenceModel:
+        """Build a model from config (the run's ``model:`` when ``config`` is None)."""
+        config = config or self.config.model
+        if config is None:
+            from statesim.config import ConfigIssue
+
+            raise ConfigError([ConfigIssue(self.config.name or "scenario", None, "model",
+                                           "this scenario trains a model; add a `model:` section, e.g. "
+                                           "model: {cell: {type: lstm, hidden_size: 64}}.")])
+        return build_model(self.host.registry, config, input_size, output_size).to(self.device)
+
+    def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
+              training: TrainingConfig | None = None) -> TrainResult:
+        """Train ``model`` with the shared trainer; checkpoints under ``checkpoints/<job>/``."""
+        training = training or self.config.training
+        trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
+                          config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
+                          log=self.metrics, should_stop=self.should_stop)
+        if self.resume and trainer.restore(warn=self.echo):
+            self.metrics.truncate(job, trainer.step)
+            self.echo(f"resumed job '{job}' at step {trainer.step}")
+        started = time.perf_counter()
+        update = self.progress.start(job, training.steps, trainer.step) if self.progress else None
+        try:
+            result = trainer.fit(data, progress=update)
+        finally:
+            if self.progress:
+                self.progress.stop(job)
+        self.timings[job] = time.perf_counter() - started
+        return result
+
+    @property
+    def plots_enabled(self) -> bool:
+        return self.config.output.plots
+
+    def save_plot(self, fig: Any, name: str) -> Path | None:
+        """Save a matplotlib figure as ``plots/<name>.png`` (atomically)."""
+        if not self.plots_enabled:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            return None
+        return save_figure(fig, self.run_dir / "plots" / f"{name}.png")
+
+
+class Scenario:
+    """Base class of scenarios: ``run(ctx)`` trains and evaluates, returning the results dict."""
+
+    Params: ClassVar[type[BaseModel]] = ScenarioParams
+
+    def __init__(self, params: BaseModel) -> None:
+        self.params = params
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        """Do the scenario's work and return its final metrics."""
+        raise NotImplementedError

@@ -1,0 +1,337 @@
+"""The one BPTT trainer every scenario shares.
+
+Full BPTT builds one graph over each batch of whole sequences. Truncated BPTT (``k1``, ``k2``) walks
+each batch in chunks of ``k1`` steps, carrying the state across chunks; each chunk is one optimizer
+update whose graph spans its last ``k2 >= k1`` steps, starting from a detached state, so gradients
+never reach further back than ``k2`` steps. ``steps`` always counts optimizer updates.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from statesim.cell import State
+from statesim.checkpoint import latest_good_checkpoint, list_checkpoints, save_checkpoint
+from statesim.config import TrainingConfig
+from statesim.data import DataSplits, SequenceData, mse_loss
+from statesim.errors import CheckpointError, TrainingError
+from statesim.model import SequenceModel
+
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C) after writing a checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What a training job achieved."""
+
+    steps: int
+    final_loss: float
+    best_val_loss: float | None
+    stopped_early: bool
+    nonfinite_steps: int
+    losses: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- reproducibility
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    """RNG states of torch, numpy and random as checkpointable data."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"].to(torch.uint8))
+    kind, keys, *rest = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+# --------------------------------------------------------------------------- helpers
+def make_optimizer(params: list[nn.Parameter], config: TrainingConfig) -> torch.optim.Optimizer:
+    """The optimizer named in the config."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def lr_factor(config: TrainingConfig) -> Callable[[int], float]:
+    """Multiplier of the base learning rate at update ``step``."""
+    sched = config.schedule
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / sched.warmup_steps) if sched.warmup_steps else 1.0
+        if sched.type == "constant":
+            return warm
+        if sched.type == "step":
+            return warm * sched.gamma ** (step // sched.step_size)
+        if sched.type == "exponential":
+            return warm * sched.gamma ** (step / sched.step_size)
+        progress = min(1.0, step / max(config.steps, 1))
+        floor = sched.min_lr / config.lr
+        return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph at a state (truncated BPTT borders)."""
+    return {name: value.detach() for name, value in state.items()}
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float | None, max_value: float | None,
+                   norm_type: float = 2.0) -> tuple[float, float]:
+    """Clip by value then by global norm via ``torch.nn.utils``; return the norm before and after clipping."""
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0, 0.0
+    before = float(torch.nn.utils.get_total_norm([p.grad for p in grads], norm_type))
+    if max_value is not None:
+        torch.nn.utils.clip_grad_value_(grads, max_value)
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(grads, max_norm, norm_type=norm_type)
+    after = float(torch.nn.utils.get_total_norm([p.grad for p in grads], norm_type)) \
+        if (max_value is not None or max_norm is not None) else before
+    return before, after
+
+
+# --------------------------------------------------------------------------- trainer
+class Trainer:
+    """Fit a :class:`SequenceModel` to :class:`DataSplits` with (truncated) BPTT."""
+
+    def __init__(self, model: SequenceModel, config: TrainingConfig, *, loss_fn: LossFn = mse_loss,
+                 job: str = "main", checkpoint_dir: str | Path | None = None, config_digest: str = "",
+                 device: torch.device | str = "cpu", seed: int = 0, log: Any = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.model = model.to(device)
+        self.config, self.loss_fn, self.job = config, loss_fn, job
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.config_digest, self.device, self.seed, self.log = config_digest, torch.device(device), seed, log
+        self.should_stop = should_stop
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
+        self.order = torch.Generator().manual_seed(seed)
+        self.step = 0
+        self.epoch_perm: Tensor | None = None
+        self.epoch_pos = 0
+        self.nonfinite_steps = 0
+        self.norm_mean: float | None = None
+        self.best_val: float | None = None
+        self.best_state: dict[str, Tensor] | None = None
+        self.stale_evals = 0
+        self.losses: list[float] = []
+
+    # ------------------------------------------------------------------ batching
+    def _next_batch(self, data: SequenceData) -> SequenceData:
+        size = min(self.config.batch_size, len(data))
+        if self.epoch_perm is None or self.epoch_pos + size > len(self.epoch_perm):
+            self.epoch_perm, self.epoch_pos = torch.randperm(len(data), generator=self.order), 0
+        index = self.epoch_perm[self.epoch_pos:self.epoch_pos + size]
+        self.epoch_pos += size
+        return data.select(index).to(self.device)
+
+    # ------------------------------------------------------------------ one update
+    def _loss(self, batch: SequenceData, outputs: Tensor, t0: int) -> Tensor:
+        mask = batch.mask()
+        skip = max(self.config.loss_from_step - t0, 0)
+        if skip:
+            mask = mask.clone()
+            mask[:skip] = False
+        return self.loss_fn(outputs, batch.targets, mask)
+
+    def _update(self, loss: Tensor) -> dict[str, Any]:
+        """Backward, clip, step: returns the logged record of this update."""
+        clip = self.config.clip
+        self.optimizer.zero_grad(set_to_none=True)
+        finite_loss = bool(torch.isfinite(loss))
+        if finite_loss:
+            loss.backward()
+        max_norm = clip.max_norm
+        if clip.adaptive is not None and self.norm_mean is not None:
+            adaptive = clip.adaptive * self.norm_mean
+            max_norm = adaptive if max_norm is None else min(max_norm, adaptive)
+        before, after = clip_gradients(self.params, max_norm, clip.max_value, clip.norm_type) if finite_loss \
+            else (float("nan"), float("nan"))
+        record = {"job": self.job, "step": self.step + 1, "loss": float(loss.detach()), "grad_norm": before,
+                  "grad_norm_clipped": after, "clipped": bool(finite_loss and after < before - 1e-12),
+                  "lr": self.optimizer.param_groups[0]["lr"]}
+        if not (finite_loss and math.isfinite(before)):
+            self.nonfinite_steps += 1
+            record["nonfinite"] = True
+            if self.config.nonfinite == "abort":
+                raise TrainingError(
+                    f"job '{self.job}': non-finite {'loss' if not finite_loss else 'gradient'} at step {self.step + 1}. "
+                    f"The last good checkpoint is kept in {self.checkpoint_dir or '(no checkpoint folder)'}. "
+                    f"Lower training.lr, enable training.clip.max_norm, or set training.nonfinite: skip.")
+            if self.config.nonfinite == "reduce_lr":
+                self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
+                for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                    group["lr"] = base * lr_factor(self.config)(self.step)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.norm_mean = before if self.norm_mean is None else 0.95 * self.norm_mean + 0.05 * before
+        self.step += 1
+        self.losses.append(record["loss"])
+        return record
+
+    def _train_batch(self, batch: SequenceData) -> list[dict[str, Any]]:
+        """All updates for one batch: one (full BPTT) or one per chunk (truncated)."""
+        self.model.train()
+        bptt = self.config.bptt
+        if bptt.mode == "full":
+            traj = self.model(batch.inputs, lengths=batch.lengths)
+            return [self._update(self._loss(batch, traj.outputs, 0))]
+        k1 = bptt.k1 or batch.steps
+        k2 = max(bptt.k2 or k1, k1)
+        state = self.model.initial(len(batch), inputs=batch.inputs, lengths=batch.lengths)
+        history: dict[int, State] = {0: detach_state(state)}  # detached state entering each step
+        records = []
+        for start in range(0, batch.steps, k1):
+            if self.step >= self.config.steps:
+                break
+            stop = min(start + k1, batch.steps)
+            begin = max(stop - k2, 0)
+            chunk = batch.window(begin, stop)
+            traj = self.model(chunk.inputs, history[begin], lengths=chunk.lengths, t0=begin,
+                              return_states=k2 > k1)
+            outputs = traj.outputs[start - begin:]
+            target = batch.window(start, stop)
+            records.append(self._update(self._loss(target, outputs, start)))
+            history[stop] = detach_state(traj.final_state)
+            if k2 > k1:  # keep the states a later chunk's longer graph will start from
+                for t in range(begin + 1, stop):
+                    history[t] = {name: value[t - begin - 1].detach() for name, value in traj.states.items()}
+            history = {t: s for t, s in history.items() if t >= max(stop + k1 - k2, 0)}
+        return records
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, data: SequenceData) -> float:
+        """Mean loss over a dataset, full sequences, no gradient."""
+        self.model.eval()
+        total, count = 0.0, 0
+        for start in range(0, len(data), max(self.config.batch_size, 256)):
+            batch = data.select(slice(start, start + max(self.config.batch_size, 256))).to(self.device)
+            traj = self.model(batch.inputs, lengths=batch.lengths)
+            total += float(self._loss(batch, traj.outputs, 0)) * len(batch)
+            count += len(batch)
+        return total / max(count, 1)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_tree(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where training stands."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": {"last_epoch": self.scheduler.last_epoch, "base_lrs": self.scheduler.base_lrs},
+                "rng": rng_states(), "order": self.order.get_state(),
+                "epoch_perm": self.epoch_perm, "epoch_pos": self.epoch_pos,
+                "trainer": {"step": self.step, "nonfinite_steps": self.nonfinite_steps, "norm_mean": self.norm_mean,
+                            "best_val": self.best_val, "stale_evals": self.stale_evals, "losses": self.losses},
+                "best_model": self.best_state}
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step and prune old ones."""
+        if self.checkpoint_dir is None:
+            return None
+        path = save_checkpoint(self.checkpoint_dir / f"step_{self.step:08d}", self.state_tree(), step=self.step,
+                               config_digest=self.config_digest, meta={"job": self.job})
+        for old in list_checkpoints(self.checkpoint_dir)[:-self.config.keep_checkpoints]:
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
+            old.unlink(missing_ok=True)
+        return path
+
+    def restore(self, warn: Callable[[str], None] = print) -> bool:
+        """Load the newest good checkpoint of this job, if any; refuse one from a different config."""
+        if self.checkpoint_dir is None:
+            return False
+        found = latest_good_checkpoint(self.checkpoint_dir, warn)
+        if found is None:
+            return False
+        tree, info = found
+        if self.config_digest and info.config_digest != self.config_digest:
+            raise CheckpointError(f"checkpoint {info.path} was written by a different config "
+                                  f"(digest {info.config_digest}, now {self.config_digest}).")
+        self.model.load_state_dict(tree["model"])
+        self.optimizer.load_state_dict(tree["optimizer"])
+        self.scheduler.last_epoch = tree["scheduler"]["last_epoch"]
+        self.scheduler.base_lrs = list(tree["scheduler"]["base_lrs"])
+        set_rng_states(tree["rng"])
+        self.order.set_state(tree["order"])
+        self.epoch_perm, self.epoch_pos = tree["epoch_perm"], tree["epoch_pos"]
+        trainer = tree["trainer"]
+        self.step, self.nonfinite_steps = trainer["step"], trainer["nonfinite_steps"]
+        self.norm_mean, self.best_val, self.stale_evals = trainer["norm_mean"], trainer["best_val"], trainer["stale_evals"]
+        self.losses = list(trainer["losses"])
+        self.best_state = tree["best_model"]
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, data: DataSplits, *, resume: bool = False, progress: Any = None) -> TrainResult:
+        """Train for ``config.steps`` updates (or until early stopping); checkpoint along the way."""
+        config = self.config
+        if resume:
+            self.restore()
+        stopped_early = False
+        last_checkpoint = self.step
+        while self.step < config.steps:
+            for record in self._train_batch(self._next_batch(data.train)):
+                if self.log is not None and (record["step"] % config.log_every == 0 or record.get("nonfinite")
+                                             or record["step"] == config.steps):
+                    self.log(record)
+                if progress is not None:
+                    progress(self.step, record["loss"])
+            if data.val is not None and (self.step // config.eval_every > (self.step - 1) // config.eval_every
+                                         or self.step >= config.steps):
+                val = self.evaluate(data.val)
+                if self.log is not None:
+                    self.log({"job": self.job, "step": self.step, "val_loss": val})
+                if self.best_val is None or val < self.best_val - config.min_delta:
+                    self.best_val, self.stale_evals = val, 0
+                    self.best_state = copy.deepcopy(self.model.state_dict())
+                else:
+                    self.stale_evals += 1
+                if config.early_stopping and self.stale_evals >= config.early_stopping:
+                    stopped_early = True
+            if self.step - last_checkpoint >= config.checkpoint_every or self.step >= config.steps or stopped_early:
+                self.save()
+                last_checkpoint = self.step
+            if stopped_early:
+                break
+            if self.should_stop():
+                self.save()
+                raise Interrupted(f"job '{self.job}' stopped at step {self.step}; checkpoint written.")
+        if self.best_state is not None and config.early_stopping:
+            self.model.load_state_dict(self.best_state)
+        final = self.losses[-1] if self.losses else float("nan")
+        return TrainResult(self.step, final, self.best_val, stopped_early, self.nonfinite_steps, list(self.losses))

@@ -1,0 +1,103 @@
+"""Safe YAML in and out: data only, duplicate keys rejected, line numbers kept for error messages."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from statesim.errors import ConfigError
+
+#: Documents larger than this many nodes after alias expansion are refused ("billion laughs").
+MAX_NODES = 200_000
+
+Lines = dict[tuple[str | int, ...], int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys; it never constructs Python objects."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first defined on line {seen[key] + 1})", key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _collect_lines(node: yaml.Node, path: tuple, lines: Lines, budget: list[int]) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ValueError(f"document expands to more than {MAX_NODES} nodes (anchors/aliases)")
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark.line)
+            lines.setdefault(path + (key,), key_node.start_mark.line + 1)
+            _collect_lines(value_node, path + (key,), lines, budget)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _collect_lines(item, path + (index,), lines, budget)
+
+
+def _issue(file: str, line: int | None, key: str, message: str) -> ConfigError:
+    from statesim.config import ConfigIssue
+
+    return ConfigError([ConfigIssue(file, line, key, message)])
+
+
+def load_yaml(path: str | Path) -> tuple[Any, Lines]:
+    """Load one YAML document as plain data plus a map from key path to line number."""
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise _issue(name, None, "", "the file does not exist. Check the path (scenarios live in scenarios/).")
+    if path.is_dir():
+        raise _issue(name, None, "", "this is a directory, not a YAML file. Name a .yaml file inside it.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise _issue(name, line, "", f"the file is not valid UTF-8 (byte {exc.start}). Save it as UTF-8.") from None
+    return parse_yaml(text, name)
+
+
+def parse_yaml(text: str, name: str = "<string>") -> tuple[Any, Lines]:
+    """Parse YAML text; syntax errors become a ConfigError naming file and line."""
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+        lines: Lines = {}
+        if node is not None:
+            _collect_lines(node, (), lines, [MAX_NODES])
+        loader = _LineLoader(text)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or "invalid YAML"
+        if "could not determine a constructor" in str(exc):
+            problem = (f"{exc.problem}: YAML tags that build Python objects are not allowed; scenario files are "
+                       f"data only. Remove the tag")
+        raise _issue(name, line, "", f"{problem}. Fix the YAML syntax there.") from None
+    except yaml.YAMLError as exc:
+        raise _issue(name, None, "", f"invalid YAML: {exc}") from None
+    except ValueError as exc:
+        raise _issue(name, None, "", f"{exc}; refusing to load it.") from None
+    except RecursionError:
+        raise _issue(name, None, "", "the document nests too deeply; refusing to load it.") from None
+    return data, lines
+
+
+def dump_yaml(data: Any) -> str:
+    """Dump plain data as block-style YAML with keys in their given order."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
