@@ -37,8 +37,19 @@ def random_stable_system(p: LinearSystemParams) -> LinearCell:
     """A random system with D scaled to the requested spectral radius."""
     gen = torch.Generator().manual_seed(p.system_seed)
     n, m, q = p.state_size, p.input_size, p.output_size
-    D = torch.randn(n, n, generator=gen)
-    D = D * (p.spectral_radius / torch.linalg.eigvals(D).abs().max())
+    # Eigenvalues drawn with |lambda| in [0.5 rho, rho] (complex pairs, plus one real one if n is odd), so
+    # every mode is excited for long enough to be identifiable; the largest has modulus rho exactly.
+    blocks = []
+    for index in range(n // 2):
+        radius = p.spectral_radius if index == 0 else float(p.spectral_radius * (0.5 + 0.5 * torch.rand(1, generator=gen)))
+        angle = float(0.2 + (torch.pi - 0.4) * torch.rand(1, generator=gen))
+        c, s = radius * torch.cos(torch.tensor(angle)), radius * torch.sin(torch.tensor(angle))
+        blocks.append(torch.tensor([[c, -s], [s, c]]))
+    if n % 2:
+        radius = p.spectral_radius if n == 1 else float(p.spectral_radius * (0.5 + 0.5 * torch.rand(1, generator=gen)))
+        blocks.append(torch.tensor([[radius if torch.rand(1, generator=gen) < 0.5 else -radius]]))
+    basis, _ = torch.linalg.qr(torch.randn(n, n, generator=gen))
+    D = basis @ torch.block_diag(*blocks) @ basis.T
     init = {"A": torch.randn(q, m, generator=gen) * 0.5, "B": torch.randn(q, n, generator=gen) / n ** 0.5,
             "C": torch.randn(n, m, generator=gen), "D": D}
     return LinearCell(m, n, q, fixed=["A", "B", "C", "D"], init={k: v.tolist() for k, v in init.items()})

@@ -86,6 +86,11 @@ class MovingAverage(Scenario):
                     "test_mse": float(((prediction - truth_test[system]) ** 2).mean()),
                     "coefficients": self._coefficients(model)}
         results = {"pairings": pairings, **self._verdicts(pairings)}
+        if "window_vs_linear_on_ema" in results:
+            # The share of the EMA's variance the window leaves unexplained: the infinite tail beyond k.
+            variance = float(truth_test["ema"].var())
+            results["window_vs_linear_on_ema"]["window_unexplained_variance"] = (
+                pairings["window-on-ema"]["test_mse"] / variance)
         if ctx.plots_enabled:
             self._plot(ctx, x_test, truth_test, fits)
         return results
@@ -119,7 +124,9 @@ class MovingAverage(Scenario):
                                                "recovered": error <= p.tolerance}
         if "window-on-ema" in pairings and "linear-on-ema" in pairings:
             w, s = pairings["window-on-ema"]["test_mse"], pairings["linear-on-ema"]["test_mse"]
-            verdicts["window_on_ema_mse_over_linear"] = w / max(s, 1e-12)
+            verdicts["window_vs_linear_on_ema"] = {
+                "window_test_mse": w, "linear_test_mse": s,
+                "window_fails": w > 100 * max(s, 1e-8), "mse_ratio": w / max(s, 1e-12)}
         return verdicts
 
     def _plot(self, ctx: RunContext, x: torch.Tensor, truth: dict[str, torch.Tensor],
