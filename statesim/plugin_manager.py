@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "statesim.builtin.initial_states",
     "statesim.builtin.scenarios.moving_average",
     "statesim.builtin.scenarios.linear_system",
+    "statesim.builtin.salamander.cpg",
 )
 
 
