@@ -115,3 +115,10 @@ class Cell(nn.Module):
             if got != (batch_size, *shape):
                 raise ShapeError(f"{name}: state part '{part}' should have shape {[batch_size, *shape]}, "
                                  f"got {list(got)}.")
+        ref = next(self.parameters(), None)
+        if ref is not None and ref.is_floating_point():
+            for part, value in state.items():
+                if value.dtype != ref.dtype or value.device != ref.device:
+                    raise ShapeError(f"{name}: state part '{part}' is {value.dtype} on {value.device} but the "
+                                     f"cell's parameters are {ref.dtype} on {ref.device}; convert the state "
+                                     f"(or the model) so they agree.")

@@ -80,5 +80,6 @@ def unroll(cell: Cell, inputs: Tensor, state: State | None = None, *, lengths: T
 def step(cell: Cell, x: Tensor, state: State | None = None, *, forcing: Forcing | None = None,
          t: int = 0) -> tuple[Tensor, State]:
     """Advance ``cell`` by one tick from ``state``; equals one step of :func:`unroll` at global step ``t``."""
+    cell.check_input(x)  # report a bad single-step input as [B, input_size], not as a sequence
     traj = unroll(cell, x.unsqueeze(0), state, forcing=forcing, t0=t)
     return traj.outputs[0], traj.final_state

@@ -3,7 +3,8 @@
 Semantics (one rule for inputs and states): a clamp active at step ``t`` replaces what the cell
 *reads* at step ``t``. For ``target="input"`` the chosen input units of ``x_t`` are overwritten; for a
 state part (``target="h"``, ``"c"``, ``"layer1.h"``) the chosen units of the state entering step ``t``
-(``h_{t-1}``) are overwritten before the cell computes ``(y_t, h_t)``. The states the engine returns
+(``h_{t-1}``) are overwritten before the cell computes ``(y_t, h_t)``; units index the part's
+flattened per-sample shape (plain vector parts: the vector's entries). The states the engine returns
 are what the dynamics produced; the clamp acts on every step inside its window ``[start, stop)``.
 
 Gradients: a forced unit is a constant for the step that reads it, so no gradient flows through it
@@ -103,11 +104,13 @@ class Forcing:
             return state
         state = dict(state)
         for clamp in clamps:
-            part = state[clamp.target].clone()
+            # Units index the flattened per-sample part, so multi-dimensional parts ([B, k, F]) clamp too.
+            original = state[clamp.target]
+            part = original.reshape(original.shape[0], -1).clone()
             width = part.shape[-1]
             n_units = width if clamp.units is None else len(clamp.units)
             part[:, clamp.index(width)] = clamp.value_at(t, part.shape[0], n_units, part)
-            state[clamp.target] = part
+            state[clamp.target] = part.view(original.shape)
         return state
 
 
