@@ -26,8 +26,12 @@ FORMAT = "statesim-checkpoint/1"
 
 def _flatten(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(tree, torch.Tensor):
-        key = prefix or "_"
-        tensors[key] = tree.detach().cpu().contiguous()
+        # A key with '/' in it, or an int key beside its string twin, can spell an existing path: number it.
+        key, n = prefix or "_", 1
+        while key in tensors:
+            key, n = f"{prefix or '_'}#{n}", n + 1
+        # safetensors refuses tensors that share storage (tied weights, views), so each leaf gets its own copy.
+        tensors[key] = tree.detach().cpu().clone(memory_format=torch.contiguous_format)
         return {"__tensor__": key}
     if isinstance(tree, dict):
         return {"__dict__": [[_key(k), _flatten(v, f"{prefix}/{k}", tensors)] for k, v in tree.items()]}
