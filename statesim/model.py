@@ -38,6 +38,8 @@ class InitialContext:
     lengths: Tensor | None = None
     encoded: Tensor | None = None
     topology: "Topology | None" = None
+    #: Steps that precede the sequence ``[K, B, F]`` (for policies that warm the system up on them).
+    prefix: Tensor | None = None
 
 
 class InitialState(nn.Module):
@@ -93,6 +95,16 @@ class Topology(nn.Module):
         """Build from validated YAML parameters."""
         return cls(input_size, cell_factory, **dict(params))
 
+    @classmethod
+    def from_config(cls, input_size: int, cell_factory: CellFactory, params: BaseModel,
+                    registry: Registry) -> "Topology":
+        """Build with the registry at hand (what :func:`build_model` calls).
+
+        Defaults to :meth:`from_params`; a topology whose parameters name further components (an
+        encoder-decoder's encoder and decoder topologies, a second cell) overrides this to build them.
+        """
+        return cls.from_params(input_size, cell_factory, params)
+
 
 class SequenceModel(nn.Module):
     """A topology, its initial-state policy and an optional output head: what trainers and embedders use."""
@@ -117,10 +129,10 @@ class SequenceModel(nn.Module):
         return next(self.parameters())
 
     def initial(self, batch_size: int, *, inputs: Tensor | None = None, lengths: Tensor | None = None,
-                encoded: Tensor | None = None) -> State:
+                encoded: Tensor | None = None, prefix: Tensor | None = None) -> State:
         """The state at ``t = 0`` from the model's initial-state policy."""
         ref = self._ref()
-        context = InitialContext(inputs, lengths, encoded, self.topology)
+        context = InitialContext(inputs, lengths, encoded, self.topology, prefix)
         return self.initial_state(batch_size, device=ref.device, dtype=ref.dtype, context=context)
 
     def read_out(self, outputs: Tensor) -> Tensor:
@@ -129,10 +141,13 @@ class SequenceModel(nn.Module):
 
     def forward(self, inputs: Tensor, state: State | None = None, *, lengths: Tensor | None = None,
                 forcing: Forcing | None = None, return_states: bool = False, t0: int = 0,
-                encoded: Tensor | None = None) -> Trajectory:
-        """Unroll over ``inputs [T, B, F]``; outputs pass through the head."""
+                encoded: Tensor | None = None, prefix: Tensor | None = None) -> Trajectory:
+        """Unroll over ``inputs [T, B, F]``; outputs pass through the head.
+
+        ``encoded`` and ``prefix`` reach the initial-state policy (see :class:`InitialContext`).
+        """
         if state is None:
-            state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded)
+            state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded, prefix=prefix)
         traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)
         if lengths is not None and self.head is not None:
@@ -157,7 +172,7 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
         return cell_entry.cls.from_params(size, config.cell.params)
 
     topology_entry = registry.get("topology", config.topology.type).record
-    topology = topology_entry.cls.from_params(input_size, make_cell, config.topology.params)
+    topology = topology_entry.cls.from_config(input_size, make_cell, config.topology.params, registry)
     policy_entry = registry.get("initial_state", config.initial_state.type).record
     policy = policy_entry.cls.from_params(topology.state_spec, config.initial_state.params)
     head: nn.Module | None = None

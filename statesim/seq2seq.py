@@ -1,0 +1,247 @@
+"""Sequence-to-sequence support shared by the translation and captioning scenarios.
+
+* token vocabularies and the two tokenizers (``char``, ``whitespace``);
+* :class:`PairData`, a source/target batch the shared trainer can shuffle (``select``/``to``/``len``);
+* decoding with feedback of the model's own predictions, one tick at a time through
+  :func:`statesim.engine.step` (greedy, beam search) or :func:`statesim.engine.unroll` (teacher forcing),
+  for any :class:`~statesim.cell.Cell` (a decoder cell, a stack seen as one cell, an attention cell);
+* metrics: exact-sequence accuracy and corpus BLEU (sacrebleu).
+
+Decoding functions take a decoder ``cell``, its start ``state``, an ``embed`` (token ids -> inputs) and a
+``head`` (outputs -> logits), so a captioner (CNN + LSTM) and an encoder-decoder share them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from statesim.cell import Cell, State
+from statesim.engine import step, unroll
+from statesim.errors import StatesimError
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+# --------------------------------------------------------------------------- tokens
+def tokenize(text: str, mode: str) -> list[str]:
+    """Split ``text`` into characters (``char``) or whitespace-separated words (``whitespace``)."""
+    if mode == "char":
+        return list(text.strip())
+    if mode == "whitespace":
+        return text.split()
+    raise StatesimError(f"unknown tokenizer '{mode}'; use 'char' or 'whitespace'.")
+
+
+def detokenize(tokens: Sequence[str], mode: str) -> str:
+    """Inverse of :func:`tokenize` (up to repeated whitespace)."""
+    return "".join(tokens) if mode == "char" else " ".join(tokens)
+
+
+class Vocab:
+    """Token <-> id map with the specials ``<pad> <bos> <eos> <unk>`` at ids 0..3."""
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self.itos = list(SPECIALS) + sorted(set(tokens) - set(SPECIALS))
+        self.stoi = {token: i for i, token in enumerate(self.itos)}
+
+    @classmethod
+    def from_sequences(cls, sequences: Iterable[Sequence[str]]) -> "Vocab":
+        """The vocabulary of every token in ``sequences``."""
+        return cls(token for sequence in sequences for token in sequence)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Sequence[str]) -> list[int]:
+        """Ids of ``tokens`` (unknown ones map to ``<unk>``)."""
+        return [self.stoi.get(token, UNK) for token in tokens]
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Tokens of ``ids`` up to the first ``<eos>``, specials dropped."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == EOS:
+                break
+            if i >= len(SPECIALS):
+                out.append(self.itos[i])
+        return out
+
+
+def pad_ids(sequences: Sequence[Sequence[int]], *, bos: bool = False, eos: bool = False) -> tuple[Tensor, Tensor]:
+    """Time-major ``[T, N]`` padded ids and lengths ``[N]`` (optionally with ``<bos>``/``<eos>`` added)."""
+    rows = [([BOS] if bos else []) + list(s) + ([EOS] if eos else []) for s in sequences]
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    out = torch.full((max(int(lengths.max()), 1), len(rows)), PAD, dtype=torch.long)
+    for n, row in enumerate(rows):
+        out[:len(row), n] = torch.tensor(row, dtype=torch.long)
+    return out, lengths
+
+
+# --------------------------------------------------------------------------- data
+@dataclass
+class PairData:
+    """Source/target pairs, time-major. ``source`` is ``[S, N]`` ids or ``[S, N, F]`` features (or any
+    tensor with N on dim 1, e.g. images ``[1, N, C, H, W]``); ``target`` is ``[T, N]`` ids ending in <eos>."""
+
+    source: Tensor
+    source_lengths: Tensor
+    target: Tensor
+    target_lengths: Tensor
+
+    def __len__(self) -> int:
+        return self.target.shape[1]
+
+    def select(self, index: Tensor | slice) -> "PairData":
+        """The pairs at ``index`` (trimmed to their longest member)."""
+        s_len, t_len = self.source_lengths[index], self.target_lengths[index]
+        s_max, t_max = max(int(s_len.max()), 1), max(int(t_len.max()), 1)
+        return PairData(self.source[:s_max, index], s_len, self.target[:t_max, index], t_len)
+
+    def to(self, device: torch.device | str) -> "PairData":
+        return replace(self, source=self.source.to(device), source_lengths=self.source_lengths.to(device),
+                       target=self.target.to(device), target_lengths=self.target_lengths.to(device))
+
+    def decoder_inputs(self) -> Tensor:
+        """``<bos>`` followed by the target shifted right: what a teacher-forced decoder reads."""
+        return torch.cat([torch.full_like(self.target[:1], BOS), self.target[:-1]], dim=0)
+
+    def mask(self) -> Tensor:
+        """``[T, N]`` True at real target steps."""
+        return torch.arange(self.target.shape[0], device=self.target.device).unsqueeze(1) < self.target_lengths
+
+
+# --------------------------------------------------------------------------- decoding
+Embed = Callable[[Tensor], Tensor]
+Head = Callable[[Tensor], Tensor]
+
+
+def decoder_logits(cell: Cell, state: State, embed: Embed, head: Head, decoder_inputs: Tensor,
+                   lengths: Tensor | None = None, *, sampling: float = 0.0,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Logits ``[T, B, V]`` of a decoder reading the gold previous tokens (teacher forcing).
+
+    With ``sampling > 0`` (scheduled sampling, Bengio et al. 2015) each step's input is, with that
+    probability per sequence, the embedding of the model's own previous prediction instead of the gold
+    token; the engine is then stepped one tick at a time, since each input depends on the last output.
+    """
+    if sampling <= 0:
+        return head(unroll(cell, embed(decoder_inputs), state, lengths=lengths).outputs)
+    logits = []
+    previous = None
+    for t in range(decoder_inputs.shape[0]):
+        tokens = decoder_inputs[t]
+        if previous is not None:
+            coin = torch.rand(tokens.shape, generator=generator, device="cpu").to(tokens.device) < sampling
+            tokens = torch.where(coin, previous.argmax(-1).detach(), tokens)
+        y, state = step(cell, embed(tokens), state, t=t)
+        previous = head(y)
+        logits.append(previous)
+    return torch.stack(logits)
+
+
+def sequence_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Mean token cross-entropy over unmasked steps."""
+    losses = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+    weight = mask.flatten().to(logits.dtype)
+    return (losses * weight).sum() / weight.sum().clamp_min(1)
+
+
+def _to_list(tokens: Tensor) -> list[list[int]]:
+    """Rows of ids cut after the first ``<eos>`` (kept) and without padding."""
+    out = []
+    for row in tokens.tolist():
+        cut = row.index(EOS) + 1 if EOS in row else len(row)
+        out.append(row[:cut])
+    return out
+
+
+@torch.no_grad()
+def greedy_decode(cell: Cell, state: State, embed: Embed, head: Head, *, max_len: int) -> tuple[list[list[int]], Tensor]:
+    """Feed back the most likely token each step until every sequence emits ``<eos>`` or ``max_len`` steps.
+
+    Returns the token ids per sequence (``<eos>`` included when emitted) and their total log-probabilities.
+    """
+    batch = next(iter(state.values())).shape[0]
+    device = next(iter(state.values())).device
+    previous = torch.full((batch,), BOS, dtype=torch.long, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    score = torch.zeros(batch, device=device)
+    tokens = []
+    for t in range(max_len):
+        y, state = step(cell, embed(previous), state, t=t)
+        logp = torch.log_softmax(head(y), dim=-1)
+        best = logp.argmax(-1)
+        score = score + torch.where(finished, torch.zeros_like(score), logp.gather(1, best.unsqueeze(1)).squeeze(1))
+        best = torch.where(finished, torch.full_like(best, PAD), best)
+        tokens.append(best)
+        finished = finished | (best == EOS)
+        previous = best
+        if bool(finished.all()):
+            break
+    return _to_list(torch.stack(tokens, dim=1)), score
+
+
+@torch.no_grad()
+def beam_decode(make_cell: Callable[[int], Cell], state: State, embed: Embed, head: Head, *, beam_size: int,
+                max_len: int, length_penalty: float = 0.0) -> tuple[list[list[int]], Tensor]:
+    """Beam search: keep the ``beam_size`` best partial sequences per source; stop at ``<eos>`` or ``max_len``.
+
+    ``make_cell(k)`` returns the decoder cell for a batch whose rows are each repeated ``k`` times (an
+    attention cell needs its memory repeated). Finished hypotheses keep their score; the winner maximises
+    ``log p / ((5 + len) / 6) ** length_penalty`` (GNMT's normalisation; 0 = raw log-probability).
+    Returns the best token ids per sequence and their raw log-probabilities.
+    """
+    k = beam_size
+    first = next(iter(state.values()))
+    batch, device = first.shape[0], first.device
+    state = {name: value.repeat_interleave(k, dim=0) for name, value in state.items()}
+    cell = make_cell(k)
+    scores = torch.full((batch, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    previous = torch.full((batch * k,), BOS, dtype=torch.long, device=device)
+    finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
+    history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
+    offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)
+    for t in range(max_len):
+        y, new_state = step(cell, embed(previous), state, t=t)
+        logp = torch.log_softmax(head(y), dim=-1)
+        vocab = logp.shape[-1]
+        eos_only = torch.full_like(logp, float("-inf"))
+        eos_only[:, EOS] = 0.0
+        logp = torch.where(finished.unsqueeze(1), eos_only, logp)
+        total = (scores.view(-1, 1) + logp).view(batch, k * vocab)
+        scores, index = total.topk(k, dim=1)
+        source = (offsets + torch.div(index, vocab, rounding_mode="floor")).view(-1)
+        token = (index % vocab).view(-1)
+        state = {name: value[source] for name, value in new_state.items()}
+        was_finished = finished[source]
+        history = torch.cat([history[source], torch.where(was_finished, PAD, token).unsqueeze(1)], dim=1)
+        finished = was_finished | (token == EOS)
+        previous = token
+        if bool(finished.all()):
+            break
+    hyps = _to_list(history)
+    lengths = torch.tensor([len(h) for h in hyps], dtype=scores.dtype, device=device).view(batch, k)
+    ranked = scores / ((5 + lengths) / 6) ** length_penalty if length_penalty else scores
+    best = ranked.argmax(dim=1)
+    return [hyps[b * k + int(best[b])] for b in range(batch)], scores.gather(1, best.unsqueeze(1)).squeeze(1)
+
+
+# --------------------------------------------------------------------------- metrics
+def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of hypotheses equal to their reference (after whitespace normalisation)."""
+    if not references:
+        return 0.0
+    return sum(" ".join(h.split()) == " ".join(r.split()) for h, r in zip(hypotheses, references)) / len(references)
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (0-100) by sacrebleu with its defaults (13a tokenisation, exp smoothing)."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
