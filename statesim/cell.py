@@ -10,11 +10,15 @@ Two optional methods let a cell be fast without changing the contract:
 * :meth:`Cell.project_inputs` maps the whole input sequence ``[T, B, F]`` at once (one matrix product
   for every input projection); :meth:`Cell.transition` then takes one projected step. A cell that
   overrides neither simply implements :meth:`Cell.forward`.
+* :meth:`Cell.numpy_step` returns a plain-NumPy function for one step, built from a snapshot of the
+  current weights, so a host stepping one tick at a time (:mod:`statesim.embed`) avoids torch's
+  per-call dispatch. A cell that offers none is stepped through :meth:`Cell.forward`.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+from typing import Callable, ClassVar, Mapping
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -23,6 +27,11 @@ from statesim.errors import ShapeError
 
 #: A state is a named collection of tensors, each ``[B, *part_shape]``.
 State = dict[str, Tensor]
+
+#: One step in NumPy: ``(x [B, input_size], {part: [B, *shape]}) -> (y [B, output_size], new_state)``.
+#: It must not modify its arguments in place and must return fresh arrays (``y`` may be the same array as
+#: a part of the new state). It is called by one thread at a time, so it may reuse scratch buffers.
+NumpyStep = Callable[[np.ndarray, dict[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
 
 
 class CellParams(BaseModel):
@@ -66,6 +75,14 @@ class Cell(nn.Module):
     def transition(self, projected_x: Tensor, state: State) -> tuple[Tensor, State]:
         """One step on a projected input; cells that hoist work out of the loop implement this."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward or transition")
+
+    def numpy_step(self) -> NumpyStep | None:
+        """A NumPy step built from the current weights (a snapshot), or None to be stepped through forward.
+
+        It must return the same numbers as :meth:`forward` up to float rounding, in the weights' dtype;
+        rebuild it after changing the weights.
+        """
+        return None
 
     @property
     def hoists_inputs(self) -> bool:

@@ -112,6 +112,9 @@ class SequenceModel(nn.Module):
     def __init__(self, topology: Topology, initial_state: InitialState, head: nn.Module | None = None) -> None:
         super().__init__()
         self.topology, self.initial_state, self.head = topology, initial_state, head
+        #: How :func:`build_model` made this model (resolved model config and sizes, plain JSON data);
+        #: trainers store it in checkpoints so a checkpoint alone can rebuild the model (statesim.embed).
+        self.build_spec: dict[str, Any] | None = None
 
     @property
     def input_size(self) -> int:
@@ -180,4 +183,6 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
         config.head == "auto" and output_size is not None and output_size != topology.output_size)
     if wants_head:
         head = nn.Linear(topology.output_size, output_size or topology.output_size, bias=config.head_bias)
-    return SequenceModel(topology, policy, head)
+    model = SequenceModel(topology, policy, head)
+    model.build_spec = {"model": config.model_dump(mode="json"), "input_size": input_size, "output_size": output_size}
+    return model

@@ -265,7 +265,8 @@ class Trainer:
         if self.checkpoint_dir is None:
             return None
         path = save_checkpoint(self.checkpoint_dir / f"step_{self.step:08d}", self.state_tree(), step=self.step,
-                               config_digest=self.config_digest, meta={"job": self.job})
+                               config_digest=self.config_digest,
+                               meta={"job": self.job, "model": getattr(self.model, "build_spec", None)})
         for old in list_checkpoints(self.checkpoint_dir)[:-self.config.keep_checkpoints]:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
             old.unlink(missing_ok=True)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from statesim.cell import Cell, CellParams, State
+from statesim.builtin import numpy_kernels
+from statesim.cell import Cell, CellParams, NumpyStep, State
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 
@@ -88,6 +89,9 @@ class LinearCell(Cell):
         h = state["h"]
         return ax + h @ self.B.T, {"h": cx + h @ self.D.T}
 
+    def numpy_step(self) -> NumpyStep:
+        return numpy_kernels.linear_step(self.A, self.B, self.C, self.D)
+
 
 class VanillaParams(CellParams):
     hidden_size: int = Field(..., gt=0, description="number of hidden units")
@@ -125,6 +129,9 @@ class VanillaCell(Cell):
     def transition(self, projected_x: Tensor, state: State) -> tuple[Tensor, State]:
         h = self._act(projected_x + state["h"] @ self.weight_hh.T)
         return h, {"h": h}
+
+    def numpy_step(self) -> NumpyStep:
+        return numpy_kernels.vanilla_step(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.activation)
 
 
 class LSTMParams(CellParams):
@@ -169,6 +176,9 @@ class LSTMCell(Cell):
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, {"h": h, "c": c}
 
+    def numpy_step(self) -> NumpyStep:
+        return numpy_kernels.lstm_step(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
 
 class GRUParams(CellParams):
     hidden_size: int = Field(..., gt=0, description="number of units")
@@ -210,6 +220,9 @@ class GRUCell(Cell):
         n = torch.tanh(x_n + r * h_n)
         h = (1 - z) * n + z * h
         return h, {"h": h}
+
+    def numpy_step(self) -> NumpyStep:
+        return numpy_kernels.gru_step(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
 
 
 class WindowParams(CellParams):
@@ -257,6 +270,11 @@ class WindowCell(Cell):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         window = torch.cat([x.unsqueeze(1), state["window"][:, :-1]], dim=1)
         return self.net(window.flatten(1)), {"window": window}
+
+    def numpy_step(self) -> NumpyStep:
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        acts = [m.name for m in self.net if isinstance(m, _Activation)] + [None]
+        return numpy_kernels.window_step([(m.weight, m.bias, a) for m, a in zip(linears, acts)])
 
 
 class _Activation(nn.Module):

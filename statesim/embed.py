@@ -1,0 +1,564 @@
+"""Embed a trained model in a host simulation: the host owns the clock, statesim steps one tick per call.
+
+::
+
+    import statesim.embed
+
+    sim = statesim.embed.load("runs/my-run")          # a run folder, or a checkpoint's .json/.safetensors
+    sim.reset(batch_size=4)                           # the model's initial-state policy, or any registered one
+    for tick in range(1000):
+        y = sim.step(x)                               # x [4, input_size] -> y [4, output_size]; NumPy or torch
+        saved = sim.save_state()                      # read / save / restore / overwrite state by named part
+        sim.force("h", 0.0, units=[0, 1], steps=1)    # clamp units for the next step (steps=None: until released)
+
+Loading rebuilds the model through the plugin registry from the model description stored with the
+checkpoint (or the run's ``config.yaml``) and loads its weights from the verified safetensors file; no
+trainer or optimizer is built. Stepping is inference only, thread-safe per instance (one lock), and
+gives the numbers of :func:`statesim.engine.unroll` over the same inputs, forcing included.
+
+Fast path: when the step cell offers :meth:`~statesim.cell.Cell.numpy_step`, the state lives in NumPy
+arrays and each tick is a handful of NumPy calls (no torch dispatch). Otherwise, or with ``fast=False``,
+each tick goes through :func:`statesim.engine.step`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from statesim import engine
+from statesim.cell import Cell
+from statesim.checkpoint import CheckpointInfo, latest_good_checkpoint, list_checkpoints, load_checkpoint
+from statesim.errors import CheckpointError, StatesimError
+from statesim.forcing import Clamp, Forcing, ForcingValue
+from statesim.model import InitialState, SequenceModel, build_model
+from statesim.registry import Registry
+
+__all__ = ["EmbedError", "EmbeddedModel", "StateSnapshot", "load", "load_model", "find_checkpoint"]
+
+
+class EmbedError(StatesimError, ValueError):
+    """The embedding API was called with something it cannot use (shape, state part, forcing target...)."""
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """A saved state: every named part (``[B, *shape]`` NumPy copies) and the step counter it belongs to."""
+
+    state: dict[str, np.ndarray]
+    t: int
+
+    @property
+    def batch_size(self) -> int:
+        """Number of agents in the snapshot."""
+        return next(iter(self.state.values())).shape[0]
+
+
+# --------------------------------------------------------------------------- loading
+def _jobs(run_dir: Path) -> list[str]:
+    root = run_dir / "checkpoints"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and list_checkpoints(p)) if root.is_dir() else []
+
+
+def find_checkpoint(path: str | Path, job: str | None = None) -> tuple[Path, Path | None]:
+    """The checkpoint sidecar ``path`` names and the run folder it belongs to (None when not in one).
+
+    ``path`` is a run folder (its newest verified checkpoint of ``job`` is chosen: by default the only
+    job, or ``main``), a job's checkpoint folder, or a checkpoint's ``.json``/``.safetensors`` file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist. Pass a run folder written by `statesim run` or a "
+                              f"checkpoint file (checkpoints/<job>/step_*.json).")
+    if path.is_file():
+        sidecar = path.with_suffix(".json")
+        run_dir = next((p for p in sidecar.parents if (p / "config.yaml").is_file()), None)
+        return sidecar, run_dir
+    if list_checkpoints(path):  # a job's checkpoint folder
+        run_dir = next((p for p in path.parents if (p / "config.yaml").is_file()), None)
+        return _newest_good(path), run_dir
+    jobs = _jobs(path)
+    if not jobs:
+        raise CheckpointError(f"{path} holds no checkpoints (expected {path}/checkpoints/<job>/step_*.json). "
+                              f"Is it a finished `statesim run` folder?")
+    if job is None:
+        if len(jobs) == 1:
+            job = jobs[0]
+        elif "main" in jobs:
+            job = "main"
+        else:
+            raise EmbedError(f"the run {path} trained several models ({', '.join(jobs)}); choose one with "
+                             f"job=... (CLI: --job).")
+    if job not in jobs:
+        raise EmbedError(f"the run {path} has no checkpoints for job '{job}'; its jobs are: {', '.join(jobs)}.")
+    return _newest_good(path / "checkpoints" / job), path
+
+
+def _newest_good(folder: Path) -> Path:
+    found = latest_good_checkpoint(folder)
+    if found is None:
+        raise CheckpointError(f"no checkpoint in {folder} verifies (each is missing, truncated or corrupt).")
+    return found[1].path
+
+
+def _run_config(run_dir: Path | None, registry: Registry) -> Any:
+    if run_dir is None:
+        return None
+    from statesim.config import load_config
+
+    return load_config(run_dir / "config.yaml", registry)
+
+
+def _model_config(data: Any, registry: Registry, where: str) -> Any:
+    """Validate and resolve a stored model description (plain data) against the registry."""
+    from pydantic import ValidationError
+
+    from statesim.config import ModelConfig, _issues_from_validation, resolve
+    from statesim.errors import ConfigError
+
+    try:
+        config = ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_issues_from_validation(exc, ModelConfig, ("model",), where, {})) from None
+    issues: list[Any] = []
+    resolve(config, ("model",), registry, where, {}, issues)
+    if issues:
+        raise ConfigError(issues)
+    return config
+
+
+def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto", registry: Registry | None = None,
+               input_size: int | None = None, output_size: int | None = None,
+               device: str | torch.device = "cpu") -> tuple[SequenceModel, CheckpointInfo]:
+    """Rebuild a trained :class:`SequenceModel` from a run folder or checkpoint, in eval mode, without a trainer.
+
+    ``weights``: ``"last"`` (the checkpoint's model), ``"best"`` (the best validated model kept for early
+    stopping) or ``"auto"`` (best when the run used early stopping and one was kept, else last: the model
+    the run finished with). ``input_size``/``output_size`` are needed only for checkpoints written before
+    checkpoints recorded the model's sizes.
+    """
+    if registry is None:
+        from statesim.plugin_manager import build_plugin_host
+
+        registry = build_plugin_host().registry
+    sidecar, run_dir = find_checkpoint(path, job)
+    tree, info = load_checkpoint(sidecar, map_location="cpu")
+    spec = info.meta.get("model")
+    run_config = _run_config(run_dir, registry) if (spec is None or weights == "auto") else None
+    if spec is not None:
+        config = _model_config(spec["model"], registry, f"{sidecar} (stored model)")
+        input_size = spec["input_size"] if input_size is None else input_size
+        output_size = spec["output_size"] if output_size is None else output_size
+    elif run_config is not None and run_config.model is not None:
+        config = run_config.model
+        if input_size is None:
+            raise EmbedError(f"the checkpoint {sidecar} does not record the model's sizes (it predates that); "
+                             f"pass input_size=... (and output_size=... when the model has a head).")
+    else:
+        raise EmbedError(f"cannot tell which model the checkpoint {sidecar} holds: it records no model and no "
+                         f"run folder with a config.yaml `model:` section encloses it.")
+    model = build_model(registry, config, int(input_size), output_size)
+
+    best = tree.get("best_model")
+    if weights == "best" and best is None:
+        raise EmbedError(f"the checkpoint {sidecar} keeps no best model (the job validated nothing); "
+                         f"use weights='last'.")
+    if weights not in ("auto", "last", "best"):
+        raise EmbedError(f"weights must be 'auto', 'last' or 'best', got {weights!r}.")
+    early = bool(run_config is not None and run_config.training.early_stopping)
+    state_dict = best if (weights == "best" or (weights == "auto" and early and best is not None)) else tree["model"]
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights in {sidecar} do not fit the model described by its config "
+                              f"({str(exc).splitlines()[0]}).") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model, info
+
+
+def load(path: str | Path, *, job: str | None = None, weights: str = "auto", batch_size: int = 1,
+         fast: bool = True, device: str | torch.device = "cpu", registry: Registry | None = None,
+         input_size: int | None = None, output_size: int | None = None) -> "EmbeddedModel":
+    """Load a finished run (or a checkpoint) into a ready :class:`EmbeddedModel`, reset for ``batch_size`` agents."""
+    if registry is None:
+        from statesim.plugin_manager import build_plugin_host
+
+        registry = build_plugin_host().registry
+    model, info = load_model(path, job=job, weights=weights, registry=registry, input_size=input_size,
+                             output_size=output_size, device=device)
+    return EmbeddedModel(model, batch_size=batch_size, fast=fast, registry=registry, source=info.path)
+
+
+# --------------------------------------------------------------------------- the stepping object
+class EmbeddedModel:
+    """A trained model stepped one tick at a time by a host; the state (one row per agent) is kept inside."""
+
+    def __init__(self, model: SequenceModel, *, batch_size: int = 1, fast: bool = True,
+                 registry: Registry | None = None, source: Path | None = None) -> None:
+        self.model = model
+        self.cell: Cell = model.step_cell()
+        self.source = source
+        self._registry = registry
+        self._lock = threading.Lock()
+        ref = next(model.parameters(), None)
+        self.device = ref.device if ref is not None else torch.device("cpu")
+        self.dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+        self._np_dtype = np.dtype(str(self.dtype).removeprefix("torch."))
+        self.input_size, self.output_size = model.input_size, model.output_size
+        self.state_spec: dict[str, tuple[int, ...]] = dict(self.cell.state_spec)
+        self._fast_requested = fast
+        self._clamps: dict[int, Clamp] = {}
+        self._next_handle = 0
+        self._t = 0
+        self._batch = 0
+        self._state: dict[str, Any] = {}
+        self._kernel = None
+        self.refresh()
+        self.reset(batch_size=batch_size)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def fast(self) -> bool:
+        """Whether steps run through the cell's NumPy kernel (True) or through torch and the engine."""
+        return self._kernel is not None
+
+    @property
+    def batch_size(self) -> int:
+        """Number of agents stepped together."""
+        return self._batch
+
+    @property
+    def t(self) -> int:
+        """Steps taken since the last full reset (the global step index forcing windows refer to)."""
+        return self._t
+
+    @property
+    def state_parts(self) -> list[str]:
+        """Names of the state parts (``h``, ``c``, ``layer1.h`` ...)."""
+        return list(self.state_spec)
+
+    def refresh(self) -> None:
+        """Rebuild the NumPy kernels from the model's current weights (call after changing the weights)."""
+        with self._lock:
+            kernel = None
+            if self._fast_requested and self.device.type == "cpu":
+                kernel = self.cell.numpy_step()
+            self._head = None
+            if kernel is not None and self.model.head is not None:
+                head = self.model.head
+                if isinstance(head, nn.Linear):
+                    weight = head.weight.detach().cpu().numpy().T.copy()
+                    bias = None if head.bias is None else head.bias.detach().cpu().numpy().copy()
+                    self._head = (weight, bias)
+                else:  # an arbitrary head is run through torch on the kernel's output
+                    self._head = head
+            was_fast = self._kernel is not None
+            self._kernel = kernel
+            if self._state and was_fast != (kernel is not None):
+                self._state = {k: self._store(v) for k, v in self._state.items()}
+
+    # ------------------------------------------------------------------ conversions
+    def _store(self, value: Any) -> Any:
+        """A value in the internal representation (NumPy on the fast path, torch otherwise), as a copy."""
+        if self._kernel is not None:
+            if isinstance(value, Tensor):
+                return value.detach().cpu().numpy().astype(self._np_dtype, copy=True)
+            return np.array(value, dtype=self._np_dtype, copy=True)
+        if isinstance(value, Tensor):
+            return value.detach().to(self.device, self.dtype).clone()
+        return torch.as_tensor(np.asarray(value), dtype=self.dtype, device=self.device).clone()
+
+    def _export(self, value: Any, as_tensor: bool) -> Any:
+        if isinstance(value, Tensor):
+            return value.detach().clone() if as_tensor else value.detach().cpu().numpy().copy()
+        return torch.from_numpy(value.copy()) if as_tensor else value.copy()
+
+    def _check_part(self, part: str) -> None:
+        if part not in self.state_spec:
+            raise EmbedError(f"'{part}' is not a state part of this model; its parts are: {', '.join(self.state_spec)}.")
+
+    def _full_part(self, part: str, value: Any, rows: int) -> Any:
+        """``value`` broadcast to ``[rows, *shape]`` of ``part``, in the internal representation."""
+        shape = (rows, *self.state_spec[part])
+        stored = self._store(value)
+        try:
+            if isinstance(stored, Tensor):
+                return stored.expand(shape).clone() if tuple(stored.shape) != shape else stored
+            return np.broadcast_to(stored, shape).copy() if stored.shape != shape else stored
+        except (RuntimeError, ValueError):
+            raise EmbedError(f"a value of shape {list(stored.shape)} cannot fill state part '{part}' of shape "
+                             f"{list(shape)} (give [{', '.join(map(str, self.state_spec[part]))}] for every agent "
+                             f"or {list(shape)}).") from None
+
+    # ------------------------------------------------------------------ reset and state
+    def _initial(self, batch_size: int, initial_state: Any) -> dict[str, Any]:
+        device, dtype = self.device, self.dtype
+        if initial_state is None or initial_state == "model":
+            with torch.no_grad():
+                values = self.model.initial(batch_size)
+        elif isinstance(initial_state, InitialState):
+            with torch.no_grad():
+                values = initial_state(batch_size, device=device, dtype=dtype)
+        elif isinstance(initial_state, str) or (isinstance(initial_state, Mapping) and "type" in initial_state):
+            values = self._policy(initial_state)(batch_size, device=device, dtype=dtype)
+        elif isinstance(initial_state, StateSnapshot):
+            values = initial_state.state
+        elif isinstance(initial_state, Mapping):
+            unknown = set(initial_state) - set(self.state_spec)
+            if unknown:
+                raise EmbedError(f"initial_state names unknown state parts {sorted(unknown)}; the parts are "
+                                 f"{', '.join(self.state_spec)} (missing parts start at zero).")
+            values = {part: initial_state.get(part, np.zeros(shape)) for part, shape in self.state_spec.items()}
+        else:
+            raise EmbedError(f"initial_state must be None (the model's policy), a registered policy name or "
+                             f"{{type: name, ...params}}, an InitialState, a StateSnapshot or {{part: values}}; "
+                             f"got {type(initial_state).__name__}.")
+        return {part: self._full_part(part, values[part], batch_size) for part in self.state_spec}
+
+    def _policy(self, spec: str | Mapping[str, Any]) -> InitialState:
+        from pydantic import ValidationError
+
+        if self._registry is None:
+            from statesim.plugin_manager import build_plugin_host
+
+            self._registry = build_plugin_host().registry
+        spec = {"type": spec} if isinstance(spec, str) else dict(spec)
+        name = spec.pop("type")
+        try:
+            entry = self._registry.get("initial_state", name).record
+        except KeyError as exc:
+            raise EmbedError(str(exc.args[0])) from None
+        try:
+            params = entry.params.model_validate(spec)
+        except ValidationError as exc:
+            raise EmbedError(f"initial-state policy '{name}': {exc.errors()[0]['msg']} "
+                             f"({'.'.join(map(str, exc.errors()[0]['loc']))}).") from None
+        return entry.cls.from_params(self.state_spec, params).to(self.device)
+
+    def reset(self, batch_size: int | None = None, initial_state: Any = None, *,
+              agents: Sequence[int] | np.ndarray | None = None) -> None:
+        """Start over: a fresh state from ``initial_state`` and the step counter at 0.
+
+        ``initial_state``: None (the model's own policy), a registered policy name (``"zeros"``,
+        ``"random"``) or ``{"type": "random", "scale": 0.5}``, an :class:`InitialState`, a
+        :class:`StateSnapshot`, or ``{part: values}``. With ``agents``, only those rows are reset (an
+        episode ended for some agents) and the step counter keeps running.
+        """
+        with self._lock:
+            if agents is not None:
+                if batch_size is not None and batch_size != self._batch:
+                    raise EmbedError("reset(agents=...) keeps the batch; do not pass a different batch_size.")
+                rows = np.asarray(agents, dtype=np.int64).reshape(-1)
+                if rows.size and (rows.min() < -self._batch or rows.max() >= self._batch):
+                    raise EmbedError(f"agents {rows.tolist()} out of range for a batch of {self._batch}.")
+                fresh = self._initial(len(rows), initial_state)
+                for part, value in fresh.items():
+                    self._write_rows(part, rows, value)
+                return
+            batch = self._batch if batch_size is None else int(batch_size)
+            if batch <= 0:
+                raise EmbedError(f"batch_size must be positive, got {batch}.")
+            self._batch = batch
+            self._state = self._initial(batch, initial_state)
+            self._t = 0 if not isinstance(initial_state, StateSnapshot) else initial_state.t
+            # Clamps for a number of steps end with the episode; clamps until released carry over.
+            self._clamps = {h: c for h, c in self._clamps.items() if c.stop is None}
+            for clamp in self._clamps.values():
+                clamp.start = min(clamp.start, self._t)
+
+    def _write_rows(self, part: str, rows: Any, value: Any) -> None:
+        current = self._state[part]
+        if isinstance(current, Tensor):
+            current = current.clone()
+            current[torch.as_tensor(rows, device=current.device)] = value
+        else:
+            current = current.copy()  # never write into an array a previous step returned
+            current[rows] = value
+        self._state[part] = current
+
+    def get_state(self, part: str | None = None, *, as_tensor: bool = False) -> Any:
+        """A copy of one state part ``[B, *shape]`` or of all of them (dict); NumPy unless ``as_tensor``."""
+        with self._lock:
+            if part is not None:
+                self._check_part(part)
+                return self._export(self._state[part], as_tensor)
+            return {name: self._export(value, as_tensor) for name, value in self._state.items()}
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """A copy of every state part, as NumPy arrays."""
+        return self.get_state()
+
+    def set_state(self, part: str | Mapping[str, Any], value: Any = None, *,
+                  agents: Sequence[int] | np.ndarray | None = None) -> None:
+        """Overwrite a state part (or several: ``set_state({"h": ..., "c": ...})``), for all or chosen agents."""
+        updates = dict(part) if isinstance(part, Mapping) else {part: value}
+        with self._lock:
+            for name in updates:
+                self._check_part(name)
+            for name, new in updates.items():
+                if agents is None:
+                    self._state[name] = self._full_part(name, new, self._batch)
+                else:
+                    rows = np.asarray(agents, dtype=np.int64).reshape(-1)
+                    self._write_rows(name, rows, self._full_part(name, new, len(rows)))
+
+    def save_state(self) -> StateSnapshot:
+        """A snapshot of the whole state and the step counter, for :meth:`restore_state`."""
+        with self._lock:
+            return StateSnapshot({k: self._export(v, False) for k, v in self._state.items()}, self._t)
+
+    def restore_state(self, snapshot: StateSnapshot) -> None:
+        """Go back to a snapshot (its batch size, state and step counter)."""
+        if not isinstance(snapshot, StateSnapshot):
+            raise EmbedError(f"restore_state takes what save_state returned, got {type(snapshot).__name__}.")
+        self.reset(batch_size=snapshot.batch_size, initial_state=snapshot)
+
+    # ------------------------------------------------------------------ forcing
+    def force(self, target: str, value: ForcingValue, *, units: Sequence[int] | None = None,
+              steps: int | None = 1) -> int:
+        """Clamp ``units`` of ``target`` (``"input"`` or a state part) to ``value`` for the next ``steps`` steps.
+
+        ``steps=None`` keeps the clamp until :meth:`release`. Semantics are :mod:`statesim.forcing`'s: the
+        clamp replaces what the cell reads (the input ``x_t`` or the state entering the step); the
+        stored state is what the dynamics produce. ``value`` may be a constant, one value per unit, an
+        array ``[B, units]``, or a function of the global step index ``t``. Returns a handle for release.
+        """
+        with self._lock:
+            if target != "input":
+                self._check_part(target)
+            if steps is not None and int(steps) <= 0:
+                raise EmbedError(f"steps must be positive (or None for 'until released'), got {steps}.")
+            clamp = Clamp(target, value, None if units is None else [int(u) for u in units], self._t,
+                          None if steps is None else self._t + int(steps))
+            try:  # apply it once to a dummy of the right shape, so a bad clamp fails here, not mid-run
+                probe = Forcing([clamp])
+                if target == "input":
+                    probe.apply_to_inputs(torch.zeros(1, self._batch, self.input_size, dtype=self.dtype), self._t)
+                else:
+                    dummy = torch.zeros(self._batch, *self.state_spec[target], dtype=self.dtype)
+                    probe.apply_to_state({target: dummy}, self._t)
+            except (ValueError, RuntimeError, IndexError, TypeError) as exc:
+                raise EmbedError(f"cannot force '{target}': {exc}") from None
+            handle = self._next_handle
+            self._next_handle += 1
+            self._clamps[handle] = clamp
+            return handle
+
+    def release(self, handle: int | str | None = None) -> None:
+        """End clamps: one by handle, all of one target by name, or all (None)."""
+        with self._lock:
+            if handle is None:
+                self._clamps.clear()
+            elif isinstance(handle, str):
+                self._clamps = {h: c for h, c in self._clamps.items() if c.target != handle}
+            elif handle in self._clamps:
+                del self._clamps[handle]
+
+    @property
+    def forcing(self) -> Forcing:
+        """The clamps in force now (and scheduled), as an engine :class:`Forcing`."""
+        with self._lock:
+            return Forcing(list(self._clamps.values()))
+
+    def _active_forcing(self) -> Forcing | None:
+        t = self._t
+        expired = [h for h, c in self._clamps.items() if c.stop is not None and c.stop <= t]
+        for h in expired:
+            del self._clamps[h]
+        active = [c for c in self._clamps.values() if c.active(t)]
+        return Forcing(active) if active else None
+
+    # ------------------------------------------------------------------ stepping
+    def _as_batch(self, x: Any) -> tuple[Any, bool, bool]:
+        is_tensor = isinstance(x, Tensor)
+        if is_tensor:
+            x = x.detach()
+        elif self._kernel is not None:
+            x = np.asarray(x, dtype=self._np_dtype)
+        else:
+            x = torch.tensor(np.asarray(x), dtype=self.dtype, device=self.device)
+        single = x.ndim == 1
+        if single:
+            x = x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[0] != self._batch or x.shape[1] != self.input_size:
+            want = f"[{self._batch}, {self.input_size}]" + (f" or [{self.input_size}]" if self._batch == 1 else "")
+            raise EmbedError(f"step expects x of shape {want} (batch of {self._batch} agents, "
+                             f"input_size {self.input_size}), got {list(x.shape)}. Call reset(batch_size=...) "
+                             f"to change the number of agents.")
+        if single and self._batch != 1:
+            raise EmbedError(f"a 1-D x is accepted only for a single agent; this instance steps {self._batch}.")
+        return x, is_tensor, single
+
+    def step(self, x: Any) -> Any:
+        """One tick for every agent: ``x [B, input_size]`` (or ``[input_size]`` for one agent) -> ``y``.
+
+        NumPy (or anything array-like) in gives NumPy out; a torch tensor in gives a tensor out.
+        """
+        with self._lock:
+            x, is_tensor, single = self._as_batch(x)
+            forcing = self._active_forcing() if self._clamps else None
+            if self._kernel is not None:
+                y = self._step_numpy(x.cpu().numpy().astype(self._np_dtype, copy=False) if is_tensor else x, forcing)
+            else:
+                y = self._step_torch(x.to(self.device, self.dtype) if is_tensor else x, forcing)
+            self._t += 1
+        if single:
+            y = y[0]
+        if is_tensor:
+            return torch.from_numpy(y) if isinstance(y, np.ndarray) else y
+        return y if isinstance(y, np.ndarray) else y.cpu().numpy()
+
+    __call__ = step
+
+    def _step_numpy(self, x: np.ndarray, forcing: Forcing | None) -> np.ndarray:
+        state = self._state
+        if forcing is not None:  # reuse the engine's forcing rules on zero-copy torch views
+            xt = forcing.apply_to_inputs(torch.from_numpy(x).unsqueeze(0), self._t)[0]
+            x = xt.numpy()
+            read = forcing.apply_to_state({k: torch.from_numpy(v) for k, v in state.items()}, self._t)
+            state = {k: v.numpy() for k, v in read.items()}
+        y, new_state = self._kernel(x, state)
+        self._state = new_state
+        head = self._head
+        if head is None:
+            for value in new_state.values():
+                if y is value:  # the caller may write into y; the state must not change with it
+                    return y.copy()
+            return y
+        if isinstance(head, tuple):
+            out = y @ head[0]
+            if head[1] is not None:
+                out += head[1]
+            return out
+        with torch.no_grad():
+            return head(torch.from_numpy(y)).numpy()
+
+    def _step_torch(self, x: Tensor, forcing: Forcing | None) -> Tensor:
+        with torch.no_grad():
+            y, self._state = engine.step(self.cell, x, self._state, forcing=forcing, t=self._t)
+            return self.model.read_out(y).clone()
+
+    def rollout(self, inputs: Any) -> Any:
+        """Step through ``inputs [T, B, input_size]`` and stack the outputs ``[T, B, output_size]``."""
+        outputs = [self.step(x_t) for x_t in inputs]
+        return torch.stack(outputs) if outputs and isinstance(outputs[0], Tensor) else np.stack(outputs)
+
+    def __repr__(self) -> str:
+        cell = type(self.cell).__name__
+        return (f"EmbeddedModel({cell}, input_size={self.input_size}, output_size={self.output_size}, "
+                f"state={dict(self.state_spec)}, batch_size={self._batch}, t={self._t}, "
+                f"path={'numpy' if self.fast else 'torch'})")
+
+
+def as_embedded(model: SequenceModel, *, batch_size: int = 1, fast: bool = True,
+                registry: Registry | None = None) -> EmbeddedModel:
+    """Wrap an in-memory model (just built or trained) for stepping; weights are snapshotted for the fast path."""
+    return EmbeddedModel(model, batch_size=batch_size, fast=fast, registry=registry)
+
