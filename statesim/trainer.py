@@ -2,8 +2,9 @@
 
 Full BPTT builds one graph over each batch of whole sequences. Truncated BPTT (``k1``, ``k2``) walks
 each batch in chunks of ``k1`` steps, carrying the state across chunks; each chunk is one optimizer
-update whose graph spans its last ``k2 >= k1`` steps, starting from a detached state, so gradients
-never reach further back than ``k2`` steps. ``steps`` always counts optimizer updates.
+update whose graph starts ``k2 - k1`` steps before the chunk (``k2 >= k1``) from a detached state, so
+gradients never reach further back than ``k2`` steps; a shorter last chunk reaches back the same
+``k2 - k1`` steps. ``steps`` always counts optimizer updates.
 """
 from __future__ import annotations
 
@@ -222,7 +223,7 @@ class Trainer:
             if self.step >= self.config.steps:
                 break
             stop = min(start + k1, batch.steps)
-            begin = max(stop - k2, 0)
+            begin = max(start + k1 - k2, 0)  # k2 - k1 steps before the chunk (a short last chunk too)
             chunk = batch.window(begin, stop)
             traj = self.model(chunk.inputs, history[begin], lengths=chunk.lengths, t0=begin,
                               return_states=k2 > k1)
