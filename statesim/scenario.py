@@ -21,7 +21,7 @@ from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_text, save_figure
 from statesim.model import SequenceModel, build_model
 from statesim.plugin_manager import PluginHost
-from statesim.trainer import LossFn, Trainer, TrainResult
+from statesim.trainer import LossFn, Objective, Trainer, TrainResult
 
 
 class ScenarioParams(BaseModel):
@@ -95,12 +95,16 @@ class RunContext:
         return build_model(self.host.registry, config, input_size, output_size).to(self.device)
 
     def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
-              training: TrainingConfig | None = None) -> TrainResult:
-        """Train ``model`` with the shared trainer; checkpoints under ``checkpoints/<job>/``."""
+              training: TrainingConfig | None = None, objective: Objective | None = None) -> TrainResult:
+        """Train ``model`` with the shared trainer; checkpoints under ``checkpoints/<job>/``.
+
+        ``objective(model, batch, step) -> loss`` replaces ``loss_fn`` for data that is not SequenceData.
+        """
         training = training or self.config.training
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
-                          log=self.metrics, should_stop=self.should_stop)
+                          log=self.metrics, should_stop=self.should_stop,
+                          objective=objective)
         if self.resume and trainer.restore(warn=self.echo):
             self.metrics.truncate(job, trainer.step)
             self.echo(f"resumed job '{job}' at step {trainer.step}")

@@ -27,6 +27,10 @@ from statesim.errors import CheckpointError, TrainingError
 from statesim.model import SequenceModel
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: A scenario-supplied ``(model, batch, step) -> loss`` for tasks whose batches are not ``SequenceData``
+#: (source/target pairs, images with captions): the batch only needs ``select``, ``to`` and ``len``, and the
+#: objective runs the model as the task needs (encode then decode, scheduled sampling at ``step``).
+Objective = Callable[[nn.Module, Any, int], Tensor]
 
 
 class Interrupted(Exception):
@@ -132,12 +136,13 @@ class Trainer:
     def __init__(self, model: SequenceModel, config: TrainingConfig, *, loss_fn: LossFn = mse_loss,
                  job: str = "main", checkpoint_dir: str | Path | None = None, config_digest: str = "",
                  device: torch.device | str = "cpu", seed: int = 0, log: Any = None,
-                 should_stop: Callable[[], bool] = lambda: False) -> None:
+                 should_stop: Callable[[], bool] = lambda: False, objective: Objective | None = None) -> None:
         self.model = model.to(device)
         self.config, self.loss_fn, self.job = config, loss_fn, job
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.config_digest, self.device, self.seed, self.log = config_digest, torch.device(device), seed, log
         self.should_stop = should_stop
+        self.objective = objective
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
@@ -211,6 +216,11 @@ class Trainer:
         """All updates for one batch: one (full BPTT) or one per chunk (truncated)."""
         self.model.train()
         bptt = self.config.bptt
+        if self.objective is not None:
+            if bptt.mode != "full":
+                raise TrainingError(f"job '{self.job}': this scenario trains with its own objective, which needs "
+                                    f"training.bptt.mode: full (truncated BPTT walks SequenceData in time chunks).")
+            return [self._update(self.objective(self.model, batch, self.step))]
         if bptt.mode == "full":
             traj = self.model(batch.inputs, lengths=batch.lengths)
             return [self._update(self._loss(batch, traj.outputs, 0))]
@@ -245,8 +255,11 @@ class Trainer:
         total, count = 0.0, 0
         for start in range(0, len(data), max(self.config.batch_size, 256)):
             batch = data.select(slice(start, start + max(self.config.batch_size, 256))).to(self.device)
-            traj = self.model(batch.inputs, lengths=batch.lengths)
-            total += float(self._loss(batch, traj.outputs, 0)) * len(batch)
+            if self.objective is not None:
+                total += float(self.objective(self.model, batch, self.step)) * len(batch)
+            else:
+                traj = self.model(batch.inputs, lengths=batch.lengths)
+                total += float(self._loss(batch, traj.outputs, 0)) * len(batch)
             count += len(batch)
         return total / max(count, 1)
 
