@@ -1,0 +1,89 @@
+""""Observed behaviour": drive schedules and CPG trajectories that the salamander scenario learns from."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from statesim.builtin.salamander.cpg import SalamanderCPG
+from statesim.cell import State
+from statesim.engine import unroll
+
+
+@dataclass
+class DriveRecipe:
+    """How random drive schedules are drawn."""
+
+    seconds: tuple[float, float] = (20.0, 40.0)
+    segment_seconds: tuple[float, float] = (3.0, 9.0)
+    drive_range: tuple[float, float] = (0.0, 6.0)
+    ramp_probability: float = 0.4
+    ramp_seconds: tuple[float, float] = (1.0, 4.0)
+    turn_probability: float = 0.4
+    max_turn: float = 1.0
+    held_out: tuple[float, ...] = ()
+    held_out_width: float = 0.1
+    levels: tuple[float, ...] = ()  # when given, plateau means are drawn from these only
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=gen))
+
+
+def _level(gen: torch.Generator, recipe: DriveRecipe) -> float:
+    """A drive level outside every held-out band (so evaluation levels are never trained on as plateaus)."""
+    if recipe.levels:
+        return recipe.levels[int(torch.randint(len(recipe.levels), (), generator=gen))]
+    for _ in range(1000):
+        value = _uniform(gen, *recipe.drive_range)
+        if all(abs(value - h) > recipe.held_out_width for h in recipe.held_out):
+            return value
+    raise ValueError("the held-out drive bands cover the whole drive range")
+
+
+def drive_schedule(gen: torch.Generator, steps: int, dt: float, recipe: DriveRecipe) -> Tensor:
+    """One schedule ``[steps, 2]`` of (d_L, d_R): plateaus joined by steps or ramps, some with d_L != d_R."""
+    out = torch.empty(steps, 2)
+    t, previous = 0, None
+    while t < steps:
+        mean = _level(gen, recipe)
+        turn = _uniform(gen, -recipe.max_turn, recipe.max_turn) \
+            if float(torch.rand((), generator=gen)) < recipe.turn_probability else 0.0
+        level = torch.tensor([mean + turn / 2, mean - turn / 2]).clamp(*recipe.drive_range)
+        length = max(1, int(round(_uniform(gen, *recipe.segment_seconds) / dt)))
+        stop = min(steps, t + length)
+        out[t:stop] = level
+        if previous is not None and float(torch.rand((), generator=gen)) < recipe.ramp_probability:
+            ramp = min(stop - t, max(2, int(round(_uniform(gen, *recipe.ramp_seconds) / dt))))
+            w = torch.linspace(0, 1, ramp + 1)[1:].unsqueeze(1)
+            out[t:t + ramp] = previous + (level - previous) * w
+        previous, t = level, stop
+    return out
+
+
+def canonical_state(cpg: SalamanderCPG, batch_size: int, *, phases: str, gen: torch.Generator) -> State:
+    """The CPG at rest (r = 0) with the locked swimming phases, or uniformly random phases."""
+    n = cpg.p.segments
+    if phases == "random":
+        return cpg.random_state(batch_size, gen)
+    wave = torch.tensor([-k * cpg.p.phi_body for k in range(n)])
+    theta = torch.cat([wave, wave + math.pi, torch.tensor([0.0, math.pi, math.pi, 0.0])]) % (2 * math.pi)
+    theta = theta.expand(batch_size, -1).clone()
+    zeros = torch.zeros_like(theta)
+    return {"theta": theta, "r": zeros, "dr": zeros.clone()}
+
+
+@torch.no_grad()
+def simulate(cpg: SalamanderCPG, drives: Tensor, state: State | None = None, *, phases: str = "canonical",
+             gen: torch.Generator | None = None, forcing=None) -> Tensor:
+    """CPG outputs ``[T, B, O]`` for drives ``[T, B, 2]`` (in float64 for accuracy, returned as float32)."""
+    cpg64 = cpg.double()
+    gen = gen or torch.Generator().manual_seed(0)
+    if state is None:
+        state = canonical_state(cpg64, drives.shape[1], phases=phases, gen=gen)
+    state = {k: v.double() for k, v in state.items()}
+    out = unroll(cpg64, drives.double(), state, forcing=forcing).outputs
+    cpg.float()
+    return out.float()
