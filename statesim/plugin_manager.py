@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "statesim.builtin.scenarios.moving_average",
     "statesim.builtin.scenarios.linear_system",
     "statesim.builtin.salamander.cpg",
+    "statesim.builtin.scenarios.salamander",
 )
 
 
