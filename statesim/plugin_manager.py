@@ -73,6 +73,53 @@ def _blocked_from_env() -> set[str]:
     return {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
 
 
+def _entry_points() -> list[tuple[metadata.EntryPoint, str | None, str | None]]:
+    """Every ``statesim`` entry point with its distribution's name and version, sorted by name.
+
+    Walks the distributions rather than using ``metadata.entry_points()``, which keeps only one
+    entry point per name and would hide a name clash between two distributions.
+    """
+    found, seen = [], set()
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] if dist.metadata else None
+        key = (name or "").lower().replace("-", "_")
+        if key in seen:  # the same distribution twice on sys.path: the first one is what imports
+            continue
+        seen.add(key)
+        found += [(ep, name, dist.version) for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+    return sorted(found, key=lambda item: (item[0].name, item[1] or ""))
+
+
+def _unmarked_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Functions named like a hook that lack the ``@statesim.hookimpl`` marker (pluggy skips them silently)."""
+    names = [n for n in dir(plugin) if n.startswith("statesim_") and callable(getattr(plugin, n, None))]
+    return [n for n in names if manager.parse_hookimpl_opts(plugin, n) is None]
+
+
+#: The base class each registration hook's classes must subclass (module, class), imported only when checked.
+_BASES: dict[str, tuple[str, str]] = {
+    "statesim_cells": ("statesim.cell", "Cell"),
+    "statesim_topologies": ("statesim.model", "Topology"),
+    "statesim_initial_states": ("statesim.model", "InitialState"),
+    "statesim_scenarios": ("statesim.scenario", "Scenario"),
+}
+
+
+def _check_record(hook_name: str, record: Registration) -> None:
+    """A record's class must subclass its kind's base class and its params must be a pydantic model."""
+    from pydantic import BaseModel
+
+    if hook_name in _BASES:
+        module, name = _BASES[hook_name]
+        base = getattr(import_module(module), name)
+        if not (isinstance(record.cls, type) and issubclass(record.cls, base)):
+            raise TypeError(f"{hook_name} registered '{record.name}' with {record.cls!r}, which is not a subclass "
+                            f"of statesim.{name}")
+    if not (isinstance(record.params, type) and issubclass(record.params, BaseModel)):
+        raise TypeError(f"{hook_name} registered '{record.name}' with params {record.params!r}, which is not a "
+                        f"pydantic model class")
+
+
 def _call_hook(manager: pluggy.PluginManager, plugin: object, hook_name: str) -> list[Registration]:
     """Call one registration hook of a single plugin and check what it returned."""
     impls = [impl for impl in getattr(manager.hook, hook_name).get_hookimpls() if impl.plugin is plugin]
@@ -82,6 +129,7 @@ def _call_hook(manager: pluggy.PluginManager, plugin: object, hook_name: str) ->
         for record in result or []:
             if not isinstance(record, Registration):
                 raise TypeError(f"hook {hook_name} returned {type(record).__name__}, expected statesim.Registration")
+            _check_record(hook_name, record)
             records.append(record)
     return records
 
@@ -109,35 +157,46 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
         loaded.append((module, PluginInfo(module_name, None, None)))
 
     if autoload:
-        for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        taken: dict[str, str] = {}
+        for entry_point, dist, version in _entry_points():
             if entry_point.name in blocked:
                 continue
-            dist = entry_point.dist.name if entry_point.dist else None
-            version = entry_point.dist.version if entry_point.dist else None
             where = f"plugin '{entry_point.name}' (distribution {dist or 'unknown'} {version or ''})".replace(" )", ")")
+            if entry_point.name in taken or entry_point.name in BUILTIN_PLUGINS:
+                problem(f"{where} was not loaded: the plugin name '{entry_point.name}' is already used by "
+                        f"{taken.get(entry_point.name, 'a built-in plugin')}. Uninstall one of the two distributions.")
+                continue
+            taken[entry_point.name] = f"distribution {dist or 'unknown'} {version or ''}".strip()
             try:
                 plugin = entry_point.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
                 problem(f"{where} failed to import: {type(exc).__name__}: {exc}. "
                         f"Fix or uninstall it, or skip it with {BLOCK_ENV}={entry_point.name}.")
                 continue
             try:
                 manager.register(plugin, name=entry_point.name)
             except (ValueError, pluggy.PluginValidationError) as exc:
-                problem(f"{where} has an invalid hook: {exc}. Skip it with {BLOCK_ENV}={entry_point.name}.")
+                problem(f"{where} has an invalid hook: {' '.join(str(exc).split())}. Skip it with {BLOCK_ENV}={entry_point.name}.")
                 continue
+            for attr in _unmarked_hooks(manager, plugin):
+                problem(f"{where} defines {attr}() without the @statesim.hookimpl marker, so statesim ignores it. "
+                        f"Decorate it with @statesim.hookimpl.")
             loaded.append((plugin, PluginInfo(entry_point.name, dist, version)))
 
-    try:
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        bad = exc.plugin
-        info = next((i for p, i in loaded if p is bad), None)
-        name = info.name if info else str(bad)
-        problem(f"plugin '{name}' (distribution {info.distribution if info else 'unknown'}) implements a hook "
-                f"that statesim does not define: {exc}. Check the spelling of its statesim_* functions.")
-        manager.unregister(bad)
-        loaded = [(p, i) for p, i in loaded if p is not bad]
+    while True:  # check_pending stops at the first bad plugin; report every one
+        try:
+            manager.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            bad = exc.plugin
+            info = next((i for p, i in loaded if p is bad), None)
+            if info is None or info.distribution is None:
+                raise
+            problem(f"plugin '{info.name}' (distribution {info.distribution} {info.version or ''}) implements a "
+                    f"hook that statesim does not define: {exc}. Check the spelling of its statesim_* functions "
+                    f"(hooks: {', '.join(n for n in sorted(dir(hookspecs)) if n.startswith('statesim_'))}).".replace(" )", ")"))
+            manager.unregister(bad)
+            loaded = [(p, i) for p, i in loaded if p is not bad]
 
     for plugin, info in loaded:
         try:
@@ -145,7 +204,8 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
         except Exception as exc:
             if info.distribution is None:
                 raise
-            problem(f"plugin '{info.name}' (distribution {info.distribution}) raised while registering: "
+            dist = f"{info.distribution} {info.version or ''}".strip()
+            problem(f"plugin '{info.name}' (distribution {dist}) raised while registering: "
                     f"{type(exc).__name__}: {exc}. Skip it with {BLOCK_ENV}={info.name}.")
             manager.unregister(plugin)
             continue
