@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "statesim.builtin.scenarios.initial_state_effect",
     "statesim.builtin.scenarios.moving_average",
     "statesim.builtin.scenarios.linear_system",
+    "statesim.builtin.scenarios.long_lag",
     "statesim.builtin.salamander.cpg",
     "statesim.builtin.scenarios.salamander",
 )

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from statesim.config import ModelConfig, RunConfig, TrainingConfig
-from statesim.data import DataSplits, mse_loss
+from statesim.data import DataSplits, SequenceData, mse_loss
 from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_text, save_figure
 from statesim.model import SequenceModel, build_model
@@ -92,18 +92,28 @@ class RunContext:
             raise ConfigError([ConfigIssue(self.config.name or "scenario", None, "model",
                                            "this scenario trains a model; add a `model:` section, e.g. "
                                            "model: {cell: {type: lstm, hidden_size: 64}}.")])
-        return build_model(self.host.registry, config, input_size, output_size).to(self.device)
+        model = build_model(self.host.registry, config, input_size, output_size).to(self.device)
+        # Remembered so `statesim diagnose` can rebuild the model of a finished run (written by train()).
+        model.build_info = {"model": config.model_dump(mode="json"), "input_size": input_size,
+                            "output_size": output_size}
+        return model
 
     def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
-              training: TrainingConfig | None = None, objective: Objective | None = None) -> TrainResult:
+              training: TrainingConfig | None = None,
+              on_update: Callable[[Trainer, dict[str, Any]], None] | None = None,
+              objective: Objective | None = None) -> TrainResult:
         """Train ``model`` with the shared trainer; checkpoints under ``checkpoints/<job>/``.
 
         ``objective(model, batch, step) -> loss`` replaces ``loss_fn`` for data that is not SequenceData.
         """
         training = training or self.config.training
+        if getattr(model, "build_info", None) is not None:
+            from statesim.fileio import atomic_write_json
+
+            atomic_write_json(self.run_dir / "models" / f"{job}.json", model.build_info)
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
-                          log=self.metrics, should_stop=self.should_stop,
+                          log=self.metrics, should_stop=self.should_stop, on_update=on_update,
                           objective=objective)
         if self.resume and trainer.restore(warn=self.echo):
             self.metrics.truncate(job, trainer.step)
@@ -143,3 +153,7 @@ class Scenario:
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Do the scenario's work and return its final metrics."""
         raise NotImplementedError
+
+    def diagnostic_batch(self, job: str, size: int, seed: int) -> "tuple[SequenceData, LossFn] | None":
+        """A batch of this scenario's data for ``job`` and its loss, for `statesim diagnose` (None: not offered)."""
+        return None

@@ -136,12 +136,17 @@ class Trainer:
     def __init__(self, model: SequenceModel, config: TrainingConfig, *, loss_fn: LossFn = mse_loss,
                  job: str = "main", checkpoint_dir: str | Path | None = None, config_digest: str = "",
                  device: torch.device | str = "cpu", seed: int = 0, log: Any = None,
-                 should_stop: Callable[[], bool] = lambda: False, objective: Objective | None = None) -> None:
+                 should_stop: Callable[[], bool] = lambda: False,
+                 on_update: Callable[["Trainer", dict[str, Any]], None] | None = None,
+                 objective: Objective | None = None) -> None:
         self.model = model.to(device)
         self.config, self.loss_fn, self.job = config, loss_fn, job
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.config_digest, self.device, self.seed, self.log = config_digest, torch.device(device), seed, log
         self.should_stop = should_stop
+        # Called after every optimizer update with its record (diagnostics, monitors); never changes training.
+        self.on_update = on_update
+        self.stop_requested = False  # an on_update callback may end training early (e.g. once a task is solved)
         self.objective = objective
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, config)
@@ -151,6 +156,7 @@ class Trainer:
         self.epoch_perm: Tensor | None = None
         self.epoch_pos = 0
         self.nonfinite_steps = 0
+        self.clipped_steps = 0
         self.norm_mean: float | None = None
         self.best_val: float | None = None
         self.best_state: dict[str, Tensor] | None = None
@@ -191,6 +197,10 @@ class Trainer:
         record = {"job": self.job, "step": self.step + 1, "loss": float(loss.detach()), "grad_norm": before,
                   "grad_norm_clipped": after, "clipped": bool(finite_loss and after < before - 1e-12),
                   "lr": self.optimizer.param_groups[0]["lr"]}
+        # Cumulative counts make the clipped fraction exact although only every log_every-th record is written.
+        self.clipped_steps += int(record["clipped"])
+        record["clipped_total"] = self.clipped_steps
+        record["nonfinite_total"] = self.nonfinite_steps + int(not (finite_loss and math.isfinite(before)))
         if not (finite_loss and math.isfinite(before)):
             self.nonfinite_steps += 1
             record["nonfinite"] = True
@@ -210,6 +220,8 @@ class Trainer:
             self.norm_mean = before if self.norm_mean is None else 0.95 * self.norm_mean + 0.05 * before
         self.step += 1
         self.losses.append(record["loss"])
+        if self.on_update is not None:  # right after this update, before the next chunk's forward
+            self.on_update(self, record)
         return record
 
     def _train_batch(self, batch: SequenceData) -> list[dict[str, Any]]:
@@ -230,7 +242,7 @@ class Trainer:
         history: dict[int, State] = {0: detach_state(state)}  # detached state entering each step
         records = []
         for start in range(0, batch.steps, k1):
-            if self.step >= self.config.steps:
+            if self.step >= self.config.steps or self.stop_requested:
                 break
             stop = min(start + k1, batch.steps)
             begin = max(start + k1 - k2, 0)  # k2 - k1 steps before the chunk (a short last chunk too)
@@ -271,6 +283,7 @@ class Trainer:
                 "rng": rng_states(), "order": self.order.get_state(),
                 "epoch_perm": self.epoch_perm, "epoch_pos": self.epoch_pos,
                 "trainer": {"step": self.step, "nonfinite_steps": self.nonfinite_steps, "norm_mean": self.norm_mean,
+                            "clipped_steps": self.clipped_steps,
                             "best_val": self.best_val, "stale_evals": self.stale_evals, "losses": self.losses},
                 "best_model": self.best_state}
 
@@ -306,6 +319,7 @@ class Trainer:
         self.epoch_perm, self.epoch_pos = tree["epoch_perm"], tree["epoch_pos"]
         trainer = tree["trainer"]
         self.step, self.nonfinite_steps = trainer["step"], trainer["nonfinite_steps"]
+        self.clipped_steps = int(trainer.get("clipped_steps", 0))
         self.norm_mean, self.best_val, self.stale_evals = trainer["norm_mean"], trainer["best_val"], trainer["stale_evals"]
         self.losses = list(trainer["losses"])
         self.best_state = tree["best_model"]
@@ -326,6 +340,8 @@ class Trainer:
                     self.log(record)
                 if progress is not None:
                     progress(self.step, record["loss"])
+                if self.stop_requested:
+                    stopped_early = True
             if data.val is not None and (self.step // config.eval_every > (self.step - 1) // config.eval_every
                                          or self.step >= config.steps):
                 val = self.evaluate(data.val)
