@@ -11,6 +11,7 @@ EPILOG = """examples:
   statesim run scenarios/moving_average.yaml --resume runs/ma
   statesim validate scenarios/linear_system.yaml --print
   statesim plugins
+  statesim export runs/ma --job linear-on-ema --format onnx
 
 environment:
   STATESIM_DISABLE_PLUGIN_AUTOLOAD=1   load only built-in plugins
@@ -90,6 +91,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export one step of a trained model (TorchScript or ONNX) with a JSON sidecar, then verify it."""
+    from pathlib import Path
+
+    from statesim.embed import find_checkpoint, load_model
+    from statesim.export import TOLERANCE, ExportError, default_path, export_model, verify_export
+
+    host = _host(args)
+    sidecar_in, run_dir = find_checkpoint(args.run_dir, args.job)
+    model, info = load_model(sidecar_in, weights=args.weights, registry=host.registry)
+    job = str(info.meta.get("job") or "main")
+    out = Path(args.out) if args.out else default_path(run_dir or sidecar_in.parent, job, args.format)
+    sidecar = export_model(model, out, args.format, source=info, opset=args.opset)
+    print(f"exported job '{job}' (step {info.step}) as {args.format}: {out}\nsidecar: {sidecar}")
+    if args.verify_steps:
+        error = verify_export(sidecar, model, steps=args.verify_steps)
+        if error > TOLERANCE:
+            raise ExportError(f"the export differs from the engine by {error:.3g} (> {TOLERANCE}) over "
+                              f"{args.verify_steps} steps; do not use it. Report this with the model's config.")
+        print(f"verified: max abs error {error:.2g} against the engine over {args.verify_steps} steps")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``statesim``."""
     parser = argparse.ArgumentParser(
@@ -123,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("-v", "--verbose", action="store_true", help="also describe every registered name")
     _plugin_args(plugins)
     plugins.set_defaults(func=cmd_plugins)
+    export = sub.add_parser("export", help="export one step of a trained model (TorchScript or ONNX)",
+                            description="Write a single-step module (x, state...) -> (y, state...) of a finished run's "
+                                        "model plus a JSON sidecar naming inputs, outputs, shapes and state parts, "
+                                        "then run it against the engine on random inputs.")
+    export.add_argument("run_dir", help="run folder, or a checkpoint file (checkpoints/<job>/step_*.json)")
+    export.add_argument("--format", choices=["torchscript", "onnx"], required=True, help="export format")
+    export.add_argument("--job", help="which model of a run that trained several (default: the only one, or main)")
+    export.add_argument("--weights", choices=["auto", "last", "best"], default="auto",
+                        help="checkpoint weights: best validated (auto: when the run early-stopped) or last")
+    export.add_argument("--out", help="output file (default: RUN_DIR/export/<job>.step.pt|.onnx)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)")
+    export.add_argument("--verify-steps", type=int, default=100, metavar="N",
+                        help="steps compared against the engine after export (0 skips the check)")
+    _plugin_args(export)
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -265,6 +265,9 @@ class WindowCell(Cell):
     @property
     def weights(self) -> Tensor:
         """The linear predictor's coefficients ``[output_size, window, input_size]`` (w_0 weighs x_t)."""
+        if len(self.net) > 1:  # AttributeError, so hasattr() and module walkers (torch.jit.trace) see no attribute
+            raise AttributeError("WindowCell.weights exists only for the linear predictor (hidden: []); "
+                                 "an MLP window has no per-lag coefficients")
         return self.net[-1].weight.view(self._output_size, self.window, self.input_size)
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
