@@ -289,25 +289,53 @@ def _check_raw_components(data: Any, model: type[BaseModel], path: tuple, regist
 # --------------------------------------------------------------------------- overrides and loading
 def apply_override(data: dict, assignment: str, lines: Lines) -> None:
     """Apply one ``dotted.key=value`` (value parsed as YAML) to ``data`` in place."""
+    def fail(message: str) -> ConfigError:
+        return ConfigError([ConfigIssue(f"--set {assignment}", None, "", message)])
+
     if "=" not in assignment:
-        raise ConfigError([ConfigIssue("--set", None, assignment,
-                                       "an override must look like key.path=value, e.g. training.lr=0.01.")])
+        raise fail("an override must look like key.path=value, e.g. training.lr=0.01.")
     key, raw = assignment.split("=", 1)
-    value, _ = parse_yaml(raw, f"--set {key}")
     parts = key.strip().split(".")
-    target = data
-    for part in parts[:-1]:
-        if isinstance(target, list) and part.isdigit() and int(part) < len(target):
-            target = target[int(part)]
-            continue
-        if not isinstance(target.get(part), dict):
-            target[part] = {}
-        target = target[part]
-    if isinstance(target, list) and parts[-1].isdigit():
-        target[int(parts[-1])] = value
-    else:
-        target[parts[-1]] = value
-    lines.pop(tuple(parts), None)
+    if not all(part.strip() for part in parts):
+        raise fail(f"'{key}' is not a dotted key path; write it like training.lr or model.cell.hidden_size.")
+    value, _ = parse_yaml(raw, f"--set {assignment}")
+    target: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(target, list):
+            if not part.isdigit() or int(part) >= len(target):
+                raise fail(f"`{'.'.join(parts[:depth])}` is a list of {len(target)} item(s); address an item by its "
+                           f"index 0..{len(target) - 1}, not '{part}'.")
+            if last:
+                target[int(part)] = value
+            else:
+                if not isinstance(target[int(part)], (dict, list)):
+                    target[int(part)] = {}
+                target = target[int(part)]
+        elif last:
+            target[part] = value
+        else:
+            if not isinstance(target.get(part), (dict, list)):
+                target[part] = {}
+            target = target[part]
+    lines.pop(tuple(int(p) if p.isdigit() else p for p in parts), None)
+
+
+def _blame_overrides(error: ConfigError, overrides: list[str], file_lines: Lines) -> ConfigError:
+    """Attribute each issue that an override caused to that ``--set`` instead of a line of the file."""
+    paths = [(a, tuple(a.split("=", 1)[0].strip().split("."))) for a in overrides if "=" in a]
+    for issue in error.issues:
+        loc = tuple(issue.key.split(".")) if issue.key else ()
+        for assignment, path in reversed(paths):  # the last --set of a key is the one that counts
+            common = 0
+            while common < min(len(loc), len(path)) and loc[common] == path[common]:
+                common += 1
+            created = tuple(int(p) if p.isdigit() else p for p in loc[:common]) not in file_lines
+            if common and (common in (len(path), len(loc)) or created):
+                issue.file, issue.line = f"--set {assignment}", None
+                break
+    error.args = (error.render(),)
+    return error
 
 
 def validate_data(data: Any, registry: Registry, file: str = "<config>", lines: Lines | None = None) -> RunConfig:
@@ -335,11 +363,15 @@ def load_config(path: str | Path, registry: Registry, overrides: list[str] = ())
     data, lines = load_yaml(path)
     if data is None:
         data = {}
+    file_lines = dict(lines)
     for assignment in overrides:
         if not isinstance(data, dict):
             break
         apply_override(data, assignment, lines)
-    config = validate_data(data, registry, str(path), lines)
+    try:
+        config = validate_data(data, registry, str(path), lines)
+    except ConfigError as exc:
+        raise _blame_overrides(exc, list(overrides), file_lines) from None
     if config.name is None:
         config.name = Path(path).stem
     return config
