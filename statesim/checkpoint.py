@@ -93,7 +93,7 @@ def read_info(sidecar: str | Path) -> CheckpointInfo:
         if data.get("format") != FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
         return CheckpointInfo(sidecar, int(data["step"]), str(data["config_digest"]), dict(data.get("meta", {})))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint sidecar {sidecar} is unreadable or corrupt ({exc}). "
                               f"Delete it or resume from another checkpoint.") from None
 
@@ -105,12 +105,17 @@ def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu
         sidecar = sidecar.with_suffix(".json")
     info = read_info(sidecar)
     data = json.loads(sidecar.read_text(encoding="utf-8"))
-    weights = sidecar.with_name(data["weights"])
+    name = data.get("weights")
+    # A sidecar only ever names a sibling file: an edited one must not make us read elsewhere.
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise CheckpointError(f"checkpoint sidecar {sidecar} names an invalid weights file {name!r}; "
+                              f"it must be a .safetensors file in the same folder.")
+    weights = sidecar.with_name(name)
     try:
         blob = weights.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"checkpoint weights {weights} cannot be read ({exc}).") from None
-    if hashlib.sha256(blob).hexdigest() != data["sha256"]:
+    if hashlib.sha256(blob).hexdigest() != data.get("sha256"):
         raise CheckpointError(f"checkpoint {weights} is corrupt or truncated: its SHA-256 does not match the one "
                               f"recorded in {sidecar.name}. Resume from an earlier checkpoint.")
     try:
@@ -118,7 +123,43 @@ def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu
     except Exception as exc:
         raise CheckpointError(f"checkpoint {weights} is not a valid safetensors file ({exc}).") from None
     tensors = {k: v.to(map_location) for k, v in tensors.items()}
-    return _unflatten(data["tree"], tensors), info
+    try:
+        return _unflatten(data["tree"], tensors), info
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint sidecar {sidecar} has a malformed tree ({type(exc).__name__}: {exc}); "
+                              f"resume from another checkpoint.") from None
+
+
+def load_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a weights file: safetensors parsed directly, anything else only via ``torch.load(weights_only=True)``."""
+    import pickle
+
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"weights file {path} cannot be read ({exc}).") from None
+    if path.suffix == ".safetensors":
+        try:
+            return {k: v.to(map_location) for k, v in load_safetensors(blob).items()}
+        except Exception as exc:
+            raise CheckpointError(f"weights file {path} is not a valid safetensors file ({exc}).") from None
+    import io
+
+    try:
+        # weights_only=True refuses every pickle opcode that could build or call arbitrary objects.
+        loaded = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"weights file {path} was refused: it is not a plain tensor file that loads with "
+                              f"torch.load(weights_only=True) ({first}). statesim never unpickles arbitrary "
+                              f"objects; re-save the weights with safetensors.") from None
+    if isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in loaded.items()):
+        raise CheckpointError(f"weights file {path} does not hold a flat mapping of names to tensors.")
+    return loaded
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

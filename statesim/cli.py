@@ -48,6 +48,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = run_dir / "results.json"
     if results.exists():
         print(results.read_text(encoding="utf-8").strip())
+    try:
+        import json
+
+        seconds = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("train_seconds") or {}
+    except (OSError, ValueError):
+        seconds = {}
+    if seconds:
+        print("training time: " + ", ".join(f"{job} {value:.2f} s" for job, value in seconds.items()))
     return 0
 
 
@@ -176,20 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     from statesim.errors import StatesimError
 
     try:
-        return func(args)
-    except StatesimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted.", file=sys.stderr)
-        return 130
-    except Exception as exc:  # Interrupted from the trainer is a clean stop, not a crash
-        from statesim.trainer import Interrupted
+        try:
+            return func(args)
+        except StatesimError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except Exception as exc:  # Interrupted from the trainer is a clean stop, not a crash
+            from statesim.trainer import Interrupted
 
-        if isinstance(exc, Interrupted):
-            print(f"{exc} Continue with --resume.", file=sys.stderr)
-            return 130
-        raise
+            if isinstance(exc, Interrupted):
+                print(str(exc) if "--resume" in str(exc) else f"{exc} Continue with --resume.", file=sys.stderr)
+                return 130
+            raise
+    except KeyboardInterrupt:  # outermost, so a Ctrl-C while reporting another stop still exits quietly
+        print("interrupted at once; checkpoints written so far are intact (continue with --resume RUN_DIR).",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

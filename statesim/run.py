@@ -18,7 +18,7 @@ from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_json, atomic_write_text
 from statesim.plugin_manager import PluginHost, build_plugin_host
 from statesim.scenario import RunContext
-from statesim.trainer import seed_everything
+from statesim.trainer import Interrupted, seed_everything
 from statesim.yamlio import parse_yaml
 
 
@@ -94,7 +94,8 @@ def graceful_interrupt() -> Iterator[list[bool]]:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         flag[0] = True
-        print("\nstopping after the current update (Ctrl-C again to stop at once)...", file=sys.stderr)
+        # os.write, not print: a handler that prints while the main code is printing raises "reentrant call".
+        os.write(2, b"\nstopping after the current update (Ctrl-C again to stop at once)...\n")
 
     try:
         signal.signal(signal.SIGINT, handler)
@@ -133,6 +134,9 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
         if diff:
             raise StatesimError("cannot resume: the scenario differs from the one in "
                                 f"{saved}:\n  " + "\n  ".join(diff) + "\nRun it as a new run instead.")
+        # Temporary files of writes a kill interrupted: never published, never read, safe to drop.
+        for stale in run_dir.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
@@ -143,21 +147,29 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
         atomic_write_text(run_dir / "config.yaml", f"# resolved config of {config_file}\n" + dump_config(config))
     env = environment(host)
     env["seed"] = config.seed
+    env["resumed"] = resume is not None
     atomic_write_json(run_dir / "run.json", env)
 
-    seed_everything(config.seed)
-    if config.training.deterministic:
-        torch.use_deterministic_algorithms(True)
     registration = host.registry.get("scenario", config.scenario.type)
     scenario = registration.record.cls(config.scenario.params)
     progress = Progress(config.output.progress and sys.stderr.isatty() and not os.environ.get("CI"))
+    # Seeded last: importing rich (for Progress) draws from `random`, which would make a first run in a
+    # process differ from later ones.
+    seed_everything(config.seed)
+    if config.training.deterministic:
+        torch.use_deterministic_algorithms(True)
     with graceful_interrupt() as stop_flag:
         ctx = RunContext(config, host, run_dir, resolve_device(config.device), resume=resume is not None,
                          progress=progress, should_stop=lambda: stop_flag[0], echo=echo)
-        results = scenario.run(ctx)
-    results = {"scenario": config.scenario.type, "seed": config.seed, **results,
-               "train_seconds": {k: round(v, 3) for k, v in ctx.timings.items()}}
+        try:
+            results = scenario.run(ctx)
+        except Interrupted as exc:
+            raise Interrupted(f"{exc} Continue with: statesim run {config_file} --resume {run_dir}") from None
+    # Wall times live in run.json so that results.json depends only on the config and seed.
+    results = {"scenario": config.scenario.type, "seed": config.seed, **results}
     atomic_write_json(run_dir / "results.json", results)
+    env["train_seconds"] = {k: round(v, 3) for k, v in ctx.timings.items()}
+    atomic_write_json(run_dir / "run.json", env)
     return run_dir
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,10 @@ from statesim.errors import CheckpointError, TrainingError
 from statesim.model import SequenceModel
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+#: Recent losses kept in memory and in checkpoints; the whole trace lives in metrics.jsonl, so memory and
+#: checkpoint size stay flat however long a run is.
+LOSS_WINDOW = 256
 #: A scenario-supplied ``(model, batch, step) -> loss`` for tasks whose batches are not ``SequenceData``
 #: (source/target pairs, images with captions): the batch only needs ``select``, ``to`` and ``len``, and the
 #: objective runs the model as the task needs (encode then decode, scheduled sampling at ``step``).
@@ -46,7 +51,7 @@ class TrainResult:
     best_val_loss: float | None
     stopped_early: bool
     nonfinite_steps: int
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # the last LOSS_WINDOW losses; full trace in metrics.jsonl
 
 
 # --------------------------------------------------------------------------- reproducibility
@@ -77,6 +82,16 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
+    """``torch.Generator`` attributes of every submodule (e.g. a seeded random initial state), by dotted name."""
+    found: dict[str, torch.Generator] = {}
+    for prefix, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Generator):
+                found[f"{prefix}.{attr}" if prefix else attr] = value
+    return found
 
 
 # --------------------------------------------------------------------------- helpers
@@ -161,7 +176,7 @@ class Trainer:
         self.best_val: float | None = None
         self.best_state: dict[str, Tensor] | None = None
         self.stale_evals = 0
-        self.losses: list[float] = []
+        self.losses: deque[float] = deque(maxlen=LOSS_WINDOW)
 
     # ------------------------------------------------------------------ batching
     def _next_batch(self, data: SequenceData) -> SequenceData:
@@ -281,10 +296,12 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": {"last_epoch": self.scheduler.last_epoch, "base_lrs": self.scheduler.base_lrs},
                 "rng": rng_states(), "order": self.order.get_state(),
+                # Generators a plugin keeps in its modules are part of the exact-resume state too.
+                "generators": {name: gen.get_state() for name, gen in module_generators(self.model).items()},
                 "epoch_perm": self.epoch_perm, "epoch_pos": self.epoch_pos,
                 "trainer": {"step": self.step, "nonfinite_steps": self.nonfinite_steps, "norm_mean": self.norm_mean,
                             "clipped_steps": self.clipped_steps,
-                            "best_val": self.best_val, "stale_evals": self.stale_evals, "losses": self.losses},
+                            "best_val": self.best_val, "stale_evals": self.stale_evals, "losses": list(self.losses)},
                 "best_model": self.best_state}
 
     def save(self) -> Path | None:
@@ -295,8 +312,9 @@ class Trainer:
                                config_digest=self.config_digest,
                                meta={"job": self.job, "model": getattr(self.model, "build_spec", None)})
         for old in list_checkpoints(self.checkpoint_dir)[:-self.config.keep_checkpoints]:
-            old.with_suffix(".safetensors").unlink(missing_ok=True)
+            # Sidecar first: a kill in between leaves an orphan weights file, never a sidecar without weights.
             old.unlink(missing_ok=True)
+            old.with_suffix(".safetensors").unlink(missing_ok=True)
         return path
 
     def restore(self, warn: Callable[[str], None] = print) -> bool:
@@ -316,12 +334,16 @@ class Trainer:
         self.scheduler.base_lrs = list(tree["scheduler"]["base_lrs"])
         set_rng_states(tree["rng"])
         self.order.set_state(tree["order"])
+        generators = module_generators(self.model)
+        for name, gen_state in (tree.get("generators") or {}).items():
+            if name in generators:
+                generators[name].set_state(gen_state.to(torch.uint8))
         self.epoch_perm, self.epoch_pos = tree["epoch_perm"], tree["epoch_pos"]
         trainer = tree["trainer"]
         self.step, self.nonfinite_steps = trainer["step"], trainer["nonfinite_steps"]
         self.clipped_steps = int(trainer.get("clipped_steps", 0))
         self.norm_mean, self.best_val, self.stale_evals = trainer["norm_mean"], trainer["best_val"], trainer["stale_evals"]
-        self.losses = list(trainer["losses"])
+        self.losses = deque(trainer["losses"], maxlen=LOSS_WINDOW)
         self.best_state = tree["best_model"]
         return True
 

@@ -22,6 +22,12 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a mapping key must be a plain value, not a {type(key).__name__}",
+                key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key '{key}' (first defined on line {seen[key] + 1})", key_node.start_mark)
@@ -62,9 +68,13 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
     if path.is_dir():
         raise _issue(name, None, "", "this is a directory, not a YAML file. Name a .yaml file inside it.")
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _issue(name, None, "", f"the file cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + 1
         raise _issue(name, line, "", f"the file is not valid UTF-8 (byte {exc.start}). Save it as UTF-8.") from None
     return parse_yaml(text, name)
 

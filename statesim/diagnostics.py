@@ -1,0 +1,624 @@
+"""Gradient-flow diagnostics (lecture Part 3): why RNNs are hard to train, measured on any cell.
+
+Everything here works through the cell contract only: a cell's step ``(x_t, state) -> (y_t, state)``
+and its named state parts. The state is flattened part by part into one vector of size ``N`` so a
+step has one Jacobian ``J_t = d state_t / d state_{t-1}`` (``[N, N]``), and the lecture's product
+
+    P_{s,t} = prod_{i=s}^{t-1} d h_i / d h_{i-1}
+
+is a product of ``t - s`` such Jacobians. For the ``linear`` cell ``J_t = D`` for every ``t`` and
+``P_{s,t} = D^{t-s} = Q Lambda^{t-s} Q^{-1}``: :func:`gradient_flow` notices a state-independent
+Jacobian and reports its eigenvalues and the closed form next to the measurement. For the LSTM the
+diagonal of the ``c <- c`` block of ``J_t`` is exactly the forget gate ``f_t`` (the gate "that damps
+the gradient and never amplifies it"), so it is reported as the part's self-diagonal.
+
+API: :func:`step_jacobians`, :func:`gradient_flow` (lag curves, spectrum, verdict),
+:func:`loss_gradients` (``||dE/dh_s||`` vs lag), :func:`bptt_horizon` (the horizon truncated BPTT
+imposes, measured through the real trainer), :func:`training_summary` (clipping and non-finite
+statistics from ``metrics.jsonl``), :class:`GradientFlowMonitor` (a training callback), the plots,
+and :func:`diagnose_run` behind ``statesim diagnose RUN_DIR``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import torch
+from torch import Tensor
+
+from statesim.cell import Cell, State
+from statesim.errors import StatesimError
+
+NormKind = Literal["spectral", "frobenius"]
+#: Per-step growth factors inside ``[1 - TOLERANCE, 1 + TOLERANCE]`` count as norm-preserving.
+TOLERANCE = 0.02
+
+
+# --------------------------------------------------------------------------- state layout
+def state_layout(spec: dict[str, tuple[int, ...]]) -> dict[str, slice]:
+    """Where each named state part lies in the flattened state vector."""
+    layout, start = {}, 0
+    for name, shape in spec.items():
+        size = math.prod(shape)
+        layout[name] = slice(start, start + size)
+        start += size
+    return layout
+
+
+def flatten_state(state: State, spec: dict[str, tuple[int, ...]]) -> Tensor:
+    """``[B, N]``: every part of ``state`` flattened and concatenated in ``spec`` order."""
+    return torch.cat([state[name].reshape(state[name].shape[0], -1) for name in spec], dim=1)
+
+
+def unflatten_state(flat: Tensor, spec: dict[str, tuple[int, ...]]) -> State:
+    """Inverse of :func:`flatten_state`."""
+    layout = state_layout(spec)
+    return {name: flat[:, layout[name]].reshape(flat.shape[0], *shape) for name, shape in spec.items()}
+
+
+def _step_function(cell: Cell) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, State], tuple[Tensor, State]]]:
+    """The same split the engine uses: hoisted input projection plus one transition."""
+    if cell.hoists_inputs:
+        return cell.project_inputs, cell.transition
+    return (lambda inputs: inputs), cell.forward
+
+
+def _batched_jacobian(fn: Callable[[Tensor], Tensor], flat: Tensor) -> Tensor:
+    """Per-sample Jacobians ``[B, N_out, N_in]`` of a map that treats batch rows independently."""
+    def summed(z: Tensor) -> Tensor:
+        return fn(z).sum(0)  # rows are independent, so d(sum_b out_b)/d z_b is sample b's Jacobian
+
+    try:
+        jac = torch.func.jacrev(summed)(flat)  # [N_out, B, N_in]
+    except (RuntimeError, NotImplementedError, TypeError):
+        # A cell using an operation functorch cannot vmap: one backward pass per output unit instead.
+        z = flat.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = summed(z)
+            rows = [torch.autograd.grad(out[i], z, retain_graph=True, allow_unused=True)[0] for i in range(out.numel())]
+        jac = torch.stack([torch.zeros_like(z) if r is None else r for r in rows])
+    return jac.permute(1, 0, 2)
+
+
+@dataclass
+class JacobianTrace:
+    """Per-step state Jacobians along one trajectory."""
+
+    jacobians: Tensor  # [T, B, N, N]: d state_t / d state_{t-1}
+    layout: dict[str, slice]
+    states: Tensor  # [T + 1, B, N]: the initial state and the state after each step
+
+
+def _as_float64(cell: Cell) -> Cell:
+    """A float64 copy, so products over hundreds of steps are exact to ~1e-12 and do not overflow early."""
+    return copy.deepcopy(cell).to(torch.float64)
+
+
+def step_jacobians(cell: Cell, inputs: Tensor, state: State | None = None, *, exact: bool = True) -> JacobianTrace:
+    """Run ``cell`` over ``inputs [T, B, F]`` and return ``d state_t / d state_{t-1}`` for every step."""
+    if exact:
+        cell = _as_float64(cell)
+        inputs = inputs.to(torch.float64)
+        state = None if state is None else {k: v.to(torch.float64) for k, v in state.items()}
+    cell.check_input(inputs, time_major=True)
+    spec = cell.state_spec
+    batch = inputs.shape[1]
+    state = cell.zero_state(batch, device=inputs.device, dtype=inputs.dtype) if state is None else state
+    cell.check_state(state, batch)
+    project, transition = _step_function(cell)
+    jacobians, states = [], []
+    with torch.no_grad():
+        projected = project(inputs)
+    flat = flatten_state({k: v.detach() for k, v in state.items()}, spec)
+    states.append(flat)
+    for t in range(inputs.shape[0]):
+        x_t = projected[t].detach()
+
+        def advance(z: Tensor, x_t: Tensor = x_t) -> Tensor:
+            return flatten_state(transition(x_t, unflatten_state(z, spec))[1], spec)
+
+        jacobians.append(_batched_jacobian(advance, flat).detach())
+        with torch.no_grad():
+            flat = advance(flat)
+        states.append(flat)
+    return JacobianTrace(torch.stack(jacobians), state_layout(spec), torch.stack(states))
+
+
+# --------------------------------------------------------------------------- products over lags
+def matrix_norms(matrices: Tensor, norm: NormKind = "spectral") -> Tensor:
+    """Spectral (largest singular value) or Frobenius norm of each matrix in ``[..., n, m]``."""
+    return torch.linalg.matrix_norm(matrices, ord=2 if norm == "spectral" else "fro")
+
+
+def product_norms(jacobians: Tensor, layout: dict[str, slice], max_lag: int | None = None,
+                  norm: NormKind = "spectral") -> dict[str, Tensor]:
+    """``||P_k||`` for lags ``k = 0..K`` ending at the last step: ``P_k = J_T J_{T-1} ... J_{T-k+1}``.
+
+    Returns ``[K + 1, B]`` per block: ``"state"`` (the whole state) and ``"a<-b"`` for every pair of parts
+    (``d a_T / d b_{T-k}``); ``P_0 = I``.
+    """
+    steps, batch, n, _ = jacobians.shape
+    max_lag = steps if max_lag is None else min(max_lag, steps)
+    product = torch.eye(n, dtype=jacobians.dtype, device=jacobians.device).expand(batch, n, n).clone()
+    blocks = {"state": (slice(None), slice(None))}
+    blocks.update({f"{a}<-{b}": (layout[a], layout[b]) for a in layout for b in layout})
+    out: dict[str, list[Tensor]] = {name: [] for name in blocks}
+    for k in range(max_lag + 1):
+        if k:
+            product = product @ jacobians[steps - k]
+        for name, (rows, cols) in blocks.items():
+            out[name].append(matrix_norms(product[:, rows, cols], norm))
+    return {name: torch.stack(values) for name, values in out.items()}
+
+
+def geometric_mean(values: Tensor, dim: int = -1) -> Tensor:
+    """``exp(mean(log v))``; zero when any value is zero."""
+    return torch.exp(torch.log(values.clamp_min(0)).mean(dim))
+
+
+@dataclass
+class GradientFlow:
+    """What :func:`gradient_flow` measured; :meth:`to_json` gives the report written by `statesim diagnose`."""
+
+    norm: NormKind
+    parts: dict[str, tuple[int, ...]]
+    lags: list[int]
+    lag_norms: dict[str, Tensor]  # block -> [K + 1] geometric mean over the batch of ||P_k||
+    sigma_max: Tensor  # [T] largest singular value of J_t (geometric mean over the batch)
+    spectral_radius: Tensor  # [T] largest |eigenvalue| of J_t (mean over the batch)
+    self_diagonal: dict[str, Tensor]  # part -> [T] mean diagonal of its own block of J_t (LSTM c: forget gate)
+    rate: float  # measured growth factor per step of ||P_k|| over the second half of the lags
+    verdict: str
+    horizon: int | None  # first lag at which P_k is exactly zero (finite-memory cells), else None
+    constant_jacobian: bool
+    eigenvalues: Tensor | None = None  # of J when it is the same at every step (linear cell: D)
+    closed_form: Tensor | None = None  # ||J^k|| for k = 0..K when J is constant
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def geometric_mean_sigma_max(self) -> float:
+        """Geometric mean over time of the per-step largest singular value (an upper bound of the rate)."""
+        return float(geometric_mean(self.sigma_max))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for ``report.json``."""
+        report: dict[str, Any] = {
+            "norm": self.norm, "state_parts": {k: list(v) for k, v in self.parts.items()}, "max_lag": self.lags[-1],
+            "rate_per_step": self.rate, "verdict": self.verdict, "horizon": self.horizon,
+            "geometric_mean_sigma_max": self.geometric_mean_sigma_max,
+            "mean_spectral_radius": float(self.spectral_radius.mean()),
+            "lag_norms": {k: v.tolist() for k, v in self.lag_norms.items()},
+            "sigma_max_per_step": self.sigma_max.tolist(), "spectral_radius_per_step": self.spectral_radius.tolist(),
+            "self_diagonal_mean": {k: float(v.mean()) for k, v in self.self_diagonal.items()},
+            "self_diagonal_per_step": {k: v.tolist() for k, v in self.self_diagonal.items()},
+            "constant_jacobian": self.constant_jacobian, **self.extra}
+        if self.eigenvalues is not None:
+            eig = sorted(self.eigenvalues.tolist(), key=lambda z: -abs(z))
+            report["eigenvalues"] = [[z.real, z.imag] for z in eig]
+            report["spectral_radius"] = abs(eig[0])
+        if self.closed_form is not None:
+            report["closed_form_norms"] = self.closed_form.tolist()
+            measured = self.lag_norms["state"]
+            scale = self.closed_form.abs().clamp_min(1e-300)
+            report["closed_form_max_relative_error"] = float(((measured - self.closed_form).abs() / scale).max())
+        return report
+
+
+def tail_rate(curve: Tensor) -> float:
+    """Growth factor per step of ``||P_k||`` over the second half of the lags (least-squares slope of the log).
+
+    The tail, not ``||P_K||^(1/K)``, because a product often changes scale over its first few factors
+    (transients, non-normal matrices) before settling into its asymptotic rate, which decides the regime.
+    """
+    max_k = len(curve) - 1
+    if max_k < 1:
+        return 1.0
+    if (curve <= 0).any():
+        return 0.0
+    start = max_k // 2 if max_k >= 4 else 0
+    k = torch.arange(start, max_k + 1, dtype=torch.float64)
+    logs = torch.log(curve[start:].to(torch.float64))
+    slope = ((k - k.mean()) * (logs - logs.mean())).sum() / ((k - k.mean()) ** 2).sum()
+    return float(torch.exp(slope))
+
+
+def verdict_of(rate: float, horizon: int | None) -> str:
+    """Name the regime from the measured per-step growth factor of ``||P_k||``."""
+    if horizon is not None:
+        return f"finite memory: gradients are exactly zero beyond lag {horizon - 1}"
+    if rate < 1 - TOLERANCE:
+        return "vanishing"
+    if rate > 1 + TOLERANCE:
+        return "exploding"
+    return "norm-preserving (neither vanishing nor exploding)"
+
+
+def gradient_flow(cell: Cell, inputs: Tensor, state: State | None = None, *, max_lag: int | None = None,
+                  norm: NormKind = "spectral") -> GradientFlow:
+    """Measure ``||P_k||`` against lag, the per-step Jacobian spectrum and the regime, for any cell."""
+    trace = step_jacobians(cell, inputs, state)
+    jac = trace.jacobians
+    steps = jac.shape[0]
+    norms = product_norms(jac, trace.layout, max_lag, norm)
+    lag_norms = {k: geometric_mean(v, dim=1) for k, v in norms.items()}
+    sigma = geometric_mean(torch.linalg.matrix_norm(jac, ord=2), dim=1)
+    radius = torch.linalg.eigvals(jac).abs().amax(-1).mean(1)
+    self_diag = {name: torch.diagonal(jac[:, :, sl, sl], dim1=-2, dim2=-1).mean((1, 2))
+                 for name, sl in trace.layout.items()}
+    state_curve = lag_norms["state"]
+    max_k = len(state_curve) - 1
+    zero = (norms["state"] == 0).all(dim=1).nonzero()
+    horizon = int(zero[0]) if len(zero) else None
+    rate = tail_rate(state_curve)
+    constant = bool(torch.allclose(jac, jac[:1].expand_as(jac), rtol=1e-10, atol=1e-12))
+    eigenvalues = closed_form = None
+    if constant:
+        single = jac[0, 0]
+        eigenvalues = torch.linalg.eigvals(single)
+        powers = [torch.eye(single.shape[0], dtype=single.dtype)]
+        for _ in range(max_k):
+            powers.append(powers[-1] @ single)
+        closed_form = matrix_norms(torch.stack(powers), norm)
+    return GradientFlow(norm, dict(cell.state_spec), list(range(max_k + 1)), lag_norms, sigma, radius, self_diag,
+                        rate, verdict_of(rate, horizon), horizon, constant, eigenvalues, closed_form,
+                        extra={"steps": steps, "batch": int(jac.shape[1])})
+
+
+# --------------------------------------------------------------------------- dE/dh_s through a model
+def loss_gradients(model: Any, inputs: Tensor, targets: Tensor, loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+                   lengths: Tensor | None = None) -> dict[str, Tensor]:
+    """``||dE/d state_s||`` for every part and ``s = 0..T`` (``s = 0``: the initial state), over the whole batch.
+
+    This is the total derivative BPTT propagates (its ``delta_s``): through every later step and, for cells whose
+    output reads the state (``y_s = h_s``), through the loss at step ``s`` itself.
+
+    ``model`` is a :class:`statesim.model.SequenceModel` whose topology can be stepped; the loop mirrors the
+    engine's (hoisted inputs, one transition per step) but keeps every intermediate state in the graph.
+    """
+    model = copy.deepcopy(model).to(torch.float64)
+    cell = model.step_cell()
+    inputs = inputs.to(torch.float64)
+    targets = targets.to(torch.float64) if targets.is_floating_point() else targets
+    spec = cell.state_spec
+    project, transition = _step_function(cell)
+    with torch.enable_grad():
+        start = model.initial(inputs.shape[1], inputs=inputs, lengths=lengths)
+        state = {k: v.detach().requires_grad_(True) for k, v in start.items()}
+        states, outputs = [state], []
+        projected = project(inputs)
+        for t in range(inputs.shape[0]):
+            y, state = transition(projected[t], state)
+            states.append(state)
+            outputs.append(y)
+        out = model.read_out(torch.stack(outputs))
+        mask = torch.arange(inputs.shape[0]).unsqueeze(1) < (lengths.unsqueeze(0) if lengths is not None
+                                                             else torch.full((1, inputs.shape[1]), inputs.shape[0]))
+        loss = loss_fn(out, targets, mask)
+        flat = [s[name] for s in states for name in spec]
+        grads = torch.autograd.grad(loss, flat, allow_unused=True)
+    result = {name: torch.zeros(len(states), dtype=torch.float64) for name in spec}
+    for index, grad in enumerate(grads):
+        s, part = divmod(index, len(spec))
+        if grad is not None:
+            result[list(spec)[part]][s] = grad.norm()
+    return result
+
+
+# --------------------------------------------------------------------------- truncated BPTT horizon
+def bptt_horizon(model: Any, data: Any, training: Any, loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor]
+                 ) -> Tensor:
+    """``||dL_u/dx_t||`` for each update ``u`` of one pass over a batch, measured through the real trainer.
+
+    Returns ``[updates, T]``. With truncated BPTT (``k1``, ``k2``) row ``u`` is non-zero only on the ``k2``
+    steps its graph spans: the gradient horizon. The model is copied and trained with a negligible SGD step.
+    """
+    from statesim.data import DataSplits, SequenceData
+    from statesim.trainer import Trainer
+
+    class _LeafBatches(SequenceData):
+        """Each batch the trainer draws becomes a fresh leaf, so each update's input gradient is its own."""
+
+        leaf: Tensor | None = None
+
+        def select(self, index: Tensor | slice) -> SequenceData:
+            inputs = self.inputs[:, index].detach().clone().requires_grad_(True)
+            _LeafBatches.leaf = inputs
+            return SequenceData(inputs, self.targets[:, index], None if self.lengths is None else self.lengths[index])
+
+    targets = data.targets.to(torch.float64) if data.targets.is_floating_point() else data.targets
+    source = _LeafBatches(data.inputs.detach().to(torch.float64), targets, data.lengths)
+    truncated = training.bptt.mode == "truncated"
+    k1 = (training.bptt.k1 or data.steps) if truncated else data.steps
+    updates = math.ceil(data.steps / k1)
+    config = training.model_copy(update={"optimizer": "sgd", "lr": 1e-12, "momentum": 0.0, "steps": updates,
+                                         "batch_size": len(data), "early_stopping": None})
+    rows: list[Tensor] = []
+
+    def capture(trainer: Trainer, record: dict[str, Any]) -> None:
+        leaf = _LeafBatches.leaf
+        grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+        rows.append(grad.detach().flatten(1).norm(dim=1))
+        leaf.grad = None
+
+    trainer = Trainer(copy.deepcopy(model).to(torch.float64), config, loss_fn=loss_fn, on_update=capture)
+    trainer.fit(DataSplits(source))
+    return torch.stack(rows)
+
+
+# --------------------------------------------------------------------------- training records
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Records of ``metrics.jsonl`` (lines cut by a kill are skipped)."""
+    records = []
+    path = Path(path)
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def training_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per job: updates, exact fraction of clipped updates, non-finite count, gradient-norm statistics."""
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if "grad_norm" in record:
+            jobs.setdefault(record.get("job", "main"), []).append(record)
+    summary = {}
+    for job, rows in jobs.items():
+        last = max(rows, key=lambda r: r["step"])
+        finite = [r["grad_norm"] for r in rows if r["grad_norm"] is not None and math.isfinite(r["grad_norm"])]
+        sampled_clipped = sum(bool(r.get("clipped")) for r in rows)
+        exact = "clipped_total" in last
+        clipped = last["clipped_total"] if exact else sampled_clipped
+        updates = last["step"] if exact else len(rows)
+        nonfinite = last.get("nonfinite_total", sum(bool(r.get("nonfinite")) for r in rows))
+        ordered = sorted(finite)
+        summary[job] = {
+            "updates": int(last["step"]), "logged_records": len(rows), "clipped_updates": int(clipped),
+            "fraction_clipped": clipped / max(updates, 1), "fraction_is_exact": exact,
+            "nonfinite_updates": int(nonfinite),
+            "grad_norm_median": ordered[len(ordered) // 2] if ordered else None,
+            "grad_norm_max": ordered[-1] if ordered else None,
+            "grad_norm_clipped_max": max((r["grad_norm_clipped"] for r in rows
+                                          if r.get("grad_norm_clipped") is not None
+                                          and math.isfinite(r["grad_norm_clipped"])), default=None)}
+    return summary
+
+
+class GradientFlowMonitor:
+    """Training callback (``ctx.train(..., on_update=monitor)``): measure ``||P_k||`` every ``every`` updates.
+
+    Each measurement is appended to :attr:`history` and logged to ``metrics.jsonl`` as ``gradflow_rate`` and
+    ``gradflow_norm_at_max_lag``; :func:`plot_monitor` draws how the lag curve changes over training.
+    """
+
+    def __init__(self, inputs: Tensor, every: int = 100, max_lag: int | None = None,
+                 norm: NormKind = "spectral") -> None:
+        self.inputs, self.every, self.max_lag, self.norm = inputs, every, max_lag, norm
+        self.history: list[tuple[int, GradientFlow]] = []
+
+    def measure(self, model: Any, step: int) -> GradientFlow:
+        """Measure now and remember it."""
+        cell = model.step_cell()
+        flow = gradient_flow(cell, self.inputs.to(next(cell.parameters()).device), max_lag=self.max_lag,
+                             norm=self.norm)
+        self.history.append((step, flow))
+        return flow
+
+    def __call__(self, trainer: Any, record: dict[str, Any]) -> None:
+        step = record["step"]
+        if step % self.every and step != trainer.config.steps:
+            return
+        flow = self.measure(trainer.model, step)
+        if trainer.log is not None:
+            trainer.log({"job": trainer.job, "step": step, "gradflow_rate": flow.rate,
+                         "gradflow_norm_at_max_lag": float(flow.lag_norms["state"][-1]),
+                         "gradflow_verdict": flow.verdict})
+
+
+# --------------------------------------------------------------------------- plots
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _positive(values: Tensor) -> Tensor:
+    """NaN where a value is not positive, so log plots leave a gap instead of failing."""
+    values = values.clone().to(torch.float64)
+    values[values <= 0] = float("nan")
+    return values
+
+
+def plot_gradient_flow(flow: GradientFlow, title: str = "") -> Any:
+    """Log-scale ``||P_k||`` per block against lag, with ``rho^k`` and the closed form when known."""
+    plt = _plt()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    lags = flow.lags
+    for name, curve in flow.lag_norms.items():
+        if name == "state":
+            left.semilogy(lags, _positive(curve), lw=2, label="‖P_k‖ (whole state)")
+        elif len(flow.parts) > 1:
+            to, src = name.split("<-")
+            left.semilogy(lags, _positive(curve), lw=1.2, ls="-" if to == src else ":",
+                          label=f"‖∂{to}_T/∂{src}_(T-k)‖")
+    if flow.closed_form is not None:
+        left.semilogy(lags, _positive(flow.closed_form), "k--", lw=1, label="closed form ‖J^k‖ (= ‖D^k‖ for linear)")
+    if flow.eigenvalues is not None:
+        rho = float(flow.eigenvalues.abs().max())
+        left.semilogy(lags, [rho ** k for k in lags], color="0.5", lw=1, ls="-.", label=f"ρ^k, ρ = {rho:.3g}")
+    else:
+        g = flow.geometric_mean_sigma_max
+        left.semilogy(lags, [g ** k for k in lags], color="0.5", lw=1, ls="-.",
+                      label=f"(geo-mean σ_max)^k = {g:.3g}^k (upper bound)")
+    measured = torch.cat([_positive(c) for c in flow.lag_norms.values()])
+    measured = measured[torch.isfinite(measured)]
+    if len(measured):  # keep the bound line from squashing the measurements
+        left.set_ylim(float(measured.min()) / 10, float(measured.max()) * 10)
+    left.set(xlabel="lag k = t - s", ylabel=f"{flow.norm} norm", title=title or f"gradient flow: {flow.verdict}")
+    left.legend(fontsize=7)
+    steps = range(1, len(flow.sigma_max) + 1)
+    right.plot(steps, flow.sigma_max, label="σ_max(J_t)")
+    right.plot(steps, flow.spectral_radius, label="ρ(J_t)")
+    for name, diag in flow.self_diagonal.items():
+        right.plot(steps, diag, ls="--", label=f"mean diag ∂{name}_t/∂{name}_(t-1)")
+    right.axhline(1.0, color="0.6", lw=0.8)
+    right.set(xlabel="step t", title="per-step Jacobian along the trajectory")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_gradients(grads: dict[str, Tensor], title: str = "‖∂E/∂h_s‖ against lag T - s") -> Any:
+    """Log-scale ``||dE/d state_s||`` per part against the lag from the end of the sequence."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in grads.items():
+        steps = len(values) - 1
+        ax.semilogy(list(range(steps, -1, -1)), _positive(values), label=f"‖∂E/∂{name}_s‖")
+    ax.set(xlabel="lag T - s", ylabel="norm over the batch", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training(records: list[dict[str, Any]], title: str = "") -> Any:
+    """Gradient norm before and after clipping per job (log scale), clipped updates marked, loss below."""
+    plt = _plt()
+    summary = training_summary(records)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for index, job in enumerate(summary):
+        rows = sorted((r for r in records if r.get("job", "main") == job and "grad_norm" in r), key=lambda r: r["step"])
+        steps = [r["step"] for r in rows]
+        color = f"C{index}"
+        top.semilogy(steps, [r["grad_norm"] for r in rows], color=color, lw=1, label=f"{job}: before clipping")
+        top.semilogy(steps, [r["grad_norm_clipped"] for r in rows], color=color, lw=1, ls="--",
+                     label=f"{job}: after clipping")
+        clipped = [(r["step"], r["grad_norm"]) for r in rows if r.get("clipped")]
+        if clipped:
+            top.scatter(*zip(*clipped), s=8, color=color, marker="x")
+        bad = [r["step"] for r in rows if r.get("nonfinite")]
+        for step in bad:
+            top.axvline(step, color="red", lw=0.5)
+        s = summary[job]
+        bottom.semilogy(steps, _positive(torch.tensor([r["loss"] for r in rows], dtype=torch.float64)), color=color,
+                        label=f"{job}: {100 * s['fraction_clipped']:.1f}% clipped, {s['nonfinite_updates']} non-finite")
+        vals = [(r["step"], r["val_loss"]) for r in records if r.get("job", "main") == job and "val_loss" in r]
+        if vals:
+            bottom.semilogy(*zip(*vals), color=color, ls=":", marker=".", label=f"{job}: validation")
+    top.set(ylabel="global gradient norm", title=title or "gradient norm per update (x: clipped)")
+    top.legend(fontsize=7)
+    bottom.set(xlabel="update", ylabel="loss")
+    bottom.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_monitor(history: list[tuple[int, GradientFlow]], title: str = "‖P_k‖ during training") -> Any:
+    """Lag curves measured by a :class:`GradientFlowMonitor`, coloured by training step."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    for index, (step, flow) in enumerate(history):
+        ax.semilogy(flow.lags, _positive(flow.lag_norms["state"]), color=cmap(index / max(len(history) - 1, 1)),
+                    label=f"update {step}: rate {flow.rate:.3f}")
+    ax.set(xlabel="lag k", ylabel="‖P_k‖", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_horizon(rows: Tensor, title: str = "truncated BPTT: ‖∂L_u/∂x_t‖ per update u") -> Any:
+    """Input-gradient norm over time for each update: zero outside the steps each truncated graph spans."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for u, row in enumerate(rows):
+        ax.semilogy(range(len(row)), _positive(row), marker=".", ms=3, label=f"update {u + 1}")
+    ax.set(xlabel="input step t", ylabel="‖∂L/∂x_t‖ (gaps are exact zeros)", title=title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- statesim diagnose RUN_DIR
+class DiagnoseError(StatesimError):
+    """A run folder cannot be diagnosed."""
+
+
+def _trained_jobs(run_dir: Path) -> list[str]:
+    """Jobs of a run that left a checkpoint."""
+    from statesim.checkpoint import list_checkpoints
+
+    root = run_dir / "checkpoints"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and list_checkpoints(p)) if root.is_dir() else []
+
+
+def diagnose_run(run_dir: str | Path, *, host: Any = None, batch: int = 8, steps: int = 100,
+                 max_lag: int | None = None, norm: NormKind = "spectral", seed: int = 0,
+                 echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Diagnose a finished run: gradient flow of every trained job plus clipping statistics.
+
+    Writes ``diagnostics/report.json`` and PNGs in ``diagnostics/`` of the run folder and returns the report.
+    """
+    from statesim.config import load_config
+    from statesim.embed import load_model
+    from statesim.fileio import atomic_write_json, save_figure
+    from statesim.plugin_manager import build_plugin_host
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise DiagnoseError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `statesim run` wrote.")
+    host = host or build_plugin_host()
+    out = run_dir / "diagnostics"
+    records = read_metrics(run_dir / "metrics.jsonl")
+    report: dict[str, Any] = {"run_dir": str(run_dir), "training": training_summary(records), "jobs": {}}
+    if records:
+        save_figure(plot_training(records), out / "training.png")
+    config = load_config(run_dir / "config.yaml", host.registry)
+    scenario = host.registry.get("scenario", config.scenario.type).record.cls(config.scenario.params)
+    jobs = _trained_jobs(run_dir)
+    if not jobs:
+        echo(f"note: {run_dir} has no checkpoints (it trains no model); only training statistics were diagnosed.")
+    for job in jobs:
+        try:
+            model, _ = load_model(run_dir, job=job, weights="last", registry=host.registry)
+        except StatesimError as exc:
+            echo(f"note: job '{job}' cannot be rebuilt: {exc}")
+            continue
+        offered = scenario.diagnostic_batch(job, batch, seed)
+        if offered is not None:
+            data, loss_fn = offered
+            inputs = data.inputs
+        else:
+            inputs = torch.randn(steps, batch, model.input_size, generator=torch.Generator().manual_seed(seed))
+            data = loss_fn = None
+        try:
+            cell = model.step_cell()
+        except TypeError as exc:
+            echo(f"note: job '{job}': {exc}")
+            continue
+        flow = gradient_flow(cell, inputs, max_lag=max_lag, norm=norm)
+        entry = {"inputs": "scenario data" if data is not None else "standard normal",
+                 "cell": type(cell).__name__, **flow.to_json()}
+        save_figure(plot_gradient_flow(flow, f"{job}: {flow.verdict}"), out / f"{job}_gradient_flow.png")
+        if data is not None:
+            grads = loss_gradients(model, data.inputs, data.targets, loss_fn, data.lengths)
+            entry["loss_gradient_norms"] = {k: v.tolist() for k, v in grads.items()}
+            save_figure(plot_loss_gradients(grads, f"{job}: ‖∂E/∂h_s‖ against lag"), out / f"{job}_loss_gradients.png")
+        report["jobs"][job] = entry
+        echo(f"{job}: {type(cell).__name__}, rate per step {flow.rate:.4g} -> {flow.verdict}")
+    for job, stats in report["training"].items():
+        echo(f"{job}: {stats['updates']} updates, {100 * stats['fraction_clipped']:.1f}% clipped, "
+             f"{stats['nonfinite_updates']} non-finite")
+    atomic_write_json(out / "report.json", report)
+    return report
