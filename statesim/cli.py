@@ -12,6 +12,8 @@ EPILOG = """examples:
   statesim validate scenarios/linear_system.yaml --print
   statesim plugins
   statesim export runs/ma --job linear-on-ema --format onnx
+  statesim diagnose runs/adding-20250101-120000
+  statesim sweep scenarios/sweeps/gradient_lab.yaml --seeds 2
 
 environment:
   STATESIM_DISABLE_PLUGIN_AUTOLOAD=1   load only built-in plugins
@@ -99,6 +101,26 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Gradient-flow diagnostics of a finished run."""
+    from statesim.diagnostics import diagnose_run
+
+    diagnose_run(args.run_dir, host=_host(args), batch=args.batch, steps=args.steps, max_lag=args.max_lag,
+                 norm=args.norm, seed=args.seed)
+    print(f"report: {args.run_dir}/diagnostics/report.json (plots beside it)")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a grid of configurations, each as an ordinary run folder, and summarise them."""
+    from statesim.sweep import load_sweep, make_executor, run_sweep
+
+    spec = load_sweep(args.file, args.grid, args.seeds, args.out, args.overrides)
+    result = run_sweep(spec, make_executor(args.executor, args.workers), host=_host(args))
+    print((result.out / "summary.md").read_text(encoding="utf-8"))
+    return 1 if result.failed else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export one step of a trained model (TorchScript or ONNX) with a JSON sidecar, then verify it."""
     from pathlib import Path
@@ -155,6 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("-v", "--verbose", action="store_true", help="also describe every registered name")
     _plugin_args(plugins)
     plugins.set_defaults(func=cmd_plugins)
+
+    diagnose = sub.add_parser("diagnose", help="gradient-flow diagnostics of a finished run",
+                              description="Measure ||dh_t/dh_s|| (the product P_{s,t}) and ||dE/dh_s|| against the lag "
+                                          "for every trained model of RUN_DIR, the per-step Jacobian spectrum and the "
+                                          "vanishing/exploding verdict, and summarise clipping and non-finite "
+                                          "gradients from metrics.jsonl. Writes RUN_DIR/diagnostics/report.json and PNGs.")
+    diagnose.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `statesim run`")
+    diagnose.add_argument("--batch", type=int, default=8, help="sequences to measure on (default 8)")
+    diagnose.add_argument("--steps", type=int, default=100,
+                          help="sequence length when the scenario offers no data of its own (default 100)")
+    diagnose.add_argument("--max-lag", type=int, default=None, help="longest lag measured (default: the sequence)")
+    diagnose.add_argument("--norm", choices=["spectral", "frobenius"], default="spectral", help="matrix norm")
+    diagnose.add_argument("--seed", type=int, default=0, help="seed of the measured sequences")
+    _plugin_args(diagnose)
+    diagnose.set_defaults(func=cmd_diagnose)
+
+    sweep = sub.add_parser("sweep", help="run every combination of a grid of config values",
+                           description="Run every combination of --grid values (and of the file's `sweep:` section) "
+                                       "times --seeds, each as an ordinary run folder under the sweep folder, then "
+                                       "write summary.csv, summary.md and comparison.png. Failed runs are reported "
+                                       "without stopping the others; running again skips finished runs.")
+    _set_args(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="values of one config key, e.g. --grid model.cell.type=lstm,gru (repeatable)")
+    sweep.add_argument("--seeds", type=int, default=None, help="seeds per combination (base seed, +1, ...)")
+    sweep.add_argument("--out", help="sweep folder (default: runs/sweeps/<name>)")
+    sweep.add_argument("--executor", default="local", help="where runs execute: local (process pool) or serial")
+    sweep.add_argument("--workers", type=int, default=None, help="parallel runs (default: available cores)")
+    _plugin_args(sweep)
+    sweep.set_defaults(func=cmd_sweep)
     export = sub.add_parser("export", help="export one step of a trained model (TorchScript or ONNX)",
                             description="Write a single-step module (x, state...) -> (y, state...) of a finished run's "
                                         "model plus a JSON sidecar naming inputs, outputs, shapes and state parts, "
