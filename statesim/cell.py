@@ -89,6 +89,17 @@ class Cell(nn.Module):
         """True when the cell splits its step into project_inputs + transition."""
         return type(self).transition is not Cell.transition
 
+    def fused_form(self) -> "statesim.fastpath.FusedForm | None":
+        """The fused torch kernel this cell's step is, with its own weights, or None (see statesim.fastpath).
+
+        Offer one only when the kernel computes exactly this cell's step (same state parts, ``y_t = h_t``).
+        """
+        return None
+
+    def linear_form(self) -> "statesim.fastpath.LinearForm | None":
+        """``(A, B, C, D)`` when the cell is a linear time-invariant system, else None (see statesim.fastpath)."""
+        return None
+
     # ----------------------------------------------------------------- construction helpers
     @classmethod
     def from_params(cls, input_size: int, params: BaseModel) -> "Cell":

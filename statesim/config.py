@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer
 
 from statesim.errors import ConfigError
 from statesim.forcing import ClampConfig
@@ -94,6 +94,20 @@ class ModelConfig(Strict):
     head: Literal["auto", "linear", "none"] = Field(
         "auto", description="output head y = W h (+ b): 'auto' adds one only when sizes differ")
     head_bias: bool = Field(True, description="learn the head's bias")
+    fast_path: str = Field("auto", description="engine path: 'auto' (a fused torch kernel or linear scan when the "
+                                               "cells offer one and no state is forced, else the loop), 'generic' "
+                                               "(always the time loop), or a fast path's name ('fused', 'scan')")
+    compile: bool = Field(False, description="torch.compile the cell's step in the generic loop (custom cells; "
+                                             "the compile time is reported)")
+
+    @field_validator("fast_path")
+    @classmethod
+    def _known_path(cls, value: str) -> str:
+        from statesim.fastpath import known_modes
+
+        if value not in known_modes():
+            raise ValueError(f"unknown fast path '{value}'; choose one of {', '.join(known_modes())}")
+        return value
 
 
 class BPTTConfig(Strict):

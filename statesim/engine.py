@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from statesim import fastpath
 from statesim.cell import Cell, State
 from statesim.forcing import Forcing
 
@@ -52,21 +53,30 @@ def unroll(cell: Cell, inputs: Tensor, state: State | None = None, *, lengths: T
             raise ValueError(f"lengths must have shape [{batch}], got {list(lengths.shape)}")
         mask = lengths_to_mask(lengths, steps)
 
-    # Hoisted input work happens once for the whole sequence, not once per step.
-    if cell.hoists_inputs:
-        projected, step_fn = cell.project_inputs(inputs), cell.transition
-    else:
-        projected, step_fn = inputs, cell.forward
     forces_state = forcing.forces_state
+    # A whole-sequence kernel (fused RNN, linear scan) replaces the loop when the cell offers one
+    # and nothing needs per-step access; see statesim.fastpath.
+    fast, why = fastpath.dispatch(cell, inputs, state, lengths, forces_state=forces_state,
+                                  return_states=return_states)
+    if fast is not None:
+        return Trajectory(*fast)
+    step_fn, hoisted = fastpath.step_function(cell, why)
+    # Hoisted input work happens once for the whole sequence, not once per step.
+    projected = cell.project_inputs(inputs) if hoisted else inputs
+    # unbind once: indexing projected[t] in the loop would make backward allocate a full-size gradient
+    # buffer per step (O(T^2)); unbind's backward is a single stack.
+    xs = projected.unbind(0)
+    if mask is not None:
+        keeps, scales = mask.unbind(0), mask.unsqueeze(-1).to(inputs.dtype).unbind(0)
 
     outputs: list[Tensor] = []
     history: dict[str, list[Tensor]] = {name: [] for name in state} if return_states else {}
     for t in range(steps):
         read = forcing.apply_to_state(state, t0 + t) if forces_state else state
-        y, new_state = step_fn(projected[t], read)
+        y, new_state = step_fn(xs[t], read)
         if mask is not None:
-            keep = mask[t]
-            y = y * keep.unsqueeze(-1).to(y.dtype)
+            keep = keeps[t]
+            y = y * scales[t].to(y.dtype)
             new_state = {name: torch.where(keep.view(batch, *([1] * (value.dim() - 1))), value, state[name])
                          for name, value in new_state.items()}
         state = new_state

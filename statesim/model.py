@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from statesim import fastpath
 from statesim.cell import Cell, State
 from statesim.engine import Trajectory
 from statesim.forcing import Forcing
@@ -109,6 +110,11 @@ class Topology(nn.Module):
 class SequenceModel(nn.Module):
     """A topology, its initial-state policy and an optional output head: what trainers and embedders use."""
 
+    #: The engine's path policy for this model (statesim.fastpath): ``auto``, ``generic`` or a fast path's
+    #: name, and whether the generic loop's step is torch.compile'd; None inherits the surrounding policy.
+    fast_path: str | None = None
+    compile_steps: bool | None = None
+
     def __init__(self, topology: Topology, initial_state: InitialState, head: nn.Module | None = None) -> None:
         super().__init__()
         self.topology, self.initial_state, self.head = topology, initial_state, head
@@ -151,7 +157,9 @@ class SequenceModel(nn.Module):
         """
         if state is None:
             state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded, prefix=prefix)
-        traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
+        decisions = self.__dict__.setdefault("engine_decisions", {})  # which path ran, and why (for the run log)
+        with fastpath.policy(self.fast_path, self.compile_steps), fastpath.record_decisions(decisions):
+            traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)
         if lengths is not None and self.head is not None:
             mask = torch.arange(inputs.shape[0], device=inputs.device).unsqueeze(1) < lengths.to(inputs.device)
@@ -184,5 +192,6 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
     if wants_head:
         head = nn.Linear(topology.output_size, output_size or topology.output_size, bias=config.head_bias)
     model = SequenceModel(topology, policy, head)
+    model.fast_path, model.compile_steps = getattr(config, "fast_path", None), getattr(config, "compile", None)
     model.build_spec = {"model": config.model_dump(mode="json"), "input_size": input_size, "output_size": output_size}
     return model

@@ -70,6 +70,10 @@ class RunContext:
     should_stop: Callable[[], bool] = lambda: False
     echo: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
+    #: Per job: the engine path each cell takes in training, and why (statesim.fastpath.plan; results.json),
+    #: and what ran, how often, with compile times (run.json).
+    engine_paths: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    engine_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def metrics(self) -> MetricsLog:
@@ -92,7 +96,11 @@ class RunContext:
             raise ConfigError([ConfigIssue(self.config.name or "scenario", None, "model",
                                            "this scenario trains a model; add a `model:` section, e.g. "
                                            "model: {cell: {type: lstm, hidden_size: 64}}.")])
-        return build_model(self.host.registry, config, input_size, output_size).to(self.device)
+        model = build_model(self.host.registry, config, input_size, output_size).to(self.device)
+        # Remembered so `statesim diagnose` can rebuild the model of a finished run (written by train()).
+        model.build_info = {"model": config.model_dump(mode="json"), "input_size": input_size,
+                            "output_size": output_size}
+        return model
 
     def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
               training: TrainingConfig | None = None,
@@ -103,6 +111,10 @@ class RunContext:
         ``objective(model, batch, step) -> loss`` replaces ``loss_fn`` for data that is not SequenceData.
         """
         training = training or self.config.training
+        if getattr(model, "build_info", None) is not None:
+            from statesim.fileio import atomic_write_json
+
+            atomic_write_json(self.run_dir / "models" / f"{job}.json", model.build_info)
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
                           log=self.metrics, should_stop=self.should_stop, on_update=on_update,
@@ -118,7 +130,21 @@ class RunContext:
             if self.progress:
                 self.progress.stop(job)
         self.timings[job] = time.perf_counter() - started
+        self.report_engine(model, job, training)
         return result
+
+    def report_engine(self, model: SequenceModel, job: str, training: TrainingConfig) -> None:
+        """Log which engine path each cell of ``model`` took, and why; kept for results.json and run.json."""
+        from statesim.fastpath import plan, summarize
+
+        bptt = training.bptt
+        per_step = bptt.mode == "truncated" and (bptt.k2 or 0) > (bptt.k1 or 0)  # k2 > k1 keeps every state
+        self.engine_paths[job] = plan(model, return_states=per_step)
+        self.engine_calls[job] = summarize(getattr(model, "engine_decisions", {}))
+        for row in self.engine_calls[job]:
+            extra = f", compiled in {row['compile_seconds']} s" if "compile_seconds" in row else ""
+            self.echo(f"engine: job '{job}': {row['cell']} ran {row['calls']}x on the {row['path']} path "
+                      f"({row['reason']}{extra})")
 
     @property
     def plots_enabled(self) -> bool:

@@ -29,6 +29,15 @@ def _uniform_(params: list[nn.Parameter], hidden_size: int) -> None:
         nn.init.uniform_(p, -bound, bound)
 
 
+def _fused(cell: Cell, kernel: str, parts: tuple[str, ...]) -> "FusedForm":
+    """The cell's own parameters, in torch's order, as the fused ``kernel``'s weights."""
+    from statesim.fastpath import FusedForm
+
+    weights = (cell.weight_ih, cell.weight_hh) if cell.bias_ih is None else \
+        (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+    return FusedForm(kernel, weights, cell.hidden_size, parts)
+
+
 class LinearParams(CellParams):
     hidden_size: int = Field(..., gt=0, description="size of the state h")
     output_size: int | None = Field(None, gt=0, description="size of y; defaults to hidden_size")
@@ -72,6 +81,11 @@ class LinearCell(Cell):
     @property
     def output_size(self) -> int:
         return self._output_size
+
+    def linear_form(self) -> "LinearForm":
+        from statesim.fastpath import LinearForm
+
+        return LinearForm(self.A, self.B, self.C, self.D)
 
     def project_inputs(self, inputs: Tensor) -> Tensor:
         return inputs @ torch.cat([self.A, self.C]).T  # [T, B, out + hidden]: A x and C x at once
@@ -122,6 +136,11 @@ class VanillaCell(Cell):
     def output_size(self) -> int:
         return self.hidden_size
 
+    def fused_form(self) -> "FusedForm | None":
+        if self.activation not in ("tanh", "relu"):
+            return None  # torch's fused RNN kernels exist for tanh and relu only
+        return _fused(self, f"rnn_{self.activation}", ("h",))
+
     def project_inputs(self, inputs: Tensor) -> Tensor:
         bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
         return F.linear(inputs, self.weight_ih, bias)
@@ -165,6 +184,9 @@ class LSTMCell(Cell):
     def output_size(self) -> int:
         return self.hidden_size
 
+    def fused_form(self) -> "FusedForm":
+        return _fused(self, "lstm", ("h", "c"))
+
     def project_inputs(self, inputs: Tensor) -> Tensor:
         bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
         return F.linear(inputs, self.weight_ih, bias)
@@ -206,6 +228,9 @@ class GRUCell(Cell):
     @property
     def output_size(self) -> int:
         return self.hidden_size
+
+    def fused_form(self) -> "FusedForm":
+        return _fused(self, "gru", ("h",))
 
     def project_inputs(self, inputs: Tensor) -> Tensor:
         return F.linear(inputs, self.weight_ih, self.bias_ih)

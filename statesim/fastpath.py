@@ -1,0 +1,519 @@
+"""Fast paths behind the engine: the same numbers as the generic time loop, computed faster.
+
+The engine (:func:`statesim.engine.unroll`) asks this module whether a whole-sequence kernel can
+replace its Python time loop. A cell opts in through the contract, never by its class name:
+
+* :meth:`statesim.cell.Cell.fused_form` returns a :class:`FusedForm` when the cell's step *is* one of
+  torch's fused recurrent kernels (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``) with its weights in
+  torch's layout. The ``fused`` path then calls that kernel (``torch._VF``) with the cell's own
+  parameters: nothing is copied, so nothing can drift, and gradients land on the cell's parameters.
+  Variable lengths go through :func:`torch.nn.utils.rnn.pack_padded_sequence`.
+* :meth:`statesim.cell.Cell.linear_form` returns a :class:`LinearForm` for a time-invariant linear
+  state-space cell. The ``scan`` path computes the recurrence with a blocked scan (O(sqrt T) short
+  sequential steps instead of T) and its gradient with the adjoint recurrence run backwards.
+
+A fast path runs only when nothing needs per-step access: a clamp on a state part always takes the
+generic loop, and the fused kernel also gives way when every state must be returned. Third parties add
+paths with :func:`register_fast_path` (a CUDA kernel, say) and kernels with :data:`FUSED_KERNELS`.
+
+The choice follows a :class:`Policy` held in a context variable: ``mode`` is ``auto`` (the first path
+that applies), ``generic`` (always the loop) or a path's name (that path or a :class:`FastPathError`);
+``compile`` wraps the generic loop's step in :func:`torch.compile`. Every choice is recorded with its
+reason (:func:`record_decisions`), which is how runs report it in their log and ``results.json``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
+
+import torch
+from torch import Tensor
+
+from statesim.errors import StatesimError
+
+if TYPE_CHECKING:
+    from statesim.cell import Cell
+
+State = dict[str, Tensor]
+#: What a fast path returns: outputs ``[T, B, O]``, the final state, and every state (or None).
+Result = tuple[Tensor, State, "dict[str, Tensor] | None"]
+
+
+class FastPathError(StatesimError):
+    """A fast path was demanded (``model.fast_path: NAME``) where it cannot run."""
+
+
+# --------------------------------------------------------------------------- what cells offer
+@dataclass(frozen=True)
+class FusedForm:
+    """A cell whose step is torch's fused ``kernel`` with ``weights`` in torch's order and layout.
+
+    ``weights`` are the cell's own parameters ``(weight_ih, weight_hh[, bias_ih, bias_hh])``;
+    ``state_parts`` names the state in the kernel's order (``("h", "c")`` for an LSTM); the output is
+    ``y_t = h_t``.
+    """
+
+    kernel: str
+    weights: tuple[Tensor, ...]
+    hidden_size: int
+    state_parts: tuple[str, ...] = ("h",)
+
+    @property
+    def has_biases(self) -> bool:
+        """Whether the weights include ``bias_ih`` and ``bias_hh``."""
+        return len(self.weights) == 4
+
+
+@dataclass(frozen=True)
+class LinearForm:
+    """A time-invariant linear cell ``y_t = A x_t + B h_{t-1}``, ``h_t = C x_t + D h_{t-1}``."""
+
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor
+    state_part: str = "h"
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the engine needs from one unroll, as far as choosing a path goes."""
+
+    steps: int
+    forces_state: bool
+    return_states: bool
+    has_lengths: bool
+
+
+class FastPath(Protocol):
+    """A whole-sequence replacement for the engine's loop."""
+
+    name: str
+
+    def unavailable(self, cell: "Cell", request: Request) -> str | None:
+        """None when the path can run ``cell`` for ``request``, else why not (one short clause)."""
+
+    def describe(self, cell: "Cell") -> str:
+        """Why the path was chosen (one short clause)."""
+
+    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
+            return_states: bool) -> Result:
+        """Compute the unroll."""
+
+
+# --------------------------------------------------------------------------- the fused torch kernels
+#: Fused kernels by name: ``kernel(input, hx, params, has_biases, num_layers, dropout, train,
+#: bidirectional, batch_first)`` and the packed form ``kernel(data, batch_sizes, hx, params, ...)``.
+FUSED_KERNELS: dict[str, Callable[..., Any]] = {
+    "lstm": torch._VF.lstm,
+    "gru": torch._VF.gru,
+    "rnn_tanh": torch._VF.rnn_tanh,
+    "rnn_relu": torch._VF.rnn_relu,
+}
+
+
+def fused_sequence(forms: list[list[FusedForm]], inputs: Tensor, states: list[list[State]],
+                   lengths: Tensor | None = None) -> tuple[Tensor, list[list[State]]]:
+    """Run layers x directions of fused cells over ``inputs [T, B, F]`` in one kernel call.
+
+    ``forms[layer][direction]`` and ``states[layer][direction]`` as for ``torch.nn.LSTM`` with
+    ``num_layers=len(forms)`` and ``bidirectional=len(forms[0]) == 2``: outputs are ``[T, B, dirs * H]``
+    (forward then backward halves); the backward direction runs over each sequence's own valid steps.
+    Steps past a sequence's length give zero outputs; final states are each sequence's own last state.
+    """
+    first = forms[0][0]
+    kernel = FUSED_KERNELS[first.kernel]
+    dirs = len(forms[0])
+    params = [w for layer in forms for form in layer for w in form.weights]
+    parts = first.state_parts
+    hx_parts = [torch.stack([states[i][d][part] for i in range(len(forms)) for d in range(dirs)])
+                for part in parts]
+    train = torch.is_grad_enabled()  # cuDNN keeps its workspace for backward only in training mode
+    steps = inputs.shape[0]
+    if lengths is None:
+        hx = tuple(hx_parts) if len(parts) > 1 else hx_parts[0]
+        result = kernel(inputs, hx, params, first.has_biases, len(forms), 0.0, train, dirs == 2, False)
+        outputs, finals = result[0], list(result[1:])
+    else:
+        from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(inputs, lengths.clamp(max=steps).cpu(), enforce_sorted=False)
+        hx_parts = [h.index_select(1, packed.sorted_indices) for h in hx_parts]
+        hx = tuple(hx_parts) if len(parts) > 1 else hx_parts[0]
+        result = kernel(packed.data, packed.batch_sizes, hx, params, first.has_biases, len(forms), 0.0, train,
+                        dirs == 2)
+        out = PackedSequence(result[0], packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+        outputs, _ = pad_packed_sequence(out, total_length=steps)
+        finals = [f.index_select(1, packed.unsorted_indices) for f in result[1:]]
+    final_states = [[{part: finals[k][i * dirs + d] for k, part in enumerate(parts)} for d in range(dirs)]
+                    for i in range(len(forms))]
+    return outputs, final_states
+
+
+def fused_incompatibility(forms: list[list[FusedForm | None]], inputs: Tensor,
+                          lengths: Tensor | None) -> str | None:
+    """None when :func:`fused_sequence` can run these forms, else why not."""
+    flat = [f for layer in forms for f in layer]
+    if any(f is None for f in flat):
+        return "the cell offers no fused form"
+    first = flat[0]
+    if first.kernel not in FUSED_KERNELS:
+        return f"no fused kernel named '{first.kernel}' is registered"
+    if any(f.kernel != first.kernel or f.hidden_size != first.hidden_size or f.has_biases != first.has_biases
+           or f.state_parts != first.state_parts for f in flat):
+        return "its cells differ in kernel, size or biases"
+    if any(w.dtype != inputs.dtype or w.device != inputs.device for f in flat for w in f.weights):
+        return "the input's dtype or device differs from the weights'"
+    if lengths is not None and bool((lengths <= 0).any()):
+        return "a sequence has length 0 (packed sequences need at least one step)"
+    return None
+
+
+class FusedPath:
+    """``torch.nn.LSTM``/``GRU``/``RNN``'s fused kernel, run with the cell's own parameters."""
+
+    name = "fused"
+
+    def unavailable(self, cell: "Cell", request: Request) -> str | None:
+        form = cell.fused_form()
+        if form is None:
+            return "the cell offers no fused form"
+        if request.return_states and form.state_parts != ("h",):
+            return "every step's state was requested (return_states) and the kernel returns only h"
+        if form.kernel not in FUSED_KERNELS:
+            return f"no fused kernel named '{form.kernel}' is registered"
+        return None
+
+    def describe(self, cell: "Cell") -> str:
+        return f"torch's fused '{cell.fused_form().kernel}' kernel with the cell's own parameters"
+
+    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
+            return_states: bool) -> Result:
+        form = cell.fused_form()
+        why = fused_incompatibility([[form]], inputs, lengths)
+        if why is not None:
+            raise _Decline(why)
+        outputs, finals = fused_sequence([[form]], inputs, [[state]], lengths)
+        final = finals[0][0]
+        states = None
+        if return_states:  # y_t = h_t; a finished sequence keeps its last state
+            states = {"h": outputs if lengths is None else torch.where(
+                _valid(lengths, inputs.shape[0]).unsqueeze(-1), outputs, final["h"].unsqueeze(0))}
+        return outputs, final, states
+
+
+def _valid(lengths: Tensor, steps: int) -> Tensor:
+    """``[T, B]`` mask, True inside each sequence."""
+    lengths = lengths.to(torch.long)
+    return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
+
+
+# --------------------------------------------------------------------------- the linear scan
+def _block_size(steps: int, batch: int, size: int) -> int:
+    """Steps per block: about sqrt(T) sequential steps each way, unless the H^3 powers would dominate."""
+    block = math.isqrt(max(steps - 1, 0)) + 1
+    return max(1, min(block, (steps * batch) // max(size, 1)))
+
+
+def scan_linear(u: Tensor, M: Tensor) -> Tensor:
+    """``h_t = u_t + h_{t-1} M`` from ``h_{-1} = 0`` over ``u [T, ..., H]`` without a T-step loop.
+
+    Blocked scan: sequences of ``L ~ sqrt(T)`` steps run side by side (L short steps), the carries
+    between blocks follow ``c_k = e_k + c_{k-1} M^L`` (T/L short steps), and each step then adds
+    ``c_{k-1} M^{l+1}``. No autograd graph: :class:`_LinearRecurrence` supplies the gradient.
+    """
+    steps, size = u.shape[0], u.shape[-1]
+    flat = u.reshape(steps, -1, size)
+    batch = flat.shape[1]
+    block = _block_size(steps, batch, size)
+    blocks = -(-steps // block)
+    padded = flat.new_zeros(blocks * block, batch, size)
+    padded[:steps] = flat
+    U = padded.view(blocks, block, batch, size)
+    out = torch.empty_like(U)
+    out[:, 0] = U[:, 0]
+    for l in range(1, block):
+        torch.add(U[:, l], torch.matmul(out[:, l - 1], M), out=out[:, l])
+    if blocks > 1:
+        powers = [M]
+        for _ in range(1, block):
+            powers.append(powers[-1] @ M)
+        carry = out.new_zeros(blocks, batch, size)  # state entering block k
+        for k in range(1, blocks):
+            torch.add(out[k - 1, block - 1], torch.matmul(carry[k - 1], powers[-1]), out=carry[k])
+        out[1:] += torch.matmul(carry[1:].unsqueeze(1), torch.stack(powers).unsqueeze(0))
+    return out.view(blocks * block, batch, size)[:steps].reshape(u.shape)
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """``h = scan_linear(u, M)`` with the adjoint recurrence ``lam_t = g_t + lam_{t+1} M^T`` as backward."""
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, M: Tensor) -> Tensor:
+        h = scan_linear(u, M)
+        ctx.save_for_backward(h, M)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        h, M = ctx.saved_tensors
+        lam = scan_linear(grad.flip(0), M.T).flip(0)
+        size = h.shape[-1]
+        grad_m = h[:-1].reshape(-1, size).T @ lam[1:].reshape(-1, size)
+        return lam, grad_m
+
+
+def linear_recurrence(u: Tensor, M: Tensor) -> Tensor:
+    """Differentiable ``h_t = u_t + h_{t-1} M`` (``h_{-1} = 0``) over ``u [T, ..., H]``."""
+    return _LinearRecurrence.apply(u, M)
+
+
+def run_linear(form: LinearForm, inputs: Tensor, h0: Tensor, lengths: Tensor | None,
+               return_states: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The linear cell over ``inputs [T, B, F]`` from ``h0``: outputs, final h, and every h if asked."""
+    steps = inputs.shape[0]
+    Dt = form.D.T
+    u = inputs @ form.C.T
+    u = torch.cat([(u[0] + h0 @ Dt).unsqueeze(0), u[1:]])  # the initial state enters as D h0 at t = 0
+    h = linear_recurrence(u, Dt)
+    history = torch.cat([h0.unsqueeze(0), h])  # history[t] = h_{t-1}
+    outputs = inputs @ form.A.T + history[:-1] @ form.B.T
+    if lengths is None:
+        return outputs, h[-1], h if return_states else None
+    lengths = lengths.to(device=inputs.device, dtype=torch.long).clamp(0, steps)
+    batch = inputs.shape[1]
+    final = history[lengths, torch.arange(batch, device=inputs.device)]
+    keep = _valid(lengths, steps)
+    outputs = outputs * keep.unsqueeze(-1).to(outputs.dtype)
+    states = None
+    if return_states:  # a finished sequence keeps its last state
+        index = torch.minimum(torch.arange(1, steps + 1, device=inputs.device).unsqueeze(1), lengths.unsqueeze(0))
+        states = history.gather(0, index.unsqueeze(-1).expand(steps, batch, h.shape[-1]))
+    return outputs, final, states
+
+
+class ScanPath:
+    """A linear time-invariant cell computed by a blocked scan instead of a Python time loop."""
+
+    name = "scan"
+
+    def unavailable(self, cell: "Cell", request: Request) -> str | None:
+        form = cell.linear_form()
+        if form is None:
+            return "the cell is not a linear time-invariant system"
+        return None
+
+    def describe(self, cell: "Cell") -> str:
+        return "linear time-invariant cell: blocked scan with the adjoint scan as its gradient"
+
+    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
+            return_states: bool) -> Result:
+        form = cell.linear_form()
+        outputs, final, states = run_linear(form, inputs, state[form.state_part], lengths, return_states)
+        return outputs, {form.state_part: final}, ({form.state_part: states} if return_states else None)
+
+
+# --------------------------------------------------------------------------- registry and policy
+#: Paths tried in order under ``fast_path: auto``.
+FAST_PATHS: list[FastPath] = [FusedPath(), ScanPath()]
+
+
+def register_fast_path(path: FastPath, *, first: bool = False) -> None:
+    """Add a fast path (tried after the built-ins unless ``first``); replaces one of the same name."""
+    FAST_PATHS[:] = [p for p in FAST_PATHS if p.name != path.name]
+    FAST_PATHS.insert(0 if first else len(FAST_PATHS), path)
+
+
+def known_modes() -> list[str]:
+    """Valid values of ``model.fast_path``."""
+    return ["auto", "generic", *[p.name for p in FAST_PATHS]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the engine picks its path: ``mode`` (auto, generic or a path name) and ``compile``."""
+
+    mode: str = "auto"
+    compile: bool = False
+
+
+_POLICY: ContextVar[Policy] = ContextVar("statesim_fast_path_policy", default=Policy())
+_RECORDERS: ContextVar[tuple[dict, ...]] = ContextVar("statesim_fast_path_recorders", default=())
+
+
+def current_policy() -> Policy:
+    """The policy in force here."""
+    return _POLICY.get()
+
+
+@contextmanager
+def policy(mode: str | None = "auto", compile: bool | None = None) -> Iterator[Policy]:
+    """Use ``mode``/``compile`` for unrolls inside the block (None keeps the surrounding setting)."""
+    outer = _POLICY.get()
+    mode = outer.mode if mode is None else mode
+    if mode not in known_modes():
+        raise FastPathError(f"unknown fast path '{mode}'; choose one of {', '.join(known_modes())}.")
+    token = _POLICY.set(Policy(mode, outer.compile if compile is None else bool(compile)))
+    try:
+        yield _POLICY.get()
+    finally:
+        _POLICY.reset(token)
+
+
+@contextmanager
+def record_decisions(into: dict | None = None) -> Iterator[dict]:
+    """Collect every path decision made inside the block: ``{(cell, path, reason): info}``."""
+    sink = {} if into is None else into
+    token = _RECORDERS.set(_RECORDERS.get() + (sink,))
+    try:
+        yield sink
+    finally:
+        _RECORDERS.reset(token)
+
+
+def _record(cell: "Cell", path: str, reason: str) -> list[dict]:
+    """Count one decision in every active recorder; returns their entries (to attach details later)."""
+    key = (type(cell).__name__, path, reason)
+    infos = []
+    for sink in _RECORDERS.get():
+        info = sink.setdefault(key, {"calls": 0})
+        info["calls"] += 1
+        infos.append(info)
+    return infos
+
+
+def summarize(decisions: dict) -> list[dict[str, Any]]:
+    """Recorded decisions as JSON-ready rows ``{cell, path, reason, calls[, compile_seconds]}``."""
+    return [{"cell": cell, "path": path, "reason": reason, **info}
+            for (cell, path, reason), info in decisions.items()]
+
+
+class _Decline(Exception):
+    """Raised by a path's ``run`` when a data-dependent check fails (e.g. a zero length)."""
+
+
+def _candidates(mode: str) -> list[FastPath]:
+    return [p for p in FAST_PATHS if p.name == mode] if mode != "auto" else list(FAST_PATHS)
+
+
+def _unavailable(path: FastPath, cell: "Cell", request: Request) -> str | None:
+    if request.forces_state:
+        return "a clamp on a state part needs every step"
+    if request.steps == 0:
+        return "the sequence is empty"
+    return path.unavailable(cell, request)
+
+
+def dispatch(cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None, *, forces_state: bool,
+             return_states: bool) -> tuple[Result | None, str]:
+    """Run the unroll on a fast path when the policy allows and one applies.
+
+    Returns ``(result, reason)``; a None result means the engine runs its loop, and ``reason`` says
+    why (pass it to :func:`step_function`, which records the loop's decision).
+    """
+    mode = _POLICY.get().mode
+    if mode == "generic":
+        return None, "fast_path: generic"
+    request = Request(inputs.shape[0], forces_state, return_states, lengths is not None)
+    reasons = []
+    for path in _candidates(mode):
+        why = _unavailable(path, cell, request)
+        if why is None:
+            try:
+                result = path.run(cell, inputs, state, lengths, return_states)
+            except _Decline as exc:
+                why = str(exc)
+            else:
+                _record(cell, path.name, path.describe(cell))
+                return result, path.name
+        reasons.append(f"{path.name}: {why}")
+        if mode != "auto":
+            raise FastPathError(f"model.fast_path is '{mode}' but {type(cell).__name__} cannot take it here: "
+                                f"{why}. Use fast_path: auto to fall back to the generic loop.")
+    return None, "; ".join(reasons) or "no fast path is registered"
+
+
+def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = False,
+            has_lengths: bool = False) -> tuple[str, str]:
+    """``(path, reason)`` the engine would take for ``cell`` under the current policy, without running it.
+
+    Data-dependent declines (a sequence of length 0) cannot be foreseen; :func:`dispatch` records those.
+    """
+    pol = _POLICY.get()
+    loop = "compiled" if pol.compile else "generic"
+    if pol.mode == "generic":
+        return loop, "fast_path: generic"
+    request = Request(1, forces_state, return_states, has_lengths)
+    reasons = []
+    for path in _candidates(pol.mode):
+        why = _unavailable(path, cell, request)
+        if why is None:
+            return path.name, path.describe(cell)
+        reasons.append(f"{path.name}: {why}")
+    return loop, "; ".join(reasons) or "no fast path is registered"
+
+
+def plan(model: Any, **request: bool) -> list[dict[str, str]]:
+    """What :func:`explain` says for every outermost cell of ``model`` under the model's own policy."""
+    from statesim.cell import Cell
+
+    cells, inner = [], set()
+    for module in model.modules():
+        if isinstance(module, Cell) and id(module) not in inner:
+            cells.append(module)
+            inner.update(id(m) for m in module.modules() if m is not module)
+    rows, seen = [], set()
+    with policy(getattr(model, "fast_path", None), getattr(model, "compile_steps", None)):
+        for cell in cells:
+            path, reason = explain(cell, **request)
+            key = (type(cell).__name__, path, reason)
+            if key not in seen:
+                seen.add(key)
+                rows.append({"cell": key[0], "path": path, "reason": reason})
+    return rows
+
+
+class _CompiledStep:
+    """``torch.compile`` of a cell's step; the first call's time (tracing and code generation) is reported."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn, self.pending, self.compile_seconds = torch.compile(fn), True, None
+        self.waiting: list[dict] = []  # decision records to receive the compile time
+
+    def __call__(self, *args: Any) -> Any:
+        if not self.pending:
+            return self.fn(*args)
+        started = time.perf_counter()
+        result = self.fn(*args)
+        self.compile_seconds, self.pending = round(time.perf_counter() - started, 3), False
+        for info in self.waiting:
+            info["compile_seconds"] = self.compile_seconds
+        self.waiting = []
+        return result
+
+
+def step_function(cell: "Cell", reason: str = "generic loop"
+                  ) -> tuple[Callable[[Tensor, State], tuple[Tensor, State]], bool]:
+    """The generic loop's step (``transition`` or ``forward``) and whether inputs are projected first.
+
+    Records the loop's decision with ``reason``. Under ``compile: true`` the step is wrapped in
+    :func:`torch.compile` once per cell, and the decision carries the first call's (compile) time.
+    """
+    hoisted = cell.hoists_inputs
+    raw = cell.transition if hoisted else cell.forward
+    if not _POLICY.get().compile:
+        _record(cell, "generic", reason)
+        return raw, hoisted
+    compiled = cell.__dict__.get("_statesim_compiled_step")
+    if compiled is None:
+        compiled = _CompiledStep(raw)
+        object.__setattr__(cell, "_statesim_compiled_step", compiled)  # a cache, not a submodule
+    infos = _record(cell, "compiled", reason)
+    if compiled.pending:
+        compiled.waiting += infos
+    return compiled, hoisted
