@@ -199,6 +199,10 @@ def load(path: str | Path, *, job: str | None = None, weights: str = "auto", bat
 class EmbeddedModel:
     """A trained model stepped one tick at a time by a host; the state (one row per agent) is kept inside."""
 
+    #: Above this many agents torch's vectorised kernels beat NumPy's per-element ufuncs, so the NumPy
+    #: kernel is used only up to here (benchmarks/embedding_latency.py measures the crossover).
+    numpy_max_batch: int = 512
+
     def __init__(self, model: SequenceModel, *, batch_size: int = 1, fast: bool = True,
                  registry: Registry | None = None, source: Path | None = None) -> None:
         self.model = model
@@ -218,14 +222,19 @@ class EmbeddedModel:
         self._t = 0
         self._batch = 0
         self._state: dict[str, Any] = {}
-        self._kernel = None
+        self._kernel = self._numpy_kernel = None
+        self._head = self._numpy_head = None
         self.refresh()
         self.reset(batch_size=batch_size)
 
     # ------------------------------------------------------------------ properties
     @property
     def fast(self) -> bool:
-        """Whether steps run through the cell's NumPy kernel (True) or through torch and the engine."""
+        """Whether steps run through the cell's NumPy kernel (True) or through torch and the engine.
+
+        With ``fast=True`` the NumPy kernel is used when the cell offers one, the model is on the CPU and
+        the batch has at most :attr:`numpy_max_batch` agents.
+        """
         return self._kernel is not None
 
     @property
@@ -249,19 +258,25 @@ class EmbeddedModel:
             kernel = None
             if self._fast_requested and self.device.type == "cpu":
                 kernel = self.cell.numpy_step()
-            self._head = None
+            head: Any = None
             if kernel is not None and self.model.head is not None:
                 head = self.model.head
                 if isinstance(head, nn.Linear):
                     weight = head.weight.detach().cpu().numpy().T.copy()
                     bias = None if head.bias is None else head.bias.detach().cpu().numpy().copy()
-                    self._head = (weight, bias)
-                else:  # an arbitrary head is run through torch on the kernel's output
-                    self._head = head
-            was_fast = self._kernel is not None
-            self._kernel = kernel
-            if self._state and was_fast != (kernel is not None):
-                self._state = {k: self._store(v) for k, v in self._state.items()}
+                    head = (weight, bias)
+                # any other head is run through torch on the kernel's output
+            self._numpy_kernel, self._numpy_head = kernel, head
+            self._choose_path(self._batch)
+
+    def _choose_path(self, batch: int) -> None:
+        """Use the NumPy kernel for this batch size or not, converting the stored state when that changes."""
+        use = self._numpy_kernel is not None and batch <= self.numpy_max_batch
+        was_fast = self._kernel is not None
+        self._kernel = self._numpy_kernel if use else None
+        self._head = self._numpy_head if use else None
+        if self._state and was_fast != use:
+            self._state = {k: self._store(v) for k, v in self._state.items()}
 
     # ------------------------------------------------------------------ conversions
     def _store(self, value: Any) -> Any:
@@ -365,6 +380,7 @@ class EmbeddedModel:
             if batch <= 0:
                 raise EmbedError(f"batch_size must be positive, got {batch}.")
             self._batch = batch
+            self._choose_path(batch)
             self._state = self._initial(batch, initial_state)
             self._t = 0 if not isinstance(initial_state, StateSnapshot) else initial_state.t
             # Clamps for a number of steps end with the episode; clamps until released carry over.

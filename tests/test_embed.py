@@ -282,3 +282,24 @@ def test_load_picks_job_of_multi_job_run(tmp_path, builtin_host):
     linear = load(out, job="linear-on-ema", registry=builtin_host.registry)
     assert window.state_parts == ["window"] and linear.state_parts == ["h"]
     assert window.fast and linear.fast
+
+
+def test_large_batches_switch_to_torch_and_back(builtin_host):
+    """Above numpy_max_batch agents the torch path is used; the state carries over and the numbers agree."""
+    model = make_model(builtin_host.registry, CELLS["gru"], head="linear", output_size=2)
+    sim = EmbeddedModel(model, batch_size=2)
+    sim.numpy_max_batch = 2
+    assert sim.fast
+    inputs = torch.randn(6, 3, INPUT)
+    sim.reset(batch_size=3)
+    assert not sim.fast
+    first = sim.rollout(inputs[:3].numpy())
+    snap = sim.save_state()
+    sim.reset(batch_size=2)
+    assert sim.fast
+    sim.restore_state(snap)  # back to 3 agents: torch path again, from the saved state
+    assert not sim.fast and sim.t == 3
+    second = sim.rollout(inputs[3:].numpy())
+    with torch.no_grad():
+        truth = model(inputs)
+    np.testing.assert_allclose(np.concatenate([first, second]), truth.outputs.numpy(), atol=1e-5, rtol=0)
