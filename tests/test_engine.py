@@ -193,7 +193,9 @@ def test_t0_offsets_windows_so_chunks_equal_one_long_unroll():
     cell = LSTMCell(2, 3).to(DT)
     x = torch.randn(9, 2, 2, dtype=DT)
     values = torch.randn(4, 2, 1, dtype=DT)  # [window steps, B, units]
+    inputs = torch.randn(6, 2, 1, dtype=DT)
     forcing = Forcing([Clamp("input", lambda t: math.sin(t), units=[0], start=1, stop=6),
+                       Clamp("input", inputs, units=[1], start=2, stop=8),
                        Clamp("h", values, units=[2], start=3, stop=7)])
     whole = unroll(cell, x, forcing=forcing)
     state, parts = None, []
@@ -203,7 +205,7 @@ def test_t0_offsets_windows_so_chunks_equal_one_long_unroll():
         state = chunk.final_state
     torch.testing.assert_close(torch.cat(parts), whole.outputs, **TOL)
     ref, _, _ = _reference(cell, x, cell.zero_state(2),
-                           input_clamps=[([0], 1, 6, lambda t: math.sin(t))],
+                           input_clamps=[([0], 1, 6, lambda t: math.sin(t)), ([1], 2, 8, lambda t: inputs[t - 2])],
                            state_clamps=[("h", [2], 3, 7, lambda t: values[t - 3])])
     torch.testing.assert_close(whole.outputs, ref, **TOL)
     # t0 shifts the window: starting at global step 10 nothing is clamped

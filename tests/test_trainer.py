@@ -158,6 +158,26 @@ def test_truncated_bptt_cuts_exactly_where_documented(k1, k2):
         assert logged == [pytest.approx(y_t, rel=1e-12)]
 
 
+def test_truncated_with_one_chunk_equals_full_bptt_and_loss_from_step_masks_the_start():
+    data = _data(lengths=[6, 4, 5, 3])
+    grads = {}
+    for mode in ("full", "truncated"):
+        torch.manual_seed(3)
+        model = _vanilla_model()
+        if mode == "full":  # the loss over t >= 2 only, by hand, from the untrained model
+            out = model(data.inputs, lengths=data.lengths).outputs.detach()
+            mask = (torch.arange(6).unsqueeze(1) < data.lengths) & (torch.arange(6).unsqueeze(1) >= 2)
+            expected = float(((out - data.targets) ** 2)[mask].mean())
+        records: list[dict] = []
+        trainer = _trainer(model, log=records.append, steps=1, batch_size=4, lr=0.1, loss_from_step=2,
+                           bptt={"mode": mode, "k1": 6 if mode == "truncated" else None})
+        grads[mode] = _capture_grads(trainer)
+        trainer.fit(DataSplits(data))
+        assert records[0]["loss"] == pytest.approx(expected, rel=1e-12)
+    for a, b in zip(grads["full"][0], grads["truncated"][0]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
 def test_truncated_bptt_counts_one_update_per_chunk():
     records: list[dict] = []
     trainer = _trainer(_vanilla_model(), log=records.append, steps=7, batch_size=2, lr=0.01,
