@@ -540,8 +540,9 @@ class Salamander(Scenario):
                          "output_hz": _f(r["rnn"]["frequency"]), "output_amplitude": _f(r["rnn"]["amplitude"])})
         osc = [r for r in rows if 1 <= r["drive"] <= 5]
         stillr = [r for r in rows if not 1 <= r["drive"] <= 5]
-        corr = float(np.corrcoef([r["radius"] for r in osc], [r["output_amplitude"] for r in osc])[0, 1]) \
-            if len(osc) > 2 else None
+        radii, amps = [r["radius"] for r in osc], [r["output_amplitude"] for r in osc]
+        corr = float(np.corrcoef(radii, amps)[0, 1]) if len(osc) > 2 and np.std(radii) > 0 and np.std(amps) > 0 \
+            else None
         max_radius = max((r["radius"] for r in osc), default=0.0) or 1e-12
         rot_err = [abs(r["rotation_hz"] - r["output_hz"]) for r in osc if r["output_hz"]]
         crossings = {}
