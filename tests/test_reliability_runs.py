@@ -137,41 +137,28 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(tmp_path):
     assert metrics_lines(straight) == metrics_lines(run_dir)
 
 
-@pytest.mark.parametrize("damage", ["flip_weights", "truncate_weights", "delete_weights", "truncate_sidecar",
-                                    "sidecar_escape", "sidecar_tree", "sidecar_list"])
-def test_damaged_checkpoint_is_detected_naming_the_file(tmp_path, damage):
+@pytest.mark.parametrize("damage", ["sidecar_escape", "sidecar_tree", "sidecar_list"])
+def test_tampered_sidecar_is_detected_naming_the_file(tmp_path, damage):
+    """(Damaged weights and truncated sidecars: tests/test_checkpoint.py.) An edited sidecar may not send the
+    loader to another file, and a malformed tree is a CheckpointError, not a KeyError."""
     import torch
 
     from statesim.checkpoint import save_checkpoint
 
     sidecar = save_checkpoint(tmp_path / "step_00000001", {"w": torch.arange(64.0), "n": 3}, step=1,
                               config_digest="d")
-    weights = sidecar.with_suffix(".safetensors")
-    blob = bytearray(weights.read_bytes())
     meta = json.loads(sidecar.read_text())
-    named = weights
-    if damage == "flip_weights":
-        blob[-7] ^= 0x01
-        weights.write_bytes(bytes(blob))
-    elif damage == "truncate_weights":
-        weights.write_bytes(bytes(blob[: len(blob) // 2]))
-    elif damage == "delete_weights":
-        weights.unlink()
+    if damage == "sidecar_escape":
+        meta["weights"] = "../../etc/passwd"
+        sidecar.write_text(json.dumps(meta))
+    elif damage == "sidecar_tree":
+        meta["tree"] = {"__dict__": [["w", {"__tensor__": "/missing"}]]}
+        sidecar.write_text(json.dumps(meta))
     else:
-        named = sidecar
-        if damage == "truncate_sidecar":
-            sidecar.write_text(sidecar.read_text()[:50])
-        elif damage == "sidecar_escape":
-            meta["weights"] = "../../etc/passwd"
-            sidecar.write_text(json.dumps(meta))
-        elif damage == "sidecar_tree":
-            meta["tree"] = {"__dict__": [["w", {"__tensor__": "/missing"}]]}
-            sidecar.write_text(json.dumps(meta))
-        else:
-            sidecar.write_text("[1, 2, 3]")
+        sidecar.write_text("[1, 2, 3]")
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(sidecar)
-    assert str(named) in str(info.value)
+    assert str(sidecar) in str(info.value)
 
 
 # --------------------------------------------------------------------------- same seed, same results
