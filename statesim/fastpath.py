@@ -219,34 +219,42 @@ def _block_size(steps: int, batch: int, size: int) -> int:
     return max(1, min(block, (steps * batch) // max(size, 1)))
 
 
-def scan_linear(u: Tensor, M: Tensor) -> Tensor:
-    """``h_t = u_t + h_{t-1} M`` from ``h_{-1} = 0`` over ``u [T, ..., H]`` without a T-step loop.
+def scan_linear_(x: Tensor, M: Tensor, *, reverse: bool = False) -> Tensor:
+    """In place over ``x [T, N, H]``: ``x_t <- x_t + x_{t-1} M`` in time order (``x_{t+1}`` when ``reverse``).
 
-    Blocked scan: sequences of ``L ~ sqrt(T)`` steps run side by side (L short steps), the carries
-    between blocks follow ``c_k = e_k + c_{k-1} M^L`` (T/L short steps), and each step then adds
-    ``c_{k-1} M^{l+1}``. No autograd graph: :class:`_LinearRecurrence` supplies the gradient.
+    Blocked scan without a T-step loop: the sequence is cut into ``K`` blocks of ``L ~ sqrt(T)`` steps
+    that run side by side (L short steps, each one product over every block), the states carried
+    between blocks follow ``c_k = e_k + c_{k-1} M^L`` (K short steps), and step ``l`` of block ``k`` then
+    gains ``c_{k-1} M^{l+1}`` (one product for all). Work stays in the caller's time-major layout, so
+    the whole scan reads and writes ``x`` about three times.
     """
-    steps, size = u.shape[0], u.shape[-1]
-    flat = u.reshape(steps, -1, size)
-    batch = flat.shape[1]
+    steps, batch, size = x.shape
     block = _block_size(steps, batch, size)
-    blocks = -(-steps // block)
-    padded = flat.new_zeros(blocks * block, batch, size)
-    padded[:steps] = flat
-    U = padded.view(blocks, block, batch, size)
-    out = torch.empty_like(U)
-    out[:, 0] = U[:, 0]
-    for l in range(1, block):
-        torch.add(U[:, l], torch.matmul(out[:, l - 1], M), out=out[:, l])
+    blocks = steps // block
+    rest = steps - blocks * block  # the last (or, reversed, first) steps, done one by one
+    body = (x[rest:] if reverse else x[:blocks * block]).view(blocks, block, batch, size)
+    for l in (range(block - 2, -1, -1) if reverse else range(1, block)):
+        body[:, l] += body[:, l + 1 if reverse else l - 1] @ M
     if blocks > 1:
         powers = [M]
         for _ in range(1, block):
             powers.append(powers[-1] @ M)
-        carry = out.new_zeros(blocks, batch, size)  # state entering block k
-        for k in range(1, blocks):
-            torch.add(out[k - 1, block - 1], torch.matmul(carry[k - 1], powers[-1]), out=carry[k])
-        out[1:] += torch.matmul(carry[1:].unsqueeze(1), torch.stack(powers).unsqueeze(0))
-    return out.view(blocks * block, batch, size)[:steps].reshape(u.shape)
+        carry = x.new_zeros(blocks, batch, size)  # the state entering block k from its neighbour
+        for k in (range(blocks - 2, -1, -1) if reverse else range(1, blocks)):
+            src = k + 1 if reverse else k - 1
+            torch.addmm(body[src, 0 if reverse else block - 1], carry[src], powers[-1], out=carry[k])
+        # position l of a block gains carry M^(l+1) (M^(L-l) reversed): [K * N, H] @ [H, L * H]
+        kernel = torch.cat(powers[::-1] if reverse else powers, dim=1)
+        body += (carry.view(-1, size) @ kernel).view(blocks, batch, block, size).transpose(1, 2)
+    for t in (range(rest - 1, -1, -1) if reverse else range(blocks * block, steps)):
+        x[t].addmm_(x[t + 1 if reverse else t - 1], M)
+    return x
+
+
+def scan_linear(u: Tensor, M: Tensor) -> Tensor:
+    """``h_t = u_t + h_{t-1} M`` from ``h_{-1} = 0`` over ``u [T, ..., H]`` (a new tensor; no autograd)."""
+    steps, size = u.shape[0], u.shape[-1]
+    return scan_linear_(u.reshape(steps, -1, size).clone(), M).reshape(u.shape)
 
 
 class _LinearRecurrence(torch.autograd.Function):
@@ -262,8 +270,8 @@ class _LinearRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         h, M = ctx.saved_tensors
-        lam = scan_linear(grad.flip(0), M.T).flip(0)
         size = h.shape[-1]
+        lam = scan_linear_(grad.reshape(grad.shape[0], -1, size).clone(), M.T, reverse=True).view(grad.shape)
         grad_m = h[:-1].reshape(-1, size).T @ lam[1:].reshape(-1, size)
         return lam, grad_m
 
@@ -273,20 +281,74 @@ def linear_recurrence(u: Tensor, M: Tensor) -> Tensor:
     return _LinearRecurrence.apply(u, M)
 
 
+class _LinearSystem(torch.autograd.Function):
+    """The whole linear cell over a sequence, with a hand-written adjoint backward (few full-size passes).
+
+    Forward: ``u_t = C x_t (+ D h0 at t = 0)``, ``h = scan(u)``, ``y_t = A x_t + B h_{t-1}``. Backward:
+    ``lam_t = g_t + lam_{t+1} D`` (a reverse scan) where ``g_t`` gathers the gradients reaching ``h_t``
+    directly and through ``y_{t+1}``; every parameter gradient is then one matrix product.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, inputs: Tensor, h0: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor
+                ) -> tuple[Tensor, Tensor]:
+        steps, batch, features = inputs.shape
+        size, out = D.shape[0], A.shape[0]
+        x2 = inputs.reshape(-1, features)
+        u = (x2 @ C.T).view(steps, batch, size)
+        u[0].addmm_(h0, D.T)
+        h = scan_linear_(u, D.T)  # u is this function's own temporary: scan it in place
+        y = (x2 @ A.T).view(steps, batch, out)
+        y[0].addmm_(h0, B.T)
+        y.view(-1, out)[batch:].addmm_(h[:-1].reshape(-1, size), B.T)
+        ctx.save_for_backward(inputs, h0, h, A, B, C, D)
+        return y, h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, gy: Tensor | None, gh: Tensor | None) -> tuple[Tensor | None, ...]:
+        inputs, h0, h, A, B, C, D = ctx.saved_tensors
+        steps, batch, features = inputs.shape
+        size, out = D.shape[0], A.shape[0]
+        g = torch.empty_like(h).copy_(gh) if gh is not None else torch.zeros_like(h)  # contiguous, ours
+        gy2 = None
+        if gy is not None:
+            gy2 = gy.reshape(-1, out)
+            g.view(-1, size)[:-batch].addmm_(gy2[batch:], B)  # h_t feeds y_{t+1}
+        lam = scan_linear_(g, D, reverse=True)
+        x2, lam2, prev = inputs.reshape(-1, features), lam.reshape(-1, size), h[:-1].reshape(-1, size)
+        need = ctx.needs_input_grad
+        gx = gh0 = gA = gB = gC = gD = None
+        if need[0]:
+            gx = lam2 @ C
+            if gy2 is not None:
+                gx.addmm_(gy2, A)
+            gx = gx.view(steps, batch, features)
+        if need[1]:
+            gh0 = lam[0] @ D
+            if gy2 is not None:
+                gh0.addmm_(gy2[:batch], B)
+        if need[2] and gy2 is not None:
+            gA = gy2.T @ x2
+        if need[3] and gy2 is not None:
+            gB = gy2[:batch].T @ h0 + gy2[batch:].T @ prev
+        if need[4]:
+            gC = lam2.T @ x2
+        if need[5]:
+            gD = lam[0].T @ h0 + lam2[batch:].T @ prev
+        return gx, gh0, gA, gB, gC, gD
+
+
 def run_linear(form: LinearForm, inputs: Tensor, h0: Tensor, lengths: Tensor | None,
                return_states: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """The linear cell over ``inputs [T, B, F]`` from ``h0``: outputs, final h, and every h if asked."""
     steps = inputs.shape[0]
-    Dt = form.D.T
-    u = inputs @ form.C.T
-    u = torch.cat([(u[0] + h0 @ Dt).unsqueeze(0), u[1:]])  # the initial state enters as D h0 at t = 0
-    h = linear_recurrence(u, Dt)
-    history = torch.cat([h0.unsqueeze(0), h])  # history[t] = h_{t-1}
-    outputs = inputs @ form.A.T + history[:-1] @ form.B.T
+    outputs, h = _LinearSystem.apply(inputs, h0, form.A, form.B, form.C, form.D)
     if lengths is None:
         return outputs, h[-1], h if return_states else None
     lengths = lengths.to(device=inputs.device, dtype=torch.long).clamp(0, steps)
     batch = inputs.shape[1]
+    history = torch.cat([h0.unsqueeze(0), h])  # history[t] = h_{t-1}
     final = history[lengths, torch.arange(batch, device=inputs.device)]
     keep = _valid(lengths, steps)
     outputs = outputs * keep.unsqueeze(-1).to(outputs.dtype)

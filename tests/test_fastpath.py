@@ -303,3 +303,27 @@ def test_model_config_chooses_the_path_and_rejects_unknown_ones(builtin_host):
     data["model"]["fast_path"] = "turbo"
     with pytest.raises(ConfigError, match="model.fast_path.*unknown fast path 'turbo'"):
         validate_data(data, builtin_host.registry)
+
+
+@pytest.mark.parametrize("steps, batch, size", [(2, 3, 4), (5, 1, 4), (9, 1, 600), (16, 2, 3)])
+def test_scan_never_writes_into_its_input(steps, batch, size):
+    u = torch.randn(steps, batch, size, dtype=DOUBLE)
+    before = u.clone()
+    fastpath.scan_linear(u, torch.randn(size, size, dtype=DOUBLE) * 0.1)
+    assert torch.equal(u, before)
+
+
+def test_linear_system_function_gradcheck():
+    """The hand-written adjoint of the whole linear cell against finite differences."""
+    args = [torch.randn(7, 2, 3, dtype=DOUBLE), torch.randn(2, 4, dtype=DOUBLE), torch.randn(2, 3, dtype=DOUBLE),
+            torch.randn(2, 4, dtype=DOUBLE), torch.randn(4, 3, dtype=DOUBLE), torch.randn(4, 4, dtype=DOUBLE) * 0.4]
+    args = [a.requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(lambda *a: fastpath._LinearSystem.apply(*a), args)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 7, 23])
+def test_reverse_scan_is_the_scan_of_the_reversed_sequence(steps):
+    M = torch.randn(3, 3, dtype=DOUBLE) * 0.5
+    u = torch.randn(steps, 2, 3, dtype=DOUBLE)
+    reversed_scan = fastpath.scan_linear_(u.clone(), M, reverse=True)
+    assert torch.allclose(reversed_scan, closed_form(u.flip(0), M).flip(0), atol=1e-12)
