@@ -1,0 +1,30 @@
+"""Load: a long run keeps memory and checkpoint size flat (reduced version of benchmarks/memory_long_run.py)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from statesim.trainer import LOSS_WINDOW
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("memory_long_run", ROOT / "benchmarks" / "memory_long_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_memory_and_checkpoints_stay_flat_over_a_long_run(tmp_path):
+    """700 vs 3 000 steps of the real run path: the in-memory loss trace stays at its window, the checkpoint
+    sidecar does not grow, peak RSS grows by less than 4 MiB, while metrics.jsonl (on disk) grows linearly."""
+    samples = _benchmark().measure([700, 3000], tmp_path, checkpoint_every=250)
+    early, late = samples[700], samples[3000]
+    assert early["trainer_losses_in_memory"] == late["trainer_losses_in_memory"] == LOSS_WINDOW
+    assert abs(late["sidecar_bytes"] - early["sidecar_bytes"]) <= 0.01 * early["sidecar_bytes"]
+    assert late["peak_rss_kib"] - early["peak_rss_kib"] < 4 * 1024, samples
+    assert late["metrics_bytes"] > 4 * early["metrics_bytes"]
