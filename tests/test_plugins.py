@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from statesim.cli import main
 from statesim.errors import ConfigError, PluginError
 from statesim.plugin_manager import build_plugin_host
 
@@ -134,28 +135,27 @@ def test_installed_example_distribution_is_discovered_with_name_and_version(site
     assert lines[lines.index(f"example  (statesim-example {version})") + 1].split() == ["cells:", "leaky"]
 
 
-def test_installed_plugin_cell_is_usable_from_yaml_with_its_params_validated(tmp_path):
+def test_installed_plugin_cell_is_usable_from_yaml_with_its_params_validated(site, tmp_path, capsys):
     good = tmp_path / "good.yaml"
     good.write_text("scenario: {type: moving_average}\nmodel:\n  cell: {type: leaky, hidden_size: 3, leak: 0.2}\n")
-    done = _cli(["validate", str(good), "--print"])
-    assert done.returncode == 0, done.stderr
-    assert "type: leaky" in done.stdout and "learn_leak: false" in done.stdout  # default filled in
+    assert main(["validate", str(good), "--print"]) == 0
+    out = capsys.readouterr().out
+    assert "type: leaky" in out and "learn_leak: false" in out  # default filled in
     bad = tmp_path / "bad.yaml"
     bad.write_text("scenario: {type: moving_average}\nmodel:\n  cell:\n    type: leaky\n    hidden_size: 3\n"
                    "    leak: 7\n")
-    done = _cli(["validate", str(bad)])
-    assert done.returncode != 0
-    assert f"{bad}, line 6: `model.cell.leak`" in done.stderr and "Traceback" not in done.stderr
+    assert main(["validate", str(bad)]) == 2
+    assert f"{bad}, line 6: `model.cell.leak`" in capsys.readouterr().err
 
 
-def test_fake_distribution_cell_is_listed_and_usable_from_yaml(site, tmp_path):
+def test_fake_distribution_cell_is_listed_and_usable_from_yaml(site, tmp_path, capsys):
     _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     host = build_plugin_host()
     assert not host.problems
     provided = host.registry.get("cell", "gain")
     assert (provided.plugin, provided.distribution, provided.version) == ("acme", "acme-cells", "2.0.1")
-    listing = _cli(["plugins"], site)
-    assert listing.returncode == 0 and "acme  (acme-cells 2.0.1)\n    cells: gain\n" in listing.stdout, listing
+    assert main(["plugins"]) == 0
+    assert "acme  (acme-cells 2.0.1)\n    cells: gain\n" in capsys.readouterr().out
     scenario = tmp_path / "gain.yaml"
     scenario.write_text("scenario: {type: moving_average}\nmodel:\n  cell: {type: gain, gian: 2}\n")
     done = _cli(["validate", str(scenario)], site)
@@ -177,20 +177,21 @@ def test_broken_plugin_is_reported_by_name_and_distribution_and_the_rest_still_l
         build_plugin_host(strict=True)
 
 
-def test_broken_plugin_cli_warns_strict_fails_without_traceback(site, tmp_path):
+def test_broken_plugin_cli_warns_strict_fails_without_traceback(site, tmp_path, capsys):
     _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise ImportError('no lib')\n"})
     listing = _cli(["plugins"], site)
     assert listing.returncode == 0, listing.stderr
     assert "problem: plugin 'broken' (distribution broken-dist 0.3) failed to import: ImportError: no lib" in listing.stdout
     assert "example  (statesim-example" in listing.stdout and "statesim.builtin.cells  (built-in)" in listing.stdout
     scenario = Path(__file__).parents[1] / "scenarios" / "moving_average.yaml"
-    checked = _cli(["validate", str(scenario)], site)
-    assert checked.returncode == 0 and "warning: plugin 'broken'" in checked.stderr, checked.stderr
-    for args in (["plugins", "--strict-plugins"], ["validate", str(scenario), "--strict-plugins"]):
-        strict = _cli(args, site)
-        assert strict.returncode == 2, strict.stdout
-        assert strict.stderr.startswith("error: plugin 'broken' (distribution broken-dist 0.3) failed to import")
-        assert "Traceback" not in strict.stderr
+    strict = _cli(["validate", str(scenario), "--strict-plugins"], site)
+    assert strict.returncode == 2, strict.stdout
+    assert strict.stderr.startswith("error: plugin 'broken' (distribution broken-dist 0.3) failed to import")
+    assert "Traceback" not in strict.stderr
+    assert main(["validate", str(scenario)]) == 0
+    assert "warning: plugin 'broken'" in capsys.readouterr().err
+    assert main(["plugins", "--strict-plugins"]) == 2
+    assert capsys.readouterr().err.startswith("error: plugin 'broken' (distribution broken-dist 0.3)")
 
 
 def test_wrong_signature_misspelled_unmarked_and_raising_hooks_are_each_reported(site):
@@ -253,19 +254,24 @@ def test_two_distributions_with_the_same_plugin_name_are_both_named(site):
 
 
 # --------------------------------------------------------------------------- turning plugins off
-def test_autoload_env_var_block_env_var_and_block_flag(site):
+def test_autoload_env_var_block_env_var_and_block_flag(site, monkeypatch, capsys):
     _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise RuntimeError('boom')\n"})
     _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     off = _cli(["plugins"], site, STATESIM_DISABLE_PLUGIN_AUTOLOAD="1")
     assert off.returncode == 0, off.stderr
     assert "acme" not in off.stdout and "example" not in off.stdout and "problem" not in off.stdout
     assert "statesim.builtin.cells  (built-in)" in off.stdout
-    blocked = _cli(["plugins", "--strict-plugins"], site, STATESIM_BLOCK_PLUGINS="broken, example")
-    assert blocked.returncode == 0, blocked.stderr
-    assert "problem" not in blocked.stdout and "example" not in blocked.stdout and "acme  (acme-cells" in blocked.stdout
-    flagged = _cli(["plugins", "--block-plugin", "broken", "--block-plugin", "statesim.builtin.cells"], site)
-    assert flagged.returncode == 0 and "problem" not in flagged.stdout, flagged
-    assert "statesim.builtin.cells" not in flagged.stdout and "acme  (acme-cells 2.0.1)" in flagged.stdout
+    monkeypatch.setenv("STATESIM_BLOCK_PLUGINS", "broken, example")
+    assert main(["plugins", "--strict-plugins"]) == 0
+    blocked = capsys.readouterr().out
+    assert "problem" not in blocked and "example" not in blocked and "acme  (acme-cells" in blocked
+    monkeypatch.delenv("STATESIM_BLOCK_PLUGINS")
+    assert main(["plugins", "--block-plugin", "broken", "--block-plugin", "statesim.builtin.cells"]) == 0
+    flagged = capsys.readouterr().out
+    assert "problem" not in flagged and "statesim.builtin.cells" not in flagged and "acme  (acme-cells 2.0.1)" in flagged
+    monkeypatch.setenv("STATESIM_DISABLE_PLUGIN_AUTOLOAD", "yes")
+    assert main(["plugins"]) == 0
+    assert "acme" not in capsys.readouterr().out
 
 
 def test_blocking_a_builtin_makes_its_names_unknown_with_a_clear_error(site):
@@ -278,3 +284,11 @@ def test_blocking_a_builtin_makes_its_names_unknown_with_a_clear_error(site):
     scenario = Path(__file__).parents[1] / "scenarios" / "linear_system.yaml"
     with pytest.raises(ConfigError, match=r"`scenario.type`: unknown scenario 'linear_system'"):
         load_config(scenario, host.registry)
+
+
+def test_test_module_basenames_are_unique_across_tests_and_plugins():
+    # pytest's default import mode keys test modules by basename; plugins/*/tests sit beside tests/.
+    root = Path(__file__).resolve().parents[1]
+    files = [*root.glob("tests/**/test_*.py"), *root.glob("plugins/*/tests/**/test_*.py")]
+    names = [f.name for f in files]
+    assert len(files) >= 2 and len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
