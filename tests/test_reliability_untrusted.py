@@ -281,3 +281,50 @@ def test_no_command_touches_the_network(tmp_path):
     assert "Traceback" not in done.stderr and f"error: Problem in the scenario:\n  - {evil}, line 1" in done.stderr
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "runs").exists()
     assert (tmp_path / "run" / "results.json").exists() and list((tmp_path / "run" / "plots").glob("*.png"))
+
+
+# --------------------------------------------------------------------------- plugins during a run
+# (Discovery, strict mode, block lists and every kind of broken hook: tests/test_plugins.py. Here: a real run
+# with a broken and a clashing distribution installed still trains, and run.json records who was loaded.)
+def _fake_distribution(root: Path, dist: str, plugin: str, source: str) -> None:
+    info = root / f"{dist.replace('-', '_')}-1.2.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2\n")
+    (info / "entry_points.txt").write_text(f"[statesim]\n{plugin} = {plugin}_mod\n")
+    (root / f"{plugin}_mod.py").write_text(textwrap.dedent(source))
+
+
+def test_a_run_survives_broken_and_clashing_plugins_and_records_them(tmp_path, monkeypatch, capsys):
+    from statesim.cli import main
+
+    site = tmp_path / "site"
+    _fake_distribution(site, "broken-dist", "broken", "raise RuntimeError('boom at import')\n")
+    _fake_distribution(site, "clash-dist", "clash", """
+        import statesim
+        from statesim.builtin.cells import VanillaCell, VanillaParams
+
+        @statesim.hookimpl
+        def statesim_cells():
+            return [statesim.Registration("vanilla", VanillaCell, VanillaParams, "a second 'vanilla'")]
+    """)
+    monkeypatch.syspath_prepend(str(site))
+    for var in ("STATESIM_DISABLE_PLUGIN_AUTOLOAD", "STATESIM_BLOCK_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    config = write_scenario(tmp_path, TINY_LINEAR)
+    try:
+        assert main(["run", str(config), "--out", str(tmp_path / "strict"), "--strict-plugins"]) == 2
+        err = capsys.readouterr().err
+        assert "broken-dist" in err and "Traceback" not in err and not (tmp_path / "strict").exists()
+        assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+        err = capsys.readouterr().err
+    finally:
+        for name in ("broken_mod", "clash_mod"):
+            sys.modules.pop(name, None)
+    assert "warning: plugin 'broken' (distribution broken-dist 1.2) failed to import" in err
+    assert "'vanilla' is registered twice" in err and "clash-dist" in err
+    env = json.loads((tmp_path / "run" / "run.json").read_text())
+    names = {p["name"] for p in env["plugins"]}
+    assert "statesim.builtin.cells" in names and not names & {"broken", "clash"}
+    assert any("broken-dist" in p for p in env["plugin_problems"])
+    assert any("clash-dist" in p for p in env["plugin_problems"])
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["scenario"] == "linear_system"
