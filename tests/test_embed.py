@@ -303,3 +303,26 @@ def test_large_batches_switch_to_torch_and_back(builtin_host):
     with torch.no_grad():
         truth = model(inputs)
     np.testing.assert_allclose(np.concatenate([first, second]), truth.outputs.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("topology", [{"type": "stacked", "layers": 3, "residual": True},
+                                      {"type": "stacked", "layers": 2}])
+def test_stacked_topology_steps_on_the_numpy_path(builtin_host, topology):
+    """A stack of built-in cells chains their NumPy kernels; stepping equals the stack's layer-by-layer unroll."""
+    from statesim.config import ModelConfig, resolve
+
+    config = ModelConfig.model_validate({"cell": {"type": "lstm", "hidden_size": 5}, "topology": topology,
+                                         "head": "linear"})
+    resolve(config, ("model",), builtin_host.registry, "test", {}, [])
+    model = build_model(builtin_host.registry, config, 5, 2).eval()
+    inputs = torch.randn(12, 3, 5)
+    with torch.no_grad():
+        truth = model(inputs, forcing=Forcing([Clamp("layer1.h", 0.0, [0], 4, None)]))
+    sim = EmbeddedModel(model, batch_size=3)
+    assert sim.fast and "layer1.c" in sim.state_parts
+    outputs = []
+    for t, x_t in enumerate(inputs.numpy()):
+        if t == 4:
+            sim.force("layer1.h", 0.0, units=[0], steps=None)
+        outputs.append(sim.step(x_t))
+    np.testing.assert_allclose(np.stack(outputs), truth.outputs.numpy(), atol=1e-5, rtol=0)

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from statesim.cell import Cell, State
+from statesim.cell import Cell, NumpyStep, State
 from statesim.engine import Trajectory, unroll
 from statesim.errors import ShapeError
 from statesim.forcing import Clamp, Forcing
@@ -166,6 +166,28 @@ class StackCell(Cell):
             new_state.update(prefixed(f"layer{i}", layer_state))
             x = y
         return x, new_state
+
+    def numpy_step(self) -> NumpyStep | None:
+        """The layers' NumPy kernels chained (None when a layer has none, or dropout is active)."""
+        if self.training and self.dropout:
+            return None
+        kernels = [layer.numpy_step() for layer in self.layers]
+        if any(kernel is None for kernel in kernels):
+            return None
+        parts = [[(f"layer{i}.{p}", p) for p in layer.state_spec] for i, layer in enumerate(self.layers)]
+        residual_from = self.residual_from
+
+        def step(x, state):
+            new_state = {}
+            for i, (kernel, names) in enumerate(zip(kernels, parts)):
+                y, layer_state = kernel(x, {inner: state[outer] for outer, inner in names})
+                if residual_from is not None and i >= residual_from:
+                    y = y + x
+                new_state.update({outer: layer_state[inner] for outer, inner in names})
+                x = y
+            return x, new_state
+
+        return step
 
 
 class StackedParams(PluginParams):
