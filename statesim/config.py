@@ -38,9 +38,9 @@ class ConfigIssue:
 
 
 class Strict(BaseModel):
-    """Base of every config model: unknown keys are errors."""
+    """Base of every config model: unknown keys are errors, and so are inf and nan (`lr: .inf`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ComponentSpec(BaseModel):

@@ -143,10 +143,16 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
+        if run_dir.exists() and not run_dir.is_dir():
+            raise StatesimError(f"the run folder {run_dir} is an existing file, not a folder; choose another --out.")
         if run_dir.exists() and any(run_dir.iterdir()):
             raise StatesimError(f"the run folder {run_dir} already exists and is not empty; choose another --out, "
                                 f"or continue it with --resume {run_dir}.")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StatesimError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}. "
+                                f"Choose another --out.") from None
         atomic_write_text(run_dir / "config.yaml", f"# resolved config of {config_file}\n" + dump_config(config))
     env = environment(host)
     env["seed"] = config.seed

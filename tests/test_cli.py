@@ -222,6 +222,11 @@ def test_resume_refuses_a_changed_scenario_and_run_refuses_a_used_folder(tmp_pat
     assert "already exists and is not empty" in capsys.readouterr().err
     assert main(["run", str(LINEAR_SYSTEM), "--resume", str(tmp_path / "nothing")]) == 2
     assert "cannot resume" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["run", str(LINEAR_SYSTEM), "--out", str(tmp_path / "a_file")]) == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
+    assert main(["run", str(LINEAR_SYSTEM), "--out", str(tmp_path / "a_file" / "run")]) == 2
+    assert "cannot create the run folder" in capsys.readouterr().err
 
 
 def _resolved_yaml(overrides: list[str]) -> str:

@@ -59,6 +59,8 @@ MISTAKES = [
      "this key is required"),
     ("missing-scenario", "seed: 3\n", 1, "scenario", "this key is required"),
     ("out-of-range", BASE + "seed: 1\ntraining:\n  batch_size: 0\n", 4, "training.batch_size", "greater than 0"),
+    ("infinite", BASE + "training:\n  lr: .inf\n", 3, "training.lr", "finite number"),
+    ("nan", BASE + "training:\n  clip: {max_norm: .nan}\n", 3, "training.clip.max_norm", "finite number"),
     ("bad-syntax", BASE + "model: {cell: {type: lstm\nseed: 1\n", 3, None, "Fix the YAML syntax"),
     ("bad-indent", BASE + "training:\n  lr: 0.1\n   steps: 3\n", 4, None, "Fix the YAML syntax"),
     ("duplicate-key", BASE + "seed: 1\ntraining: {steps: 3}\nseed: 2\n", 4, None,
