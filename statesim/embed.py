@@ -558,7 +558,13 @@ class EmbeddedModel:
 
     def _step_torch(self, x: Tensor, forcing: Forcing | None) -> Tensor:
         with torch.no_grad():
-            y, self._state = engine.step(self.cell, x, self._state, forcing=forcing, t=self._t)
+            if forcing is None and self._batch <= self.numpy_max_batch:
+                # One generic engine step is exactly Cell.forward; shapes were checked here and the state is
+                # ours, so skip the engine's per-call validation and path selection (most of its cost for few
+                # agents). For many agents the engine's fused kernels (statesim.fastpath) win, so go through it.
+                y, self._state = self.cell(x, self._state)
+            else:
+                y, self._state = engine.step(self.cell, x, self._state, forcing=forcing, t=self._t)
             return self.model.read_out(y).clone()
 
     def rollout(self, inputs: Any) -> Any:
