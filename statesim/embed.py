@@ -22,6 +22,7 @@ each tick goes through :func:`statesim.engine.step`.
 """
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +107,15 @@ def _newest_good(folder: Path) -> Path:
     return found[1].path
 
 
-def _run_config(run_dir: Path | None, registry: Registry) -> Any:
+def _run_yaml(run_dir: Path | None) -> dict[str, Any]:
+    """The run's saved config as plain data, not validated: only its model and training sections are needed,
+    and a host embedding one model need not have the plugin of the scenario that trained it."""
     if run_dir is None:
-        return None
-    from statesim.config import load_config
+        return {}
+    from statesim.yamlio import load_yaml
 
-    return load_config(run_dir / "config.yaml", registry)
+    data, _ = load_yaml(run_dir / "config.yaml")
+    return data if isinstance(data, dict) else {}
 
 
 def _model_config(data: Any, registry: Registry, where: str) -> Any:
@@ -149,13 +153,16 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     sidecar, run_dir = find_checkpoint(path, job)
     tree, info = load_checkpoint(sidecar, map_location="cpu")
     spec = info.meta.get("model")
-    run_config = _run_config(run_dir, registry) if (spec is None or weights == "auto") else None
+    job_file = None if run_dir is None else run_dir / "models" / f"{info.meta.get('job', 'main')}.json"
+    if spec is None and job_file is not None and job_file.is_file():  # written by RunContext.build_model
+        spec = json.loads(job_file.read_text(encoding="utf-8"))
+    run_yaml = _run_yaml(run_dir)
     if spec is not None:
         config = _model_config(spec["model"], registry, f"{sidecar} (stored model)")
         input_size = spec["input_size"] if input_size is None else input_size
         output_size = spec["output_size"] if output_size is None else output_size
-    elif run_config is not None and run_config.model is not None:
-        config = run_config.model
+    elif isinstance(run_yaml.get("model"), dict):
+        config = _model_config(run_yaml["model"], registry, f"{run_dir / 'config.yaml'}")
         if input_size is None:
             raise EmbedError(f"the checkpoint {sidecar} does not record the model's sizes (it predates that); "
                              f"pass input_size=... (and output_size=... when the model has a head).")
@@ -170,7 +177,7 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
                          f"use weights='last'.")
     if weights not in ("auto", "last", "best"):
         raise EmbedError(f"weights must be 'auto', 'last' or 'best', got {weights!r}.")
-    early = bool(run_config is not None and run_config.training.early_stopping)
+    early = bool((run_yaml.get("training") or {}).get("early_stopping"))
     state_dict = best if (weights == "best" or (weights == "auto" and early and best is not None)) else tree["model"]
     try:
         model.load_state_dict(state_dict, strict=True)

@@ -258,6 +258,10 @@ def test_load_errors(lstm_run, builtin_host, tmp_path):
     data["meta"].pop("model")
     old.write_text(json.dumps(data))
     shutil.copy(sidecar.with_suffix(".safetensors"), bad)
+    if (copy / "models").is_dir():  # the run's models/<job>.json describes the model too
+        model, _ = load_model(old, registry=builtin_host.registry)
+        assert model.input_size == 2 and type(model.step_cell()).__name__ == "LSTMCell"
+        shutil.rmtree(copy / "models")
     with pytest.raises(EmbedError, match="input_size"):
         load_model(old, registry=builtin_host.registry)
     model, _ = load_model(old, registry=builtin_host.registry, input_size=2, output_size=2)
@@ -326,3 +330,24 @@ def test_stacked_topology_steps_on_the_numpy_path(builtin_host, topology):
             sim.force("layer1.h", 0.0, units=[0], steps=None)
         outputs.append(sim.step(x_t))
     np.testing.assert_allclose(np.stack(outputs), truth.outputs.numpy(), atol=1e-5, rtol=0)
+
+
+def test_weights_auto_takes_the_best_model_of_an_early_stopped_run(builtin_host, tmp_path):
+    """weights='auto' loads the best validated model when the run early-stopped, else the last; 'last'/'best' force."""
+    from statesim.checkpoint import save_checkpoint
+
+    last = make_model(builtin_host.registry, CELLS["gru"], head="none")
+    best = make_model(builtin_host.registry, CELLS["gru"], head="none")
+    run = tmp_path / "run"
+    save_checkpoint(run / "checkpoints" / "main" / "step_00000010", {"model": last.state_dict(),
+                    "best_model": best.state_dict()}, step=10, config_digest="x",
+                    meta={"job": "main", "model": last.build_spec})
+    for early, expected in ((3, best), (None, last)):
+        (run / "config.yaml").write_text(f"scenario: {{type: somebody_elses_scenario}}\n"
+                                         f"training: {{early_stopping: {'null' if early is None else early}}}\n")
+        model, _ = load_model(run, registry=builtin_host.registry)
+        assert torch.equal(model.step_cell().weight_hh, expected.step_cell().weight_hh)
+    model, _ = load_model(run, registry=builtin_host.registry, weights="best")
+    assert torch.equal(model.step_cell().weight_hh, best.step_cell().weight_hh)
+    model, _ = load_model(run, registry=builtin_host.registry, weights="last")
+    assert torch.equal(model.step_cell().weight_hh, last.step_cell().weight_hh)
