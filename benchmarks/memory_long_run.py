@@ -98,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     """Print the samples as JSON and the peak-RSS growth between the first and last sample."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[10_500, 100_000], help="steps to sample at")
+    parser.add_argument("--checkpoint-every", type=int, default=1000, help="checkpoint interval")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
-        samples = measure(sorted(args.steps), Path(tmp))
+        samples = measure(sorted(args.steps), Path(tmp), args.checkpoint_every)
     first, last = samples[min(samples)], samples[max(samples)]
     print(json.dumps(samples, indent=2))
     print(f"peak RSS {first['peak_rss_kib'] / 1024:.1f} MiB at step {min(samples)} vs "

@@ -1,7 +1,9 @@
 """Load: a long run keeps memory and checkpoint size flat (reduced version of benchmarks/memory_long_run.py)."""
 from __future__ import annotations
 
-import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,18 +13,17 @@ from statesim.trainer import LOSS_WINDOW
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("memory_long_run", ROOT / "benchmarks" / "memory_long_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_memory_and_checkpoints_stay_flat_over_a_long_run(tmp_path):
     """700 vs 3 000 steps of the real run path: the in-memory loss trace stays at its window, the checkpoint
     sidecar does not grow, peak RSS grows by less than 4 MiB, while metrics.jsonl (on disk) grows linearly."""
-    samples = _benchmark().measure([700, 3000], tmp_path, checkpoint_every=250)
+    from _reliability import cli_env
+
+    # A fresh process, so that what earlier tests left in this one cannot move its RSS.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "memory_long_run.py"), "--steps", "700", "3000",
+                           "--checkpoint-every", "250"], env=cli_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = {int(k): v for k, v in json.loads(done.stdout).items()}
     early, late = samples[700], samples[3000]
     assert early["trainer_losses_in_memory"] == late["trainer_losses_in_memory"] == LOSS_WINDOW
     assert abs(late["sidecar_bytes"] - early["sidecar_bytes"]) <= 0.01 * early["sidecar_bytes"]
