@@ -16,10 +16,14 @@ A fast path runs only when nothing needs per-step access: a clamp on a state par
 generic loop, and the fused kernel also gives way when every state must be returned. Third parties add
 paths with :func:`register_fast_path` (a CUDA kernel, say) and kernels with :data:`FUSED_KERNELS`.
 
+* Any other cell can ask for the ``compiled`` path (``model.compile: true``): the engine's loop with
+  every :data:`COMPILE_CHUNK` steps in one :func:`torch.compile`'d call.
+
 The choice follows a :class:`Policy` held in a context variable: ``mode`` is ``auto`` (the first path
-that applies), ``generic`` (always the loop) or a path's name (that path or a :class:`FastPathError`);
-``compile`` wraps the generic loop's step in :func:`torch.compile`. Every choice is recorded with its
-reason (:func:`record_decisions`), which is how runs report it in their log and ``results.json``.
+that applies), ``generic`` (always the plain loop) or a path's name (that path or a
+:class:`FastPathError`); ``compile`` lets ``auto`` pick the compiled loop. Every choice is recorded
+with its reason (:func:`record_decisions`), which is how runs report it in their log and
+``results.json``.
 """
 from __future__ import annotations
 
@@ -380,9 +384,93 @@ class ScanPath:
         return outputs, {form.state_part: final}, ({form.state_part: states} if return_states else None)
 
 
+# --------------------------------------------------------------------------- torch.compile'd loop
+#: Steps per compiled call. One call runs this many steps, so guard checks and Python overhead are
+#: paid once per chunk and the pointwise work of consecutive steps fuses; compile time grows with it.
+COMPILE_CHUNK = 16
+
+
+def run_steps(step: Callable[[Tensor, State], tuple[Tensor, State]], xs: Tensor, state: State,
+              keep: Tensor | None, want_states: bool) -> tuple[Tensor, State, dict[str, Tensor] | None]:
+    """The engine's loop body over ``xs [K, B, ...]``: masks as in :func:`statesim.engine.unroll`."""
+    outputs, history = [], []
+    for t, x_t in enumerate(xs.unbind(0)):
+        y, new_state = step(x_t, state)
+        if keep is not None:
+            k = keep[t]
+            y = y * k.unsqueeze(-1).to(y.dtype)
+            new_state = {name: torch.where(k.view(-1, *([1] * (value.dim() - 1))), value, state[name])
+                         for name, value in new_state.items()}
+        state = new_state
+        outputs.append(y)
+        if want_states:
+            history.append(state)
+    states = {name: torch.stack([h[name] for h in history]) for name in state} if want_states else None
+    return torch.stack(outputs), state, states
+
+
+class CompiledPath:
+    """The generic loop with every ``COMPILE_CHUNK`` steps in one :func:`torch.compile`'d call (``compile: true``).
+
+    The steps left over at the end run eagerly (no recompilation for a short tail). The first call's
+    time, which is when the forward graph is traced and compiled, is reported as ``compile_seconds``
+    (the backward graph compiles on the first backward).
+    """
+
+    name = "compiled"
+
+    def unavailable(self, cell: "Cell", request: Request) -> str | None:
+        pol = _POLICY.get()
+        if pol.mode == "auto" and not pol.compile:
+            return "model.compile is off"
+        if pol.mode == "auto" and request.steps < COMPILE_CHUNK:
+            return f"fewer than {COMPILE_CHUNK} steps (one compiled chunk)"
+        return None
+
+    def describe(self, cell: "Cell") -> str:
+        return f"torch.compile of the cell's step loop, {COMPILE_CHUNK} steps per compiled call"
+
+    def details(self, cell: "Cell") -> dict[str, Any]:
+        """The compile time of a chunk function compiled by the last run, once."""
+        seconds = cell.__dict__.pop("_statesim_compile_seconds", None)
+        return {} if seconds is None else {"compile_seconds": round(seconds, 3)}
+
+    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
+            return_states: bool) -> Result:
+        hoisted = cell.hoists_inputs
+        step = cell.transition if hoisted else cell.forward
+        xs = cell.project_inputs(inputs) if hoisted else inputs
+        cache = cell.__dict__.setdefault("_statesim_compiled", {})  # a plain attribute: not a submodule
+        key = (hoisted, lengths is not None, return_states)
+        fn = cache.get(key)
+        fresh = fn is None
+        if fresh:
+            from functools import partial
+
+            fn = cache[key] = torch.compile(partial(run_steps, step, want_states=return_states))
+        steps = xs.shape[0]
+        full = steps - steps % COMPILE_CHUNK
+        keep = _valid(lengths, steps) if lengths is not None else None
+        pieces = xs.split(COMPILE_CHUNK)  # split, not slicing: its backward is one concatenation
+        masks = keep.split(COMPILE_CHUNK) if keep is not None else [None] * len(pieces)
+        outputs, states = [], []
+        for index, (piece, mask) in enumerate(zip(pieces, masks)):
+            started = time.perf_counter()
+            if index * COMPILE_CHUNK < full:
+                ys, state, hs = fn(piece, state, mask)
+            else:
+                ys, state, hs = run_steps(step, piece, state, mask, return_states)
+            if fresh and index == 0 and full:
+                cell.__dict__["_statesim_compile_seconds"] = time.perf_counter() - started
+            outputs.append(ys)
+            states.append(hs)
+        history = {name: torch.cat([h[name] for h in states]) for name in state} if return_states else None
+        return torch.cat(outputs), state, history
+
+
 # --------------------------------------------------------------------------- registry and policy
 #: Paths tried in order under ``fast_path: auto``.
-FAST_PATHS: list[FastPath] = [FusedPath(), ScanPath()]
+FAST_PATHS: list[FastPath] = [FusedPath(), ScanPath(), CompiledPath()]
 
 
 def register_fast_path(path: FastPath, *, first: bool = False) -> None:
@@ -491,7 +579,9 @@ def dispatch(cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
             except _Decline as exc:
                 why = str(exc)
             else:
-                _record(cell, path.name, path.describe(cell))
+                details = getattr(path, "details", lambda c: {})(cell)
+                for info in _record(cell, path.name, path.describe(cell)):
+                    info.update(details)
                 return result, path.name
         reasons.append(f"{path.name}: {why}")
         if mode != "auto":
@@ -507,10 +597,10 @@ def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = F
     Data-dependent declines (a sequence of length 0) cannot be foreseen; :func:`dispatch` records those.
     """
     pol = _POLICY.get()
-    loop = "compiled" if pol.compile else "generic"
+    loop = "generic"
     if pol.mode == "generic":
         return loop, "fast_path: generic"
-    request = Request(1, forces_state, return_states, has_lengths)
+    request = Request(COMPILE_CHUNK, forces_state, return_states, has_lengths)
     reasons = []
     for path in _candidates(pol.mode):
         why = _unavailable(path, cell, request)
@@ -540,42 +630,12 @@ def plan(model: Any, **request: bool) -> list[dict[str, str]]:
     return rows
 
 
-class _CompiledStep:
-    """``torch.compile`` of a cell's step; the first call's time (tracing and code generation) is reported."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn, self.pending, self.compile_seconds = torch.compile(fn), True, None
-        self.waiting: list[dict] = []  # decision records to receive the compile time
-
-    def __call__(self, *args: Any) -> Any:
-        if not self.pending:
-            return self.fn(*args)
-        started = time.perf_counter()
-        result = self.fn(*args)
-        self.compile_seconds, self.pending = round(time.perf_counter() - started, 3), False
-        for info in self.waiting:
-            info["compile_seconds"] = self.compile_seconds
-        self.waiting = []
-        return result
-
-
 def step_function(cell: "Cell", reason: str = "generic loop"
                   ) -> tuple[Callable[[Tensor, State], tuple[Tensor, State]], bool]:
     """The generic loop's step (``transition`` or ``forward``) and whether inputs are projected first.
 
-    Records the loop's decision with ``reason``. Under ``compile: true`` the step is wrapped in
-    :func:`torch.compile` once per cell, and the decision carries the first call's (compile) time.
+    Records the loop's decision with ``reason``.
     """
     hoisted = cell.hoists_inputs
-    raw = cell.transition if hoisted else cell.forward
-    if not _POLICY.get().compile:
-        _record(cell, "generic", reason)
-        return raw, hoisted
-    compiled = cell.__dict__.get("_statesim_compiled_step")
-    if compiled is None:
-        compiled = _CompiledStep(raw)
-        object.__setattr__(cell, "_statesim_compiled_step", compiled)  # a cache, not a submodule
-    infos = _record(cell, "compiled", reason)
-    if compiled.pending:
-        compiled.waiting += infos
-    return compiled, hoisted
+    _record(cell, "generic", reason)
+    return (cell.transition if hoisted else cell.forward), hoisted

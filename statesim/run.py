@@ -176,6 +176,10 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
             raise Interrupted(f"{exc} Continue with: statesim run {config_file} --resume {run_dir}") from None
     # Wall times live in run.json so that results.json depends only on the config and seed.
     results = {"scenario": config.scenario.type, "seed": config.seed, **results}
+    if ctx.engine_paths:  # the engine path each cell takes and why; what ran (counts, compile times) is
+        # not a function of the config alone (a resume runs fewer steps), so it goes to run.json
+        results["engine"] = ctx.engine_paths
+        env["engine_calls"] = ctx.engine_calls
     atomic_write_json(run_dir / "results.json", results)
     env["train_seconds"] = {k: round(v, 3) for k, v in ctx.timings.items()}
     atomic_write_json(run_dir / "run.json", env)

@@ -269,21 +269,21 @@ def test_generic_loop_backward_does_not_index_the_whole_sequence_per_step():
 
 
 @pytest.mark.slow
-def test_compiled_step_matches_eager_and_reports_its_compile_time():
-    cell = PlainLSTM(2, 3)
-    inputs = torch.randn(6, 2, 2, requires_grad=True)
-    with fastpath.policy("auto", compile=True), fastpath.record_decisions() as decisions:
-        compiled = unroll(cell, inputs)
-        compiled.outputs.sum().backward()
-    grads = [p.grad.clone() for p in cell.parameters()]
-    cell.zero_grad()
-    eager = unroll(cell, inputs)
-    eager.outputs.sum().backward()
-    assert torch.allclose(compiled.outputs, eager.outputs, atol=1e-6)
-    for g, p in zip(grads, cell.parameters()):
-        assert torch.allclose(g, p.grad, atol=1e-6)
+def test_compiled_loop_matches_the_generic_loop_and_reports_its_compile_time(monkeypatch):
+    """Two compiled chunks of 2 steps and an eager tail of 1, with ragged lengths and every state returned."""
+    monkeypatch.setattr(fastpath, "COMPILE_CHUNK", 2)
+    cell = PlainLSTM(2, 3).to(DOUBLE)
+    inputs = torch.randn(5, 3, 2, dtype=DOUBLE, requires_grad=True)
+    lengths = torch.tensor([5, 2, 3])
+    with fastpath.record_decisions() as decisions:
+        compiled = run(cell, inputs, "compiled", lengths=lengths, return_states=True)
+    assert_same(compiled, run(cell, inputs, "generic", lengths=lengths, return_states=True))
     (row,) = fastpath.summarize(decisions)
     assert row["path"] == "compiled" and row["compile_seconds"] > 0
+    with fastpath.policy("auto", compile=False):
+        assert fastpath.explain(cell)[0] == "generic"
+    with fastpath.policy("auto", compile=True):
+        assert fastpath.explain(cell) == ("compiled", "torch.compile of the cell's step loop, 2 steps per compiled call")
 
 
 def test_model_config_chooses_the_path_and_rejects_unknown_ones(builtin_host):
