@@ -171,6 +171,7 @@ class GradientFlow:
     sigma_max: Tensor  # [T] largest singular value of J_t (geometric mean over the batch)
     spectral_radius: Tensor  # [T] largest |eigenvalue| of J_t (mean over the batch)
     self_diagonal: dict[str, Tensor]  # part -> [T] mean diagonal of its own block of J_t (LSTM c: forget gate)
+    self_diagonal_max: dict[str, Tensor]  # part -> [T] the largest such diagonal entry (the best-kept unit)
     rate: float  # measured growth factor per step of ||P_k|| over the second half of the lags
     verdict: str
     horizon: int | None  # first lag at which P_k is exactly zero (finite-memory cells), else None
@@ -195,6 +196,7 @@ class GradientFlow:
             "sigma_max_per_step": self.sigma_max.tolist(), "spectral_radius_per_step": self.spectral_radius.tolist(),
             "self_diagonal_mean": {k: float(v.mean()) for k, v in self.self_diagonal.items()},
             "self_diagonal_per_step": {k: v.tolist() for k, v in self.self_diagonal.items()},
+            "self_diagonal_max_mean": {k: float(v.mean()) for k, v in self.self_diagonal_max.items()},
             "constant_jacobian": self.constant_jacobian, **self.extra}
         if self.eigenvalues is not None:
             eig = sorted(self.eigenvalues.tolist(), key=lambda z: -abs(z))
@@ -247,8 +249,9 @@ def gradient_flow(cell: Cell, inputs: Tensor, state: State | None = None, *, max
     lag_norms = {k: geometric_mean(v, dim=1) for k, v in norms.items()}
     sigma = geometric_mean(torch.linalg.matrix_norm(jac, ord=2), dim=1)
     radius = torch.linalg.eigvals(jac).abs().amax(-1).mean(1)
-    self_diag = {name: torch.diagonal(jac[:, :, sl, sl], dim1=-2, dim2=-1).mean((1, 2))
-                 for name, sl in trace.layout.items()}
+    diagonals = {name: torch.diagonal(jac[:, :, sl, sl], dim1=-2, dim2=-1) for name, sl in trace.layout.items()}
+    self_diag = {name: d.mean((1, 2)) for name, d in diagonals.items()}
+    self_diag_max = {name: d.amax(2).mean(1) for name, d in diagonals.items()}
     state_curve = lag_norms["state"]
     max_k = len(state_curve) - 1
     zero = (norms["state"] == 0).all(dim=1).nonzero()
@@ -264,7 +267,7 @@ def gradient_flow(cell: Cell, inputs: Tensor, state: State | None = None, *, max
             powers.append(powers[-1] @ single)
         closed_form = matrix_norms(torch.stack(powers), norm)
     return GradientFlow(norm, dict(cell.state_spec), list(range(max_k + 1)), lag_norms, sigma, radius, self_diag,
-                        rate, verdict_of(rate, horizon), horizon, constant, eigenvalues, closed_form,
+                        self_diag_max, rate, verdict_of(rate, horizon), horizon, constant, eigenvalues, closed_form,
                         extra={"steps": steps, "batch": int(jac.shape[1])})
 
 
@@ -470,8 +473,10 @@ def plot_gradient_flow(flow: GradientFlow, title: str = "") -> Any:
     steps = range(1, len(flow.sigma_max) + 1)
     right.plot(steps, flow.sigma_max, label="σ_max(J_t)")
     right.plot(steps, flow.spectral_radius, label="ρ(J_t)")
-    for name, diag in flow.self_diagonal.items():
-        right.plot(steps, diag, ls="--", label=f"mean diag ∂{name}_t/∂{name}_(t-1)")
+    for index, (name, diag) in enumerate(flow.self_diagonal.items()):
+        right.plot(steps, diag, ls="--", color=f"C{index + 2}", label=f"mean diag ∂{name}_t/∂{name}_(t-1)")
+        right.plot(steps, flow.self_diagonal_max[name], ls=":", color=f"C{index + 2}",
+                   label=f"max diag ∂{name}_t/∂{name}_(t-1)")
     right.axhline(1.0, color="0.6", lw=0.8)
     right.set(xlabel="step t", title="per-step Jacobian along the trajectory")
     right.legend(fontsize=7)

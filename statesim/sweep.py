@@ -377,12 +377,29 @@ def collect_rows(spec: SweepSpec, combos: list[dict[str, Any]], outcomes: list[R
             keys = spec.metrics or [k for k, v in results.items() if _scalar(v) and k not in ("scenario", "seed")]
             for key in keys:
                 row[key] = results.get(key)
-            row["train_seconds"] = round(sum((results.get("train_seconds") or {}).values()), 2)
+            row.update(_training_columns(Path(outcome.run_dir), results))
         else:
             row["status"] = "failed"
             row["error"] = (outcome.error or "no results.json").strip().splitlines()[-1][:200]
         rows.append(row)
     return rows
+
+
+def _training_columns(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Training time (results.json or run.json) and, from metrics.jsonl, clipping and gradient-norm statistics."""
+    from statesim.diagnostics import read_metrics, training_summary
+
+    seconds = results.get("train_seconds")
+    if seconds is None and (run_dir / "run.json").is_file():
+        seconds = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("train_seconds")
+    columns: dict[str, Any] = {"train_seconds": round(sum((seconds or {}).values()), 2) if seconds else None}
+    jobs = training_summary(read_metrics(run_dir / "metrics.jsonl"))
+    if jobs:
+        updates = sum(j["updates"] for j in jobs.values())
+        columns["fraction_clipped"] = round(sum(j["clipped_updates"] for j in jobs.values()) / max(updates, 1), 4)
+        norms = [j["grad_norm_max"] for j in jobs.values() if j["grad_norm_max"] is not None]
+        columns["grad_norm_max"] = max(norms) if norms else None
+    return columns
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -478,7 +495,8 @@ def plot_comparison(spec: SweepSpec, rows: list[dict[str, Any]]) -> Any:
     facet_key = spec.plot.get("facet") or next((k for k in keys if k not in (x_key, hue_key)), None)
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = spec.plot.get("y") or spec.metrics or [
-        c for c in _columns(ok) if c not in {"run", "seed", "status", *keys, "train_seconds"}
+        c for c in _columns(ok) if c not in {"run", "seed", "status", *keys, "train_seconds", "fraction_clipped",
+                                             "grad_norm_max"}
         and _numeric([r.get(c) for r in ok if r.get(c) is not None]) and any(r.get(c) is not None for r in ok)][:3]
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     facets = list(dict.fromkeys(json.dumps(r.get(facet_key)) for r in rows)) if facet_key else ["null"]
