@@ -297,25 +297,12 @@ class SweepResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def run_sweep(spec: SweepSpec, executor: Executor | None = None, *, host: Any = None,
-              echo: Callable[[str], None] = print) -> SweepResult:
-    """Validate every combination, run the unfinished ones, then write the summary table and plot."""
-    from statesim.config import validate_data
-    from statesim.fileio import atomic_write_json, atomic_write_text
-    from statesim.plugin_manager import build_plugin_host
-    from statesim.yamlio import dump_yaml
-
-    executor = executor or LocalExecutor()
-    host = host or build_plugin_host()
-    spec.out.mkdir(parents=True, exist_ok=True)
-    base_file = spec.out / "base.yaml"
-    atomic_write_text(base_file, f"# {spec.file} without its sweep section; each run applies its grid values\n"
-                      + dump_yaml(spec.base))
-    combos = spec.combinations()
-    # Check every combination before starting any: a typo in the grid should cost nothing.
-    from statesim.config import apply_override
+def validate_combinations(spec: SweepSpec, host: Any) -> None:
+    """Check every combination before starting any: a typo in the grid should cost nothing."""
+    from statesim.config import apply_override, validate_data
 
     problems: dict[str, list[str]] = {}
+    combos = spec.combinations()
     for combo in combos:
         data = json.loads(json.dumps(spec.base))
         for assignment in overrides_of(combo):
@@ -328,6 +315,23 @@ def run_sweep(spec: SweepSpec, executor: Executor | None = None, *, host: Any = 
         listed = [f"{message}\n  (in {len(where)} combination(s), e.g. {where[0]})" for message, where in problems.items()]
         raise SweepError(f"{sum(map(len, problems.values()))} of {len(combos)} combinations of the sweep are "
                          f"invalid; nothing was run:\n" + "\n".join(listed[:5]))
+
+
+def run_sweep(spec: SweepSpec, executor: Executor | None = None, *, host: Any = None,
+              echo: Callable[[str], None] = print) -> SweepResult:
+    """Validate every combination, run the unfinished ones, then write the summary table and plot."""
+    from statesim.fileio import atomic_write_json, atomic_write_text
+    from statesim.plugin_manager import build_plugin_host
+    from statesim.yamlio import dump_yaml
+
+    executor = executor or LocalExecutor()
+    host = host or build_plugin_host()
+    validate_combinations(spec, host)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    base_file = spec.out / "base.yaml"
+    atomic_write_text(base_file, f"# {spec.file} without its sweep section; each run applies its grid values\n"
+                      + dump_yaml(spec.base))
+    combos = spec.combinations()
     threads = max(1, available_cores() // max(1, min(executor.slots, len(combos))))
     tasks = [RunTask(run_name(c), str(base_file), overrides_of(c), str(spec.out / "runs" / run_name(c)), threads)
              for c in combos]

@@ -7,7 +7,9 @@ import pytest
 
 from statesim.errors import StatesimError
 from statesim.sweep import (LocalExecutor, SerialExecutor, SweepError, load_sweep, make_executor, parse_grid_arg,
-                            run_name, run_sweep)
+                            run_name, run_sweep, validate_combinations)
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "scenarios" / "sweeps").glob("*.yaml"))
 
 TINY = """\
 name: tiny
@@ -105,3 +107,10 @@ def test_local_process_pool_runs_in_parallel_and_cli_reports(tmp_path):
     stray.mkdir(parents=True)
     (stray / "x").write_text("x")
     assert main(["sweep", str(path), "--out", str(tmp_path / "out2"), "--executor", "serial"]) == 1
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_sweep_is_valid_in_every_combination(path, host):
+    spec = load_sweep(path)
+    assert spec.grid and path.read_text().startswith(f"# statesim sweep scenarios/sweeps/{path.name}")
+    validate_combinations(spec, host)
