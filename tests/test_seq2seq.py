@@ -253,7 +253,8 @@ def test_encoded_policy_identity_split_and_learned_map():
     mapped = Encoded(spec, encoded_size=7)
     code7 = torch.randn(4, 7)
     out = mapped(4, device="cpu", dtype=torch.float32, context=InitialContext(encoded=code7))
-    full = torch.tanh(code7 @ mapped.map.weight.T + mapped.map.bias)
+    normed = (code7 - code7.mean(-1, keepdim=True)) / torch.sqrt(code7.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    full = torch.tanh(normed @ mapped.map.weight.T + mapped.map.bias)
     torch.testing.assert_close(torch.cat([out["h"], out["c"]], -1), full)
     with pytest.raises(ShapeError, match="encoded_size"):
         mapped(4, device="cpu", dtype=torch.float32, context=InitialContext(encoded=code))

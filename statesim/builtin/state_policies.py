@@ -6,8 +6,8 @@
   the first steps of the sequence itself, zeros, or noise.
 * ``encoded``: the state comes from another module's output (``InitialContext.encoded [B, E]``), as an
   image-captioning decoder's state comes from a CNN, or an encoder-decoder's decoder state from the
-  encoder's summary. With ``encoded_size`` set, a learned affine map (and activation) takes the encoding to
-  every state part; without it the encoding must already have one feature per state unit and is split
+  encoder's summary. With ``encoded_size`` set, a learned affine map (after layer normalisation, and
+  followed by the activation) takes the encoding to every state part; without it the encoding must already have one feature per state unit and is split
   across the parts in ``state_spec`` order.
 
 Like every policy they act on each named state part, so a stack's ``layer1.c`` or a bidirectional
@@ -103,6 +103,8 @@ class EncodedParams(PluginParams):
                                                              "state. Omit to split an encoding of exactly one "
                                                              "feature per state unit across the parts")
     activation: Literal["tanh", "identity"] = Field("tanh", description="applied after the map")
+    normalize: bool = Field(True, description="layer-normalise the encoding before the learned map (an LSTM "
+                                              "encoder's c grows with the source length and would saturate tanh)")
 
 
 class Encoded(InitialState):
@@ -110,11 +112,13 @@ class Encoded(InitialState):
 
     Params = EncodedParams
 
-    def __init__(self, state_spec, encoded_size: int | None = None, activation: str = "tanh") -> None:
+    def __init__(self, state_spec, encoded_size: int | None = None, activation: str = "tanh",
+                 normalize: bool = True) -> None:
         super().__init__(state_spec)
         self.units = state_size(self.state_spec)
         self.encoded_size, self.activation = encoded_size, activation
         self.map = nn.Linear(encoded_size, self.units) if encoded_size else None
+        self.norm = nn.LayerNorm(encoded_size) if encoded_size and normalize else None
 
     @property
     def input_size(self) -> int:
@@ -129,6 +133,8 @@ class Encoded(InitialState):
         if encoded.dim() != 2 or encoded.shape != (batch_size, self.input_size):
             raise ShapeError(f"initial_state 'encoded' expects an encoding of shape [{batch_size}, {self.input_size}], "
                              f"got {list(encoded.shape)}. Set encoded_size to the encoder's output size.")
+        if self.norm is not None:
+            encoded = self.norm(encoded)
         flat = self.map(encoded) if self.map is not None else encoded
         if self.activation == "tanh":
             flat = torch.tanh(flat)

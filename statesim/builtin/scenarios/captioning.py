@@ -99,15 +99,17 @@ def make_dataset(count: int, seed: int, vocab: Vocab | None = None) -> tuple[Cap
 
 
 class CNNEncoder(nn.Module):
-    """Three conv-ReLU-pool blocks (32 -> 4 pixels) and a linear layer to ``features``."""
+    """Three conv-batchnorm-ReLU-pool blocks (32 -> 4 pixels) and a linear layer to ``features``."""
 
     def __init__(self, channels: int, features: int) -> None:
         super().__init__()
         c = channels
+        # Batch norm: the images are mostly black, and without it the CNN's features start nearly equal for
+        # every image, so the decoder first learns the caption prior and the image is ignored for long.
         self.net = nn.Sequential(
-            nn.Conv2d(3, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(2 * c * 16, features))
 
     def forward(self, images: Tensor) -> Tensor:
