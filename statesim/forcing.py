@@ -6,6 +6,8 @@ state part (``target="h"``, ``"c"``, ``"layer1.h"``) the chosen units of the sta
 (``h_{t-1}``) are overwritten before the cell computes ``(y_t, h_t)``; units index the part's
 flattened per-sample shape (plain vector parts: the vector's entries). The states the engine returns
 are what the dynamics produced; the clamp acts on every step inside its window ``[start, stop)``.
+A NaN in a tensor or list value leaves that unit of that sample unforced, so one batched run can clamp
+a different unit in each sample (clamp sweeps, ablation maps).
 
 Gradients: a forced unit is a constant for the step that reads it, so no gradient flows through it
 back to earlier steps or to the parameters that produced the overwritten value; the other units are
@@ -37,6 +39,14 @@ class Clamp:
     units: Sequence[int] | None = None
     start: int = 0
     stop: int | None = None
+
+    def __post_init__(self) -> None:
+        # NaN entries mean "not forced here"; decided once, so clamps without NaN pay nothing per step.
+        try:
+            self.partial = not callable(self.value) and bool(
+                torch.isnan(torch.as_tensor(self.value, dtype=torch.float64).detach()).any())
+        except (TypeError, ValueError, RuntimeError):
+            self.partial = False  # a malformed value is reported where it is applied, as before
 
     def active(self, t: int) -> bool:
         """Whether the clamp acts at global step ``t``."""
@@ -94,7 +104,10 @@ class Forcing:
             idx = clamp.index(width)
             n_units = width if clamp.units is None else len(clamp.units)
             for t in range(max(clamp.start - t0, 0), steps if clamp.stop is None else min(clamp.stop - t0, steps)):
-                inputs[t][:, idx] = clamp.value_at(t0 + t, batch, n_units, inputs)
+                value = clamp.value_at(t0 + t, batch, n_units, inputs)
+                if clamp.partial:
+                    value = torch.where(torch.isnan(value), inputs[t][:, idx], value)
+                inputs[t][:, idx] = value
         return inputs
 
     def apply_to_state(self, state: State, t: int) -> State:
@@ -109,7 +122,11 @@ class Forcing:
             part = original.reshape(original.shape[0], -1).clone()
             width = part.shape[-1]
             n_units = width if clamp.units is None else len(clamp.units)
-            part[:, clamp.index(width)] = clamp.value_at(t, part.shape[0], n_units, part)
+            idx = clamp.index(width)
+            value = clamp.value_at(t, part.shape[0], n_units, part)
+            if clamp.partial:
+                value = torch.where(torch.isnan(value), part[:, idx], value)
+            part[:, idx] = value
             state[clamp.target] = part.view(original.shape)
         return state
 
