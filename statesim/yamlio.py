@@ -38,19 +38,36 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool =
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _collect_lines(node: yaml.Node, path: tuple, lines: Lines, budget: list[int]) -> None:
+def _collect_lines(node: yaml.Node, path: tuple, lines: Lines, budget: list[int],
+                   at: dict[tuple[int, int], tuple] | None = None) -> None:
     budget[0] -= 1
     if budget[0] < 0:
         raise ValueError(f"document expands to more than {MAX_NODES} nodes (anchors/aliases)")
     lines.setdefault(path, node.start_mark.line + 1)
+    if at is not None:  # every node's position -> its key path, to name the key of a later load error
+        at.setdefault((node.start_mark.line, node.start_mark.column), path)
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark.line)
             lines.setdefault(path + (key,), key_node.start_mark.line + 1)
-            _collect_lines(value_node, path + (key,), lines, budget)
+            if at is not None:
+                named = path + (key,) if isinstance(key_node, yaml.ScalarNode) else path
+                at.setdefault((key_node.start_mark.line, key_node.start_mark.column), named)
+            _collect_lines(value_node, path + (key,), lines, budget, at)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _collect_lines(item, path + (index,), lines, budget)
+            _collect_lines(item, path + (index,), lines, budget, at)
+
+
+def _key_at(at: dict[tuple[int, int], tuple], mark: Any) -> str:
+    """The dotted key at a YAML mark: the node starting there, else the deepest key on its line."""
+    if mark is None:
+        return ""
+    path = at.get((mark.line, mark.column))
+    if path is None:
+        on_line = [p for (line, _), p in at.items() if line == mark.line]
+        path = max(on_line, key=len, default=())
+    return ".".join(str(part) for part in path)
 
 
 def _issue(file: str, line: int | None, key: str, message: str) -> ConfigError:
@@ -81,11 +98,12 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
 
 def parse_yaml(text: str, name: str = "<string>") -> tuple[Any, Lines]:
     """Parse YAML text; syntax errors become a ConfigError naming file and line."""
+    at: dict[tuple[int, int], tuple] = {}
     try:
         node = yaml.compose(text, Loader=_LineLoader)
         lines: Lines = {}
         if node is not None:
-            _collect_lines(node, (), lines, [MAX_NODES])
+            _collect_lines(node, (), lines, [MAX_NODES], at)
         loader = _LineLoader(text)
         try:
             data = loader.get_single_data()
@@ -96,9 +114,9 @@ def parse_yaml(text: str, name: str = "<string>") -> tuple[Any, Lines]:
         line = mark.line + 1 if mark else None
         problem = exc.problem or "invalid YAML"
         if "could not determine a constructor" in str(exc):
-            problem = (f"{exc.problem}: YAML tags that build Python objects are not allowed; scenario files are "
-                       f"data only. Remove the tag")
-        raise _issue(name, line, "", f"{problem}. Fix the YAML syntax there.") from None
+            raise _issue(name, line, _key_at(at, mark), f"{exc.problem}: YAML tags that build Python objects are not "
+                         f"allowed; scenario files are data only. Remove the tag.") from None
+        raise _issue(name, line, _key_at(at, mark), f"{problem}. Fix the YAML syntax there.") from None
     except yaml.YAMLError as exc:
         raise _issue(name, None, "", f"invalid YAML: {exc}") from None
     except ValueError as exc:

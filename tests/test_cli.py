@@ -130,7 +130,7 @@ def test_bad_override_in_run_names_the_set(tmp_path, capsys):
 def test_errors_in_a_real_process_have_no_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("scenario: {type: moving_average}\nseed: 1\nseed: 2\n", encoding="utf-8")
-    for args, message in ((["validate", str(bad)], f"{bad}, line 3: duplicate key 'seed'"),
+    for args, message in ((["validate", str(bad)], f"{bad}, line 3: `seed`: duplicate key 'seed'"),
                           (["run", str(MOVING_AVERAGE), "--set", "model.cell.hidden_size=32"],
                            "--set model.cell.hidden_size=32: `model.cell.type`: this key is required")):
         done = _statesim(*args)
