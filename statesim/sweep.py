@@ -173,9 +173,10 @@ def run_task(task: RunTask) -> RunOutcome:
     if (run_dir / "results.json").is_file():
         return RunOutcome(task.name, "skipped", task.run_dir)
     started = time.perf_counter()
-    try:
-        import torch
+    import torch
 
+    previous_threads = torch.get_num_threads()  # the serial executor runs in the caller's process: restore it
+    try:
         torch.set_num_threads(max(1, task.threads))
         from statesim.run import execute
 
@@ -189,6 +190,8 @@ def run_task(task: RunTask) -> RunOutcome:
             raise
         detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, StatesimError) else traceback.format_exc()
         return RunOutcome(task.name, "failed", task.run_dir, time.perf_counter() - started, detail.strip())
+    finally:
+        torch.set_num_threads(previous_threads)
 
 
 # --------------------------------------------------------------------------- executors

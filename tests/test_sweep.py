@@ -69,7 +69,11 @@ def test_serial_sweep_isolates_a_failure_and_a_rerun_skips_finished_runs(tmp_pat
     broken.mkdir(parents=True)
     (broken / "stray.txt").write_text("x")
     messages = []
+    import torch
+
+    threads = torch.get_num_threads()
     result = run_sweep(spec, SerialExecutor(), echo=messages.append)
+    assert torch.get_num_threads() == threads  # in-process runs leave the caller's thread count alone
     assert [o.status for o in result.outcomes] == ["done", "failed", "done", "done"]
     assert "already exists" in (tmp_path / "out" / "errors" / f"{run_name(combos[1])}.txt").read_text()
     for combo, outcome in zip(combos, result.outcomes):
