@@ -229,7 +229,7 @@ def test_kill_inside_any_write_leaves_previous_versions_loadable(tmp_path):
     config = write_scenario(tmp_path, deep_update(TINY_LINEAR, {"training": {"steps": 8, "checkpoint_every": 2,
                                                                              "keep_checkpoints": 2}}))
     straight = _run(config, out=tmp_path / "straight")
-    kill_points = list(range(1, 23, 3))
+    kill_points = list(range(1, 23, 4))
     script = tmp_path / "kill_at_fsync.py"
     script.write_text(KILL_AT_FSYNC)
     done = subprocess.run([sys.executable, str(script), str(config), str(tmp_path), json.dumps(kill_points)],
@@ -238,7 +238,7 @@ def test_kill_inside_any_write_leaves_previous_versions_loadable(tmp_path):
     codes = json.loads(done.stdout.strip().splitlines()[-1])
     killed = [n for n in kill_points if codes[str(n)] == 137]
     assert set(codes.values()) <= {0, 137}, codes
-    assert len(killed) >= 6, codes  # the points fall inside the run's ~12 writes (2 fsyncs each)
+    assert len(killed) >= 5, codes  # the points fall inside the run's ~12 writes (2 fsyncs each)
     for n in killed:
         run_dir = tmp_path / f"kill{n}"
         assert_run_folder_sound(run_dir)
@@ -251,7 +251,7 @@ def test_kill_inside_any_write_leaves_previous_versions_loadable(tmp_path):
 
 
 # --------------------------------------------------------------------------- real processes, real signals
-def _wait_for_lines(run_dir: Path, count: int, process: subprocess.Popen, timeout: float = 60) -> bool:
+def _wait_for_lines(run_dir: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> bool:
     """Poll metrics.jsonl until it has ``count`` lines; False when the process ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
