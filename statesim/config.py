@@ -173,6 +173,16 @@ class OutputConfig(Strict):
     plots: bool = Field(True, description="write plots/*.png")
     progress: bool = Field(True, description="show a progress bar")
 
+    @field_validator("dir")
+    @classmethod
+    def _stays_below_cwd(cls, value: str) -> str:
+        # A shared scenario file must not choose where on disk a run writes; the user does, with --out.
+        path = Path(value)
+        if not value.strip() or path.is_absolute() or value.startswith("~") or ".." in path.parts:
+            raise ValueError("output.dir must be a relative folder without '..' (a scenario file may not write "
+                             "outside the working directory); pass an absolute or outside folder with --out")
+        return value
+
 
 class RunConfig(Strict):
     """A scenario file."""
@@ -182,9 +192,18 @@ class RunConfig(Strict):
     model: ModelConfig | None = Field(None, description="the model, for scenarios that train one")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="shared trainer settings")
     forcing: list[ClampConfig] = Field(default_factory=list, description="clamps applied when evaluating")
-    seed: int = Field(0, description="seed of torch, numpy and random")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of torch, numpy and random")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where to compute; 'auto' picks cuda if present")
     output: OutputConfig = Field(default_factory=OutputConfig, description="run-folder settings")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        # The name becomes a folder name under output.dir, so it must not be a path.
+        if value is not None and (not value.strip() or value in {".", ".."} or "/" in value or "\\" in value
+                                  or "\x00" in value):
+            raise ValueError("name must be a plain folder name (no '/', '\\', or '..'), e.g. name: my_run")
+        return value
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved config (defaults filled) as plain data."""
@@ -192,7 +211,9 @@ class RunConfig(Strict):
 
     def digest(self) -> str:
         """Hash of the resolved config, stored in checkpoints so resume can refuse a changed run."""
-        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()[:16]
+        # Where a run writes and on which device it computes may change on resume; what it computes may not.
+        data = {k: v for k, v in self.resolved().items() if k not in ("output", "device")}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- resolution

@@ -119,9 +119,12 @@ class RunContext:
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
                           log=self.metrics, should_stop=self.should_stop, on_update=on_update,
                           objective=objective)
-        if self.resume and trainer.restore(warn=self.echo):
+        if self.resume:
+            restored = trainer.restore(warn=self.echo)
+            # Records logged after the checkpoint (or before any, when none survived) are redone: drop them.
             self.metrics.truncate(job, trainer.step)
-            self.echo(f"resumed job '{job}' at step {trainer.step}")
+            if restored:
+                self.echo(f"resumed job '{job}' at step {trainer.step}")
         started = time.perf_counter()
         update = self.progress.start(job, training.steps, trainer.step) if self.progress else None
         try:
