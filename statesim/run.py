@@ -137,9 +137,6 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
         # Temporary files of writes a kill interrupted: never published, never read, safe to drop.
         for stale in run_dir.rglob(".*.tmp"):
             stale.unlink(missing_ok=True)
-        # Temporary files of writes a kill interrupted: never published, never read, safe to drop.
-        for stale in run_dir.rglob(".*.tmp"):
-            stale.unlink(missing_ok=True)
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
