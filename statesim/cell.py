@@ -134,12 +134,6 @@ class Cell(nn.Module):
         if ref is not None and ref.is_floating_point() and x.dtype != ref.dtype:
             raise ShapeError(f"{name}: input of shape {list(x.shape)} has dtype {x.dtype} but the cell's parameters "
                              f"are {ref.dtype}; convert one of them (x.to({ref.dtype}) or model.to({x.dtype})).")
-        if ref is not None and ref.is_floating_point() and x.dtype != ref.dtype:
-            raise ShapeError(f"{name}: input of shape {list(x.shape)} has dtype {x.dtype} but the cell's parameters "
-                             f"are {ref.dtype}; convert one of them (x.to({ref.dtype}) or model.to({x.dtype})).")
-        if ref is not None and ref.is_floating_point() and x.dtype != ref.dtype:
-            raise ShapeError(f"{name}: input of shape {list(x.shape)} has dtype {x.dtype} but the cell's parameters "
-                             f"are {ref.dtype}; convert one of them (x.to({ref.dtype}) or model.to({x.dtype})).")
 
     def check_state(self, state: Mapping[str, Tensor], batch_size: int) -> None:
         """Raise a :class:`ShapeError` when ``state`` does not match ``state_spec``."""

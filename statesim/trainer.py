@@ -12,7 +12,6 @@ import copy
 import math
 import random
 from collections import deque
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,10 +28,6 @@ from statesim.errors import CheckpointError, TrainingError
 from statesim.model import SequenceModel
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-
-#: Recent losses kept in memory and in checkpoints; the whole trace lives in metrics.jsonl, so memory and
-#: checkpoint size stay flat however long a run is.
-LOSS_WINDOW = 256
 
 #: Recent losses kept in memory and in checkpoints; the whole trace lives in metrics.jsonl, so memory and
 #: checkpoint size stay flat however long a run is.
@@ -87,16 +82,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
-
-
-def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
-    """``torch.Generator`` attributes of every submodule (e.g. a seeded random initial state), by dotted name."""
-    found: dict[str, torch.Generator] = {}
-    for prefix, module in model.named_modules():
-        for attr, value in vars(module).items():
-            if isinstance(value, torch.Generator):
-                found[f"{prefix}.{attr}" if prefix else attr] = value
-    return found
 
 
 def module_generators(model: nn.Module) -> dict[str, torch.Generator]:
@@ -313,8 +298,6 @@ class Trainer:
                 "rng": rng_states(), "order": self.order.get_state(),
                 # Generators a plugin keeps in its modules are part of the exact-resume state too.
                 "generators": {name: gen.get_state() for name, gen in module_generators(self.model).items()},
-                # Generators a plugin keeps in its modules are part of the exact-resume state too.
-                "generators": {name: gen.get_state() for name, gen in module_generators(self.model).items()},
                 "epoch_perm": self.epoch_perm, "epoch_pos": self.epoch_pos,
                 "trainer": {"step": self.step, "nonfinite_steps": self.nonfinite_steps, "norm_mean": self.norm_mean,
                             "clipped_steps": self.clipped_steps,
@@ -351,10 +334,6 @@ class Trainer:
         self.scheduler.base_lrs = list(tree["scheduler"]["base_lrs"])
         set_rng_states(tree["rng"])
         self.order.set_state(tree["order"])
-        generators = module_generators(self.model)
-        for name, gen_state in (tree.get("generators") or {}).items():
-            if name in generators:
-                generators[name].set_state(gen_state.to(torch.uint8))
         generators = module_generators(self.model)
         for name, gen_state in (tree.get("generators") or {}).items():
             if name in generators:
