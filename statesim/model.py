@@ -135,7 +135,12 @@ class SequenceModel(nn.Module):
         return self.topology.state_spec
 
     def _ref(self) -> Tensor:
-        return next(self.parameters())
+        # A model may have no parameters (a fixed dynamical system such as salamander_cpg): use a buffer, else
+        # the defaults, for the device and dtype of its initial state.
+        ref = next(self.parameters(), None)
+        if ref is None:
+            ref = next(self.buffers(), None)
+        return ref if ref is not None else torch.empty(0)
 
     def initial(self, batch_size: int, *, inputs: Tensor | None = None, lengths: Tensor | None = None,
                 encoded: Tensor | None = None, prefix: Tensor | None = None) -> State:
@@ -158,7 +163,7 @@ class SequenceModel(nn.Module):
         if state is None:
             state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded, prefix=prefix)
         decisions = self.__dict__.setdefault("engine_decisions", {})  # which path ran, and why (for the run log)
-        with fastpath.policy(self.fast_path, self.compile_steps), fastpath.record_decisions(decisions):
+        with fastpath.scope(self.fast_path, self.compile_steps, decisions):
             traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)
         if lengths is not None and self.head is not None:
