@@ -1,0 +1,28 @@
+"""A model without trainable parameters (the salamander CPG: buffers only) builds, starts and embeds."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import statesim.embed
+from statesim.config import ModelConfig, resolve
+from statesim.engine import unroll
+from statesim.model import build_model
+
+
+def test_parameter_free_model_gives_its_initial_state_and_steps_embedded_like_the_engine(builtin_host):
+    config = ModelConfig(cell={"type": "salamander_cpg"}, head="none")
+    issues: list = []
+    resolve(config, ("model",), builtin_host.registry, "<test>", {}, issues)
+    assert not issues
+    model = build_model(builtin_host.registry, config, 2, None)
+    assert next(model.parameters(), None) is None
+    state = model.initial(3)  # zeros policy: dtype and device come from the cell's buffers
+    assert all(v.dtype == model.step_cell().W.dtype and not v.any() for v in state.values())
+    sim = statesim.embed.as_embedded(model, batch_size=3)
+    theta = np.random.default_rng(0).uniform(0, 6.28, (3, 20))
+    sim.reset(initial_state={"theta": theta, "r": np.full((3, 20), 0.3), "dr": np.zeros((3, 20))})
+    start = {k: torch.as_tensor(v) for k, v in sim.get_state().items()}
+    drives = torch.tensor([[4.0, 4.0], [2.0, 2.5], [0.5, 0.5]]).expand(30, 3, 2)
+    stepped = np.stack([sim.step(d.numpy()) for d in drives])
+    np.testing.assert_allclose(stepped, unroll(model.step_cell(), drives, start).outputs.numpy(), atol=1e-5)
