@@ -52,7 +52,7 @@ class FastPathError(StatesimError):
 
 
 # --------------------------------------------------------------------------- what cells offer
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FusedForm:
     """A cell whose step is torch's fused ``kernel`` with ``weights`` in torch's order and layout.
 
@@ -72,7 +72,7 @@ class FusedForm:
         return len(self.weights) == 4
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LinearForm:
     """A time-invariant linear cell ``y_t = A x_t + B h_{t-1}``, ``h_t = C x_t + D h_{t-1}``."""
 
@@ -93,20 +93,20 @@ class Request:
     has_lengths: bool
 
 
+#: A prepared fast path: ``run(inputs, state, lengths) -> Result`` and why it was chosen.
+Prepared = tuple[Callable[[Tensor, State, "Tensor | None"], Result], str]
+
+
 class FastPath(Protocol):
     """A whole-sequence replacement for the engine's loop."""
 
     name: str
 
-    def unavailable(self, cell: "Cell", request: Request) -> str | None:
-        """None when the path can run ``cell`` for ``request``, else why not (one short clause)."""
+    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
+        """``(run, why chosen)`` when the path can run ``cell`` for ``request``, else why not (a short clause).
 
-    def describe(self, cell: "Cell") -> str:
-        """Why the path was chosen (one short clause)."""
-
-    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
-            return_states: bool) -> Result:
-        """Compute the unroll."""
+        ``run`` may still raise :class:`Decline` for a reason only the data shows (a zero length).
+        """
 
 
 # --------------------------------------------------------------------------- the fused torch kernels
@@ -182,7 +182,7 @@ class FusedPath:
 
     name = "fused"
 
-    def unavailable(self, cell: "Cell", request: Request) -> str | None:
+    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
         form = cell.fused_form()
         if form is None:
             return "the cell offers no fused form"
@@ -190,17 +190,15 @@ class FusedPath:
             return "every step's state was requested (return_states) and the kernel returns only h"
         if form.kernel not in FUSED_KERNELS:
             return f"no fused kernel named '{form.kernel}' is registered"
-        return None
+        return (lambda inputs, state, lengths: self.run(form, inputs, state, lengths, request.return_states),
+                f"torch's fused '{form.kernel}' kernel with the cell's own parameters")
 
-    def describe(self, cell: "Cell") -> str:
-        return f"torch's fused '{cell.fused_form().kernel}' kernel with the cell's own parameters"
-
-    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
-            return_states: bool) -> Result:
-        form = cell.fused_form()
+    @staticmethod
+    def run(form: FusedForm, inputs: Tensor, state: State, lengths: Tensor | None, return_states: bool) -> Result:
+        """The fused kernel over the sequence; the states are the outputs for h-only kernels."""
         why = fused_incompatibility([[form]], inputs, lengths)
         if why is not None:
-            raise _Decline(why)
+            raise Decline(why)
         outputs, finals = fused_sequence([[form]], inputs, [[state]], lengths)
         final = finals[0][0]
         states = None
@@ -368,20 +366,17 @@ class ScanPath:
 
     name = "scan"
 
-    def unavailable(self, cell: "Cell", request: Request) -> str | None:
+    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
         form = cell.linear_form()
         if form is None:
             return "the cell is not a linear time-invariant system"
-        return None
+        part, want = form.state_part, request.return_states
 
-    def describe(self, cell: "Cell") -> str:
-        return "linear time-invariant cell: blocked scan with the adjoint scan as its gradient"
+        def run(inputs: Tensor, state: State, lengths: Tensor | None) -> Result:
+            outputs, final, states = run_linear(form, inputs, state[part], lengths, want)
+            return outputs, {part: final}, ({part: states} if want else None)
 
-    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
-            return_states: bool) -> Result:
-        form = cell.linear_form()
-        outputs, final, states = run_linear(form, inputs, state[form.state_part], lengths, return_states)
-        return outputs, {form.state_part: final}, ({form.state_part: states} if return_states else None)
+        return run, "linear time-invariant cell: blocked scan with the adjoint scan as its gradient"
 
 
 # --------------------------------------------------------------------------- torch.compile'd loop
@@ -419,16 +414,14 @@ class CompiledPath:
 
     name = "compiled"
 
-    def unavailable(self, cell: "Cell", request: Request) -> str | None:
+    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
         pol = _POLICY.get()
         if pol.mode == "auto" and not pol.compile:
             return "model.compile is off"
         if pol.mode == "auto" and request.steps < COMPILE_CHUNK:
             return f"fewer than {COMPILE_CHUNK} steps (one compiled chunk)"
-        return None
-
-    def describe(self, cell: "Cell") -> str:
-        return f"torch.compile of the cell's step loop, {COMPILE_CHUNK} steps per compiled call"
+        return (lambda inputs, state, lengths: self.run(cell, inputs, state, lengths, request.return_states),
+                f"torch.compile of the cell's step loop, {COMPILE_CHUNK} steps per compiled call")
 
     def details(self, cell: "Cell") -> dict[str, Any]:
         """The compile time of a chunk function compiled by the last run, once."""
@@ -515,6 +508,36 @@ def policy(mode: str | None = "auto", compile: bool | None = None) -> Iterator[P
         _POLICY.reset(token)
 
 
+class scope:  # noqa: N801 - used like the context managers above
+    """Policy and decision recorder of one model's forward in one cheap context (see SequenceModel.forward).
+
+    ``mode``/``compile`` None keep the surrounding policy; ``sink`` receives the decisions.
+    """
+
+    __slots__ = ("policy", "sink", "tokens")
+
+    def __init__(self, mode: str | None, compile: bool | None, sink: dict) -> None:
+        self.policy, self.sink, self.tokens = (mode, compile), sink, ()
+
+    def __enter__(self) -> "scope":
+        mode, compile = self.policy
+        outer = _POLICY.get()
+        token = None
+        if (mode is not None and mode != outer.mode) or (compile is not None and compile != outer.compile):
+            if mode is not None and mode not in known_modes():
+                raise FastPathError(f"unknown fast path '{mode}'; choose one of {', '.join(known_modes())}.")
+            token = _POLICY.set(Policy(outer.mode if mode is None else mode,
+                                       outer.compile if compile is None else bool(compile)))
+        self.tokens = (token, _RECORDERS.set(_RECORDERS.get() + (self.sink,)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        policy_token, recorder_token = self.tokens
+        _RECORDERS.reset(recorder_token)
+        if policy_token is not None:
+            _POLICY.reset(policy_token)
+
+
 @contextmanager
 def record_decisions(into: dict | None = None) -> Iterator[dict]:
     """Collect every path decision made inside the block: ``{(cell, path, reason): info}``."""
@@ -543,20 +566,20 @@ def summarize(decisions: dict) -> list[dict[str, Any]]:
             for (cell, path, reason), info in decisions.items()]
 
 
-class _Decline(Exception):
-    """Raised by a path's ``run`` when a data-dependent check fails (e.g. a zero length)."""
+class Decline(Exception):
+    """Raised by a prepared path's ``run`` when a data-dependent check fails (e.g. a zero length)."""
 
 
 def _candidates(mode: str) -> list[FastPath]:
     return [p for p in FAST_PATHS if p.name == mode] if mode != "auto" else list(FAST_PATHS)
 
 
-def _unavailable(path: FastPath, cell: "Cell", request: Request) -> str | None:
+def _prepare(path: FastPath, cell: "Cell", request: Request) -> "Prepared | str":
     if request.forces_state:
         return "a clamp on a state part needs every step"
     if request.steps == 0:
         return "the sequence is empty"
-    return path.unavailable(cell, request)
+    return path.prepare(cell, request)
 
 
 def dispatch(cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None, *, forces_state: bool,
@@ -572,16 +595,20 @@ def dispatch(cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
     request = Request(inputs.shape[0], forces_state, return_states, lengths is not None)
     reasons = []
     for path in _candidates(mode):
-        why = _unavailable(path, cell, request)
-        if why is None:
+        prepared = _prepare(path, cell, request)
+        if isinstance(prepared, str):
+            why = prepared
+        else:
             try:
-                result = path.run(cell, inputs, state, lengths, return_states)
-            except _Decline as exc:
+                result = prepared[0](inputs, state, lengths)
+            except Decline as exc:
                 why = str(exc)
             else:
-                details = getattr(path, "details", lambda c: {})(cell)
-                for info in _record(cell, path.name, path.describe(cell)):
-                    info.update(details)
+                infos = _record(cell, path.name, prepared[1])
+                if infos and hasattr(path, "details"):
+                    details = path.details(cell)
+                    for info in infos:
+                        info.update(details)
                 return result, path.name
         reasons.append(f"{path.name}: {why}")
         if mode != "auto":
@@ -603,10 +630,10 @@ def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = F
     request = Request(COMPILE_CHUNK, forces_state, return_states, has_lengths)
     reasons = []
     for path in _candidates(pol.mode):
-        why = _unavailable(path, cell, request)
-        if why is None:
-            return path.name, path.describe(cell)
-        reasons.append(f"{path.name}: {why}")
+        prepared = _prepare(path, cell, request)
+        if not isinstance(prepared, str):
+            return path.name, prepared[1]
+        reasons.append(f"{path.name}: {prepared}")
     return loop, "; ".join(reasons) or "no fast path is registered"
 
 

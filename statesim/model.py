@@ -163,7 +163,7 @@ class SequenceModel(nn.Module):
         if state is None:
             state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded, prefix=prefix)
         decisions = self.__dict__.setdefault("engine_decisions", {})  # which path ran, and why (for the run log)
-        with fastpath.policy(self.fast_path, self.compile_steps), fastpath.record_decisions(decisions):
+        with fastpath.scope(self.fast_path, self.compile_steps, decisions):
             traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)
         if lengths is not None and self.head is not None:

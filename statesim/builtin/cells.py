@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from statesim.builtin import numpy_kernels
 from statesim.cell import Cell, CellParams, NumpyStep, State
+from statesim.fastpath import FusedForm, LinearForm
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 
@@ -31,8 +32,6 @@ def _uniform_(params: list[nn.Parameter], hidden_size: int) -> None:
 
 def _fused(cell: Cell, kernel: str, parts: tuple[str, ...]) -> "FusedForm":
     """The cell's own parameters, in torch's order, as the fused ``kernel``'s weights."""
-    from statesim.fastpath import FusedForm
-
     weights = (cell.weight_ih, cell.weight_hh) if cell.bias_ih is None else \
         (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
     return FusedForm(kernel, weights, cell.hidden_size, parts)
@@ -83,8 +82,6 @@ class LinearCell(Cell):
         return self._output_size
 
     def linear_form(self) -> "LinearForm":
-        from statesim.fastpath import LinearForm
-
         return LinearForm(self.A, self.B, self.C, self.D)
 
     def project_inputs(self, inputs: Tensor) -> Tensor:
