@@ -17,7 +17,7 @@ import numpy as np
 
 
 def frame_strip(qpos: np.ndarray, times: list[float], xml: str, out: Path, *, width: int = 320,
-                height: int = 240, timeout: float = 120.0) -> dict[str, Any]:
+                height: int = 240, timeout: float = 60.0) -> dict[str, Any]:
     """Render the poses ``qpos [F, nq]`` into one PNG strip at ``out``; says which backend worked, or why none did."""
     out = Path(out)
     work = out.with_suffix(".frames.npz")
