@@ -76,5 +76,17 @@ def test_tiny_salamander_run_end_to_end(tmp_path):
     for name in ("learned_vs_true", "frequency_vs_drive", "phase_lag_profile", "steering_inputs",
                  "steering_neurons", "pca_limit_cycles", "ablation_map"):
         assert (run_dir / "plots" / f"{name}.png").is_file()
+    # the input layout a host embedding the trained model relies on, checked against the saved weights
+    layout = results["model_inputs"]
+    assert layout["drives"] == {"d_L": 0, "d_R": 1} and layout["observations_during_warmup"] == [2, 13]
+    assert layout["warmup_flag"] == 14 and layout["size"] == 15
+    from statesim.checkpoint import latest_good_checkpoint
+
+    tree, _ = latest_good_checkpoint(run_dir / "checkpoints" / "main")
+    assert tree["model"]["topology.cell.weight_ih"].shape[1] == layout["size"]
+    speed = results["steering"]["neurons"]["speed"]
+    assert {"frequency_clamped_held", "pass", "pass_against_unclamped"} <= set(speed)
+    assert len(speed["units"]) <= 12
+    assert results["analysis"]["pca"]["state_parts"] == ["h"]  # an LSTM cell outputs its h
     report = (run_dir / "report.md").read_text()
     assert "## Targets" in report and "plots/pca_limit_cycles.png" in report

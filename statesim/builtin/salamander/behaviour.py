@@ -26,6 +26,11 @@ class DriveRecipe:
     held_out: tuple[float, ...] = ()
     held_out_width: float = 0.1
     levels: tuple[float, ...] = ()  # when given, plateau means are drawn from these only
+    # Drives where the behaviour changes abruptly (the CPG's saturation borders): a share of the plateaus is
+    # drawn within edge_width of one of them, so the sharp transitions are seen often enough to be learned.
+    edges: tuple[float, ...] = ()
+    edge_probability: float = 0.0
+    edge_width: float = 0.3
 
 
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
@@ -36,8 +41,12 @@ def _level(gen: torch.Generator, recipe: DriveRecipe) -> float:
     """A drive level outside every held-out band (so evaluation levels are never trained on as plateaus)."""
     if recipe.levels:
         return recipe.levels[int(torch.randint(len(recipe.levels), (), generator=gen))]
+    low, high = recipe.drive_range
+    if recipe.edges and float(torch.rand((), generator=gen)) < recipe.edge_probability:
+        edge = recipe.edges[int(torch.randint(len(recipe.edges), (), generator=gen))]
+        low, high = max(low, edge - recipe.edge_width), min(high, edge + recipe.edge_width)
     for _ in range(1000):
-        value = _uniform(gen, *recipe.drive_range)
+        value = _uniform(gen, low, high)
         if all(abs(value - h) > recipe.held_out_width for h in recipe.held_out):
             return value
     raise ValueError("the held-out drive bands cover the whole drive range")
@@ -87,3 +96,13 @@ def simulate(cpg: SalamanderCPG, drives: Tensor, state: State | None = None, *, 
     out = unroll(cpg64, drives.double(), state, forcing=forcing).outputs
     cpg.float()
     return out.float()
+
+
+def mirror(drives: Tensor, outputs: Tensor, segments: int) -> tuple[Tensor, Tensor]:
+    """The left-right mirror image of a run: d_L and d_R swapped, body angles negated, limbs LF<->RF, LH<->RH.
+
+    The CPG is left-right symmetric, so the mirror image of a CPG run is itself a CPG run (from the mirrored
+    initial state); training on both halves the data asymmetries a learned model could pick up.
+    """
+    body, limbs = outputs[..., :segments], outputs[..., segments:]
+    return drives[..., [1, 0]], torch.cat([-body, limbs[..., [1, 0, 3, 2]]], -1)

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field, model_validator
 
 from statesim.builtin.salamander import signals
-from statesim.builtin.salamander.behaviour import DriveRecipe, canonical_state, drive_schedule, simulate
+from statesim.builtin.salamander.behaviour import DriveRecipe, canonical_state, drive_schedule, mirror, simulate
 from statesim.builtin.salamander.cpg import SalamanderCPG, SalamanderCPGParams
 from statesim.data import DataSplits, SequenceData
 from statesim.forcing import Clamp, Forcing, forcing_from_config
@@ -44,8 +44,17 @@ class SalamanderParams(ScenarioParams):
     trajectory_seconds: tuple[float, float] = Field((20.0, 40.0), description="length range of a trajectory, s")
     segment_seconds: tuple[float, float] = Field((3.0, 9.0), description="length range of a drive plateau, s")
     ramp_probability: float = Field(0.4, ge=0, le=1, description="chance that a plateau is reached by a ramp")
-    turn_probability: float = Field(0.4, ge=0, le=1, description="chance that a plateau has d_L != d_R")
-    max_turn: float = Field(1.0, ge=0, description="largest |d_L - d_R| of a turning plateau")
+    turn_probability: float = Field(0.5, ge=0, le=1, description="chance that a plateau has d_L != d_R")
+    max_turn: float = Field(1.5, ge=0, description="largest |d_L - d_R| of a turning plateau")
+    edge_levels: list[float] = Field([1.0, 3.0, 5.0], description="drives where the behaviour changes abruptly "
+                                     "(stop/walk, walk/swim, swim/stop); some plateaus are drawn near them")
+    edge_probability: float = Field(0.35, ge=0, le=1, description="chance that a plateau is drawn near an edge level")
+    edge_width: float = Field(0.3, gt=0, description="half-width of the band around an edge level that "
+                                                     "plateaus are drawn from (held-out bands still excluded)")
+    mirror: bool = Field(True, description="also train on the left-right mirror image of every training "
+                                           "trajectory (the CPG is left-right symmetric)")
+    offset_loss_weight: float = Field(10.0, ge=0, description="weight of the loss on each output's mean over the "
+                                      "scored part of a window (the small left-right offset that turns the body)")
     window_seconds: float = Field(5.0, gt=0, description="length of a training window cut from a trajectory, s")
     window_stride_seconds: float = Field(2.5, gt=0, description="stride between training windows, s")
     warmup_seconds: float = Field(1.0, ge=0, description="observation warm-up at the start of every window, s")
@@ -59,7 +68,8 @@ class SalamanderParams(ScenarioParams):
     measure_seconds: float = Field(20.0, gt=0, description="window at the end of a run where metrics are read, s")
     steer_base: tuple[float, float] = Field((2.0, 2.0), description="drives of the steering run outside clamps")
     steer_seconds: float = Field(70.0, gt=0, description="length of the steering run, s")
-    forced_units: int = Field(4, gt=0, description="hidden units clamped for neuron steering, per purpose")
+    forced_units: int = Field(4, gt=0, description="most hidden units clamped for neuron steering, per purpose "
+                                                   "(the best set size up to this is chosen by a clamp sweep)")
     ablation_seconds: float = Field(15.0, gt=0, description="run length per unit ablation, s")
     ablation_drives: list[float] = Field([2.0, 4.0], description="drives of the ablation runs (walk, swim)")
     still_threshold: float = Field(0.05, gt=0, description="body amplitude (rad) below which the body counts as still")
@@ -111,6 +121,32 @@ def gait_metrics(out: np.ndarray, dt: float, n: int) -> dict[str, Any]:
     return {"frequency": f, "amplitude": amp, "offset": offset, "lags": lags, "limb_amplitude": signals.amplitude(limbs)}
 
 
+def offset_weighted_loss(weight: float):
+    """MSE plus ``weight`` x the squared error of each output's mean over the scored steps of a window.
+
+    The turning offset (~0.065 rad per unit of d_L - d_R) is tiny next to the oscillation (~0.7 rad), so
+    plain MSE barely rewards it; the window mean isolates it (and any other slow component).
+    """
+    def loss(outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        w = mask.unsqueeze(-1).to(outputs.dtype)
+        count = w.sum(0).clamp_min(1)
+        base = ((outputs - targets) ** 2 * w).sum() / (w.sum() * outputs.shape[-1]).clamp_min(1)
+        if weight == 0:
+            return base
+        mean_error = ((outputs - targets) * w).sum(0) / count  # [B, O]
+        return base + weight * (mean_error ** 2).mean()
+    return loss
+
+
+def rotation_frequency(plane: np.ndarray, dt: float) -> float:
+    """Turns per second of a trajectory ``[T, 2]`` around its centre: slope of the unwrapped angle (least squares)."""
+    centred = plane - plane.mean(0)
+    angle = np.unwrap(np.arctan2(centred[:, 1], centred[:, 0]))
+    t = np.arange(len(angle)) * dt
+    slope = np.polyfit(t, angle, 1)[0]
+    return float(abs(slope) / (2 * math.pi))
+
+
 def _f(value: float | None, digits: int = 4) -> float | None:
     if value is None or not np.isfinite(value):
         return None
@@ -129,6 +165,21 @@ def state_units(model: SequenceModel) -> list[str]:
     return [name for name, shape in spec.items() if shape == (width,)]
 
 
+def activity_parts(model: SequenceModel) -> list[str]:
+    """State parts that hold the cell's output (the units' activity the readout sees); all unit parts if none does."""
+    parts = state_units(model)
+    cell = model.step_cell()
+    weight = next(cell.parameters(), None)
+    like = {"dtype": weight.dtype, "device": weight.device} if weight is not None else {}
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, cell.input_size, generator=gen).to(**like)
+    state = {k: torch.randn(2, *shape, generator=gen).to(**like) for k, shape in cell.state_spec.items()}
+    with torch.no_grad():
+        y, new = cell(x, state)
+    same = [k for k in parts if k in new and new[k].shape == y.shape and torch.equal(new[k], y)]
+    return same or parts
+
+
 # --------------------------------------------------------------------------- the scenario
 class Salamander(Scenario):
     """Learn, steer and analyse an RNN model of salamander locomotion generated by a spinal CPG."""
@@ -142,7 +193,9 @@ class Salamander(Scenario):
         gen = torch.Generator().manual_seed(seed)
         recipe = DriveRecipe(seconds=p.trajectory_seconds, segment_seconds=p.segment_seconds,
                              ramp_probability=p.ramp_probability, turn_probability=p.turn_probability,
-                             max_turn=p.max_turn, held_out=tuple(p.eval_levels), held_out_width=p.held_out_width)
+                             max_turn=p.max_turn, held_out=tuple(p.eval_levels), held_out_width=p.held_out_width,
+                             edges=tuple(p.edge_levels), edge_probability=p.edge_probability,
+                             edge_width=p.edge_width)
         longest = _steps(p.trajectory_seconds[1], dt)
         warmup, window, stride = _steps(p.warmup_seconds, dt), _steps(p.window_seconds, dt), \
             _steps(p.window_stride_seconds, dt)
@@ -165,7 +218,12 @@ class Salamander(Scenario):
                     ys.append(y)
             return SequenceData(torch.cat(xs, 1), torch.cat(ys, 1))
 
-        train = windows(*trajectories(p.train_trajectories, recipe))
+        drives, observed, lengths = trajectories(p.train_trajectories, recipe)
+        if p.mirror:
+            flipped = mirror(drives, observed, cpg.p.segments)
+            drives, observed, lengths = torch.cat([drives, flipped[0]], 1), torch.cat([observed, flipped[1]], 1), \
+                lengths * 2
+        train = windows(drives, observed, lengths)
         val = windows(*trajectories(p.val_trajectories, recipe)) if p.val_trajectories else None
         test_recipe = DriveRecipe(seconds=p.trajectory_seconds, segment_seconds=p.segment_seconds,
                                   ramp_probability=p.ramp_probability, turn_probability=p.turn_probability,
@@ -205,8 +263,13 @@ class Salamander(Scenario):
         model = ctx.build_model(None, data.train.inputs.shape[-1], cpg.output_size)
         ctx.echo(f"salamander: {extra['info']['train_windows']} training windows of "
                  f"{extra['info']['window_steps']} steps; training {type(model.step_cell()).__name__}")
-        train = ctx.train(model, data)
-        results: dict[str, Any] = {"data": extra["info"], "final_loss": _f(train.final_loss, 6),
+        train = ctx.train(model, data, loss_fn=offset_weighted_loss(p.offset_loss_weight))
+        outputs = cpg.output_size
+        layout = {"size": N_DRIVES + outputs + 1, "drives": {"d_L": 0, "d_R": 1},
+                  "observations_during_warmup": [N_DRIVES, N_DRIVES + outputs - 1], "warmup_flag": N_DRIVES + outputs,
+                  "warmup_steps": warmup, "outputs": cpg.output_names(),
+                  "note": "after the warm-up the observation units and the flag are 0; the RNN runs on the drives"}
+        results: dict[str, Any] = {"model_inputs": layout, "data": extra["info"], "final_loss": _f(train.final_loss, 6),
                                    "best_val_loss": _f(train.best_val_loss, 6)}
         figures: dict[str, str] = {}
 
@@ -216,7 +279,7 @@ class Salamander(Scenario):
         self.plot_evaluation(ctx, ev, figures)
         results["steering"] = {"input": self.steer_inputs(ctx, model, cpg, warmup, figures),
                                "neurons": self.steer_neurons(ctx, model, cpg, warmup, figures)}
-        results["analysis"] = {"pca": self.pca_analysis(ctx, ev, figures),
+        results["analysis"] = {"pca": self.pca_analysis(ctx, ev, figures, activity_parts(model)),
                                "ablation": self.ablation(ctx, model, cpg, warmup, figures)}
         results["targets_met"] = {k: v["pass"] for k, v in results["evaluation"]["targets"].items()}
         self.write_report(ctx, results, figures)
@@ -422,128 +485,220 @@ class Salamander(Scenario):
     # ------------------------------------------------------------------ 3b. neuron forcing
     def steer_neurons(self, ctx: RunContext, model: SequenceModel, cpg: SalamanderCPG, warmup: int,
                       figures: dict[str, str]) -> dict[str, Any]:
-        """Pick units tied to drive level and to asymmetry by correlation, clamp them, measure speed and turning."""
+        """Pick the units that steer speed and turning by a clamp sweep, clamp them together, measure the effect.
+
+        Every hidden unit (each unit of each state part) is clamped alone, in one batched run, to its cycle
+        mean observed at a target drive (fast/slow: 4.5/3.5; left/right: (4.4, 3.6)/(3.6, 4.4)) while the
+        inputs stay at 4.0. The units whose single clamp moves frequency (or the mean body angle) furthest
+        the intended way are chosen; the chosen set is then clamped together on a fresh run.
+        """
         p, dt, n = self.params, cpg.p.dt, cpg.p.segments
         parts = state_units(model)
-        means_grid = [3.5, 3.75, 4.0, 4.25, 4.5]
-        deltas = [-0.8, 0.0, 0.8]
-        pairs = [(m + d / 2, m - d / 2) for m in means_grid for d in deltas]
-        steps = _steps(30.0, dt)
-        drives = torch.tensor(pairs, dtype=torch.float32).unsqueeze(0).expand(steps, -1, -1).contiguous()
-        truth = self.cpg_run(cpg, drives, ctx.config.seed + 3)
-        _, states = self.run_model(model, drives, truth, warmup, return_states=True)
-        tail = slice(steps - _steps(15.0, dt), steps)
-        feats = torch.cat([states[k][tail] for k in parts], -1).double()  # [T, B, U]
-        unit_mean, unit_osc = feats.mean(0), feats.std(0).mean(0)  # [B, U], [U]
-        level = torch.tensor([m for m in means_grid for _ in deltas], dtype=torch.float64)
-        asym = torch.tensor([d for _ in means_grid for d in deltas], dtype=torch.float64)
-
-        def score(target: torch.Tensor) -> torch.Tensor:
-            x = unit_mean - unit_mean.mean(0)
-            y = target - target.mean()
-            corr = (x * y[:, None]).sum(0) / (x.norm(dim=0) * y.norm() + 1e-12)
-            tonic = x.std(0) / (x.std(0) + unit_osc + 1e-12)  # prefer units whose level, not rhythm, carries it
-            return corr.abs() * tonic, corr
-
-        width = states[parts[0]].shape[-1]
+        width = model.state_spec[parts[0]][0]
         names = [(part, u) for part in parts for u in range(width)]
-        results: dict[str, Any] = {"state_parts": parts}
-        base_pair = (4.0, 4.0)
-        exp_steps = _steps(25.0, dt)
-        base = torch.tensor(base_pair).view(1, 1, 2).expand(exp_steps, 1, 2).contiguous()
-        base_truth = self.cpg_run(cpg, base, ctx.config.seed + 4)
+        total = len(names)
+        conditions = {"base": (4.0, 4.0), "fast": (4.5, 4.5), "slow": (3.5, 3.5), "left": (4.4, 3.6),
+                      "right": (3.6, 4.4)}
+        keys = list(conditions)
+        steps, tail = _steps(30.0, dt), _steps(15.0, dt)
+        drives = torch.tensor([conditions[k] for k in keys]).unsqueeze(0).expand(steps, -1, -1).contiguous()
+        truth = self.cpg_run(cpg, drives, ctx.config.seed + 3)
+        out, states = self.run_model(model, drives, truth, warmup, return_states=True)
+        feats = torch.cat([states[k][steps - tail:] for k in parts], -1)  # [T, C, units]
+        target = dict(zip(keys, feats.mean(0)))  # cycle mean of every unit at each condition
+        by_input = {k: gait_metrics(out[steps - tail:, i].numpy(), dt, n) for i, k in enumerate(keys)}
 
-        def clamp_to(units: list[int], condition: int) -> Forcing:
-            clamps = []
-            for part in parts:
-                chosen = [u for u in units if names[u][0] == part]
-                if chosen:
-                    value = unit_mean[condition, chosen].float()
-                    clamps.append(Clamp(part, value, [names[u][1] for u in chosen], start=warmup))
-            return Forcing(clamps)
+        def forcing(values: torch.Tensor) -> Forcing:
+            """Per-sample clamps ``values [B, units]`` (NaN: leave the unit free) split into the state parts."""
+            return Forcing([Clamp(part, values[:, j * width:(j + 1) * width], None, start=warmup)
+                            for j, part in enumerate(parts)])
 
-        def measure(forcing: Forcing | None) -> tuple[dict[str, Any], np.ndarray]:
-            out, _ = self.run_model(model, base, base_truth, warmup, forcing=forcing)
-            window = out[exp_steps - _steps(15.0, dt):, 0].numpy()
-            return gait_metrics(window, dt, n), out[:, 0, 0].numpy()
+        def run_clamped(values: torch.Tensor, seconds: float, measure: float, seed: int
+                        ) -> tuple[list[dict[str, Any]], torch.Tensor]:
+            count, run_steps = values.shape[0], _steps(seconds, dt)
+            base = torch.tensor(conditions["base"]).view(1, 1, 2).expand(run_steps, count, 2).contiguous()
+            obs = self.cpg_run(cpg, base[:, :1], seed).expand(-1, count, -1)
+            out, _ = self.run_model(model, base, obs, warmup, forcing=forcing(values))
+            window = out[run_steps - _steps(measure, dt):]
+            return [gait_metrics(window[:, b].numpy(), dt, n) for b in range(count)], out[:, :, 0]
 
-        baseline, base_trace = measure(None)
-        speed_score, speed_corr = score(level)
-        speed_units = speed_score.argsort(descending=True)[:p.forced_units].tolist()
-        slow_cond, fast_cond = pairs.index((3.5, 3.5)), pairs.index((4.5, 4.5))
-        slow, slow_trace = measure(clamp_to(speed_units, slow_cond))
-        fast, fast_trace = measure(clamp_to(speed_units, fast_cond))
-        turn_score, turn_corr = score(asym)
-        turn_units = turn_score.argsort(descending=True)[:p.forced_units].tolist()
-        left_cond, right_cond = pairs.index((4.4, 3.6)), pairs.index((3.6, 4.4))
-        left, _ = measure(clamp_to(turn_units, left_cond))
-        right, _ = measure(clamp_to(turn_units, right_cond))
+        # 1. the sweep: sample 1 + j * units + u clamps unit u alone to its value at sweep condition j
+        sweep = ["fast", "slow", "left", "right"]
+        values = torch.full((1 + len(sweep) * total, total), float("nan"))
+        for j, key in enumerate(sweep):
+            rows = 1 + j * total + torch.arange(total)
+            values[rows, torch.arange(total)] = target[key]
+        metrics, _ = run_clamped(values, 20.0, 10.0, ctx.config.seed + 4)
+        free = metrics[0]
+        grid = {key: metrics[1 + j * total:1 + (j + 1) * total] for j, key in enumerate(sweep)}
+        # a clamp that stops the rhythm steers nothing: keep units whose clamps leave most of the amplitude
+        alive = np.array([min(grid[k][u]["amplitude"] for k in sweep) > 0.5 * free["amplitude"]
+                          for u in range(total)])
+        speed_effect = np.array([grid["fast"][u]["frequency"] - grid["slow"][u]["frequency"] for u in range(total)])
+        turn_effect = np.array([grid["left"][u]["offset"] - grid["right"][u]["offset"] for u in range(total)])
 
-        def unit_list(units: list[int], corr: torch.Tensor) -> list[dict[str, Any]]:
-            return [{"part": names[u][0], "unit": names[u][1], "correlation": _f(float(corr[u]), 3)} for u in units]
+        ranked = {what: [int(u) for u in np.argsort(-effect) if alive[u] and effect[u] > 0][:p.forced_units]
+                  for what, effect in (("speed", speed_effect), ("turn", turn_effect))}
+        # single-unit effects do not simply add up (many clamps at once can stop the rhythm): clamp the top k
+        # together for every k, in one batched run, and keep the k that steers furthest both ways. The control
+        # holds the same units at their own values at d = 4.0, so only the clamped value differs.
+        sides = {"speed": ("fast", "base", "slow"), "turn": ("left", "base", "right")}
+        plan = [(what, k, key) for what, keys in sides.items() for k in range(1, len(ranked[what]) + 1)
+                for key in keys]
+        values = torch.full((1 + len(plan), total), float("nan"))
+        for b, (what, k, key) in enumerate(plan, start=1):
+            units = ranked[what][:k]
+            values[b, units] = target[key][units]
+        metrics, _ = run_clamped(values, 20.0, 10.0, ctx.config.seed + 4)
+        free = metrics[0]
+        score: dict[str, dict[int, float]] = {"speed": {}, "turn": {}}
+        for b in range(1, len(plan), 3):
+            (what, k, _), up, held, down = plan[b - 1], metrics[b], metrics[b + 1], metrics[b + 2]
+            if min(up["amplitude"], held["amplitude"], down["amplitude"]) > 0.5 * free["amplitude"]:
+                key = "frequency" if what == "speed" else "offset"
+                score[what][k] = min(up[key] - held[key], held[key] - down[key])  # the smaller of the two moves
+        chosen = {what: ranked[what][:max(score[what], key=score[what].get)] if score[what] else ranked[what][:1]
+                  for what in score}
+        speed_units, turn_units = chosen["speed"], chosen["turn"]
 
+        # 2. the chosen sets clamped together, on a fresh run from other initial phases
+        plan = [("base", []), ("base", speed_units), ("fast", speed_units), ("slow", speed_units),
+                ("base", turn_units), ("left", turn_units), ("right", turn_units)]
+        values = torch.full((len(plan), total), float("nan"))
+        for b, (key, units) in enumerate(plan):
+            if units:
+                values[b, units] = target[key][units]
+        final, traces = run_clamped(values, 25.0, 15.0, ctx.config.seed + 5)
+        base, held_speed, fast, slow, held_turn, left, right = final
+
+        def unit_list(units: list[int], effect: np.ndarray, what: str, a: str, b: str) -> list[dict[str, Any]]:
+            return [{"part": names[u][0], "unit": names[u][1], f"single_clamp_{what}": _f(float(effect[u])),
+                     "value_difference": _f(float(target[a][u] - target[b][u]), 3)} for u in units]
+
+        input_speed = by_input["fast"]["frequency"] - by_input["slow"]["frequency"]
+        input_turn = by_input["left"]["offset"] - by_input["right"]["offset"]
+        speed_hz, turn_rad = fast["frequency"] - slow["frequency"], left["offset"] - right["offset"]
+        results: dict[str, Any] = {
+            "state_parts": parts, "candidates": total, "rhythm_preserving_candidates": int(alive.sum()),
+            "set_size_effects": {what: {str(k): _f(v) for k, v in sc.items()} for what, sc in score.items()},
+            "method": "each unit clamped alone (batched run, NaN = free) to its cycle mean at the target drive; "
+                      "units ranked by the single-clamp effect; the top k clamped together for k = 1.."
+                      f"{p.forced_units}, keeping the k that moves the output furthest both ways from the same "
+                      "units held at their d = 4.0 values (the control) and leaves the rhythm; that set measured "
+                      "again on a fresh run from other initial phases; pass: up > held > down"}
         results["speed"] = {
-            "units": unit_list(speed_units, speed_corr), "input_drive": list(base_pair),
-            "frequency_base": _f(baseline["frequency"]), "frequency_clamped_slow": _f(slow["frequency"]),
-            "frequency_clamped_fast": _f(fast["frequency"]),
-            "effect_hz": {"fast_minus_base": _f(fast["frequency"] - baseline["frequency"]),
-                          "slow_minus_base": _f(slow["frequency"] - baseline["frequency"])},
-            "reference_input_effect_hz": {"cpg_4.5_minus_4.0": 0.1, "cpg_3.5_minus_4.0": -0.1},
-            "amplitude_base": _f(baseline["amplitude"]), "amplitude_clamped_fast": _f(fast["amplitude"]),
-            "pass": bool(fast["frequency"] > baseline["frequency"] > slow["frequency"] > 0)}
+            "units": unit_list(speed_units, speed_effect, "effect_hz", "fast", "slow"), "input_drive": [4.0, 4.0],
+            "clamp_values_from": {"fast": [4.5, 4.5], "slow": [3.5, 3.5]},
+            "frequency_base": _f(base["frequency"]), "frequency_clamped_held": _f(held_speed["frequency"]),
+            "frequency_clamped_slow": _f(slow["frequency"]), "frequency_clamped_fast": _f(fast["frequency"]),
+            "effect_hz": {"fast_minus_held": _f(fast["frequency"] - held_speed["frequency"]),
+                          "slow_minus_held": _f(slow["frequency"] - held_speed["frequency"]),
+                          "fast_minus_slow": _f(speed_hz),
+                          "fast_minus_unclamped": _f(fast["frequency"] - base["frequency"]),
+                          "slow_minus_unclamped": _f(slow["frequency"] - base["frequency"])},
+            "input_effect_hz": {"rnn_4.5_minus_3.5": _f(input_speed), "cpg_4.5_minus_3.5": 0.2},
+            "fraction_of_input_effect": _f(speed_hz / input_speed) if input_speed else None,
+            "amplitude_base": _f(base["amplitude"]), "amplitude_clamped_fast": _f(fast["amplitude"]),
+            "amplitude_clamped_slow": _f(slow["amplitude"]),
+            "pass": bool(fast["frequency"] > held_speed["frequency"] > slow["frequency"] > 0),
+            "pass_against_unclamped": bool(fast["frequency"] > base["frequency"] > slow["frequency"] > 0)}
         results["turning"] = {
-            "units": unit_list(turn_units, turn_corr), "input_drive": list(base_pair),
-            "offset_base": _f(baseline["offset"]), "offset_clamped_left": _f(left["offset"]),
-            "offset_clamped_right": _f(right["offset"]),
-            "effect_rad": _f(left["offset"] - right["offset"]),
-            "reference_input_effect_rad": _f(0.065 * 0.8 * 2),
-            "pass": bool(left["offset"] > baseline["offset"] > right["offset"])}
+            "units": unit_list(turn_units, turn_effect, "effect_rad", "left", "right"), "input_drive": [4.0, 4.0],
+            "clamp_values_from": {"left": [4.4, 3.6], "right": [3.6, 4.4]},
+            "offset_base": _f(base["offset"]), "offset_clamped_held": _f(held_turn["offset"]),
+            "offset_clamped_left": _f(left["offset"]), "offset_clamped_right": _f(right["offset"]),
+            "effect_rad": _f(turn_rad),
+            "input_effect_rad": {"rnn_left_minus_right": _f(input_turn), "cpg_expected": _f(0.065 * 0.8 * 2)},
+            "fraction_of_input_effect": _f(turn_rad / input_turn) if input_turn else None,
+            "pass": bool(left["offset"] > held_turn["offset"] > right["offset"]),
+            "pass_against_unclamped": bool(left["offset"] > base["offset"] > right["offset"])}
         if ctx.plots_enabled:
             import matplotlib.pyplot as plt
 
-            t = np.arange(exp_steps) * dt
-            fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
-            sl = slice(exp_steps - _steps(6.0, dt), exp_steps)
-            a.plot(t[sl], base_trace[sl], "k", label=f"no clamp ({baseline['frequency']:.2f} Hz)")
-            a.plot(t[sl], slow_trace[sl], "C0", label=f"speed units at d=3.5 values ({slow['frequency']:.2f} Hz)")
-            a.plot(t[sl], fast_trace[sl], "C3", label=f"speed units at d=4.5 values ({fast['frequency']:.2f} Hz)")
-            a.set(title="speed: clamping drive-tied units (input fixed at 4.0)", xlabel="time (s)",
+            run_steps = traces.shape[0]
+            t = np.arange(run_steps) * dt
+            fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.2), gridspec_kw={"width_ratios": [2, 1, 1.4]})
+            sl = slice(run_steps - _steps(6.0, dt), run_steps)
+            a.plot(t[sl], traces[sl, 0], "0.6", label=f"no clamp ({base['frequency']:.2f} Hz)")
+            a.plot(t[sl], traces[sl, 1], "k",
+                   label=f"speed units at d=4.0 values ({held_speed['frequency']:.2f} Hz)")
+            a.plot(t[sl], traces[sl, 3], "C0", label=f"speed units at d=3.5 values ({slow['frequency']:.2f} Hz)")
+            a.plot(t[sl], traces[sl, 2], "C3", label=f"speed units at d=4.5 values ({fast['frequency']:.2f} Hz)")
+            a.set(title=f"speed: clamping {len(speed_units)} units (input fixed at 4.0)", xlabel="time (s)",
                   ylabel="body joint 1 (rad)")
             a.legend(fontsize=7)
-            labels = ["clamp right", "no clamp", "clamp left"]
-            b.bar(labels, [right["offset"], baseline["offset"], left["offset"]], color=["C0", "0.5", "C3"])
+            b.bar(["no clamp", "at right-turn\nvalues", "at d=4.0\nvalues", "at left-turn\nvalues"],
+                  [base["offset"], right["offset"], held_turn["offset"], left["offset"]], color=["0.8", "C0", "k", "C3"])
             b.axhline(0, color="k", lw=0.8)
-            b.set(title="turning: clamping asymmetry-tied units (input symmetric)", ylabel="mean body angle (rad)")
+            b.set(title=f"turning: clamping {len(turn_units)} units", ylabel="mean body angle (rad)")
+            order = np.argsort(-speed_effect)
+            c.plot(speed_effect[order], ".-", color="C1", label="speed: f(fast value) - f(slow value), Hz")
+            c.plot(np.sort(turn_effect)[::-1] * 10, ".-", color="C2",
+                   label="turn: offset(left) - offset(right), x10 rad")
+            c.axhline(0, color="k", lw=0.8)
+            c.set(title="single-unit clamp sweep (sorted)", xlabel="rank of unit", ylabel="effect")
+            c.legend(fontsize=7)
             figures["steering_neurons"] = self._save(ctx, fig, "steering_neurons")
         return results
 
     # ------------------------------------------------------------------ 4. analysis
-    def pca_analysis(self, ctx: RunContext, ev: dict[str, Any], figures: dict[str, str]) -> dict[str, Any]:
-        """Limit cycles in the hidden-state PCA: radius vs amplitude, rotation frequency, collapse outside [1, 5]."""
+    def pca_analysis(self, ctx: RunContext, ev: dict[str, Any], figures: dict[str, str],
+                     parts: list[str] | None = None) -> dict[str, Any]:
+        """Limit cycles in the hidden-state PCA: radius vs amplitude, rotation frequency, collapse outside [1, 5].
+
+        ``parts``: the state parts analysed (default all); the scenario passes the units' activity (the part
+        the cell outputs, an LSTM's h): an LSTM's c is an unbounded internal integrator on another scale.
+        """
         p, dt = self.params, self.params.cpg.dt
         states, late, levels = ev["states"], ev["late"], ev["levels"]
-        parts = sorted(k for k in states if states[k].dim() == 3)
+        all_parts = sorted(k for k in states if states[k].dim() == 3)
+        parts = sorted(parts or all_parts)
         feats = torch.cat([states[k][late, :levels] for k in parts], -1).double()  # [T, L, F]
         pooled = feats.reshape(-1, feats.shape[-1])
         center = pooled.mean(0)
         _, svals, vh = torch.linalg.svd(pooled - center, full_matrices=False)
         explained = (svals ** 2 / (svals ** 2).sum())[:5]
         rows = []
+        t = np.arange(feats.shape[0]) * dt
         for b in range(levels):
             x = feats[:, b] - feats[:, b].mean(0)
             _, s, v = torch.linalg.svd(x, full_matrices=False)
-            pcs = x @ v[:2].T
-            radius = float(pcs.norm(dim=-1).mean())
-            angle = np.unwrap(np.arctan2(pcs[:, 1].numpy(), pcs[:, 0].numpy()))
-            rot = abs(angle[-1] - angle[0]) / (2 * math.pi * len(angle) * dt) if radius > 1e-3 else 0.0
+            pcs = (x @ v[:2].T).numpy()
+            radius = float(np.linalg.norm(pcs, axis=-1).mean())
+            rms = float(x.pow(2).sum(-1).mean().sqrt())
+            common = ((feats[:, b] - feats[:, b].mean(0)) @ vh[:2].T).numpy()
+            common_radius = float(np.linalg.norm(common, axis=-1).mean())
+            rot = rotation_frequency(pcs, dt) if radius > 1e-3 else 0.0
+            xa = torch.cat([states[k][late, b] for k in all_parts], -1).double()
+            xa = xa - xa.mean(0)
+            va = torch.linalg.svd(xa, full_matrices=False)[2]
+            by_part = {"all": _f(float((xa @ va[:2].T).norm(dim=-1).mean()))}
+            for k in all_parts:  # the same radius in each state part alone
+                xk = states[k][late, b].double() - states[k][late, b].double().mean(0)
+                vk = torch.linalg.svd(xk, full_matrices=False)[2]
+                by_part[k] = _f(float((xk @ vk[:2].T).norm(dim=-1).mean()))
             r = ev["rows"][b]
-            rows.append({"drive": r["d_L"], "radius": _f(radius), "rotation_hz": _f(rot),
+            rows.append({"drive": r["d_L"], "radius": _f(radius), "rms_radius": _f(rms),
+                         "common_plane_radius": _f(common_radius), "part_radius": by_part, "rotation_hz": _f(rot),
                          "output_hz": _f(r["rnn"]["frequency"]), "output_amplitude": _f(r["rnn"]["amplitude"])})
         osc = [r for r in rows if 1 <= r["drive"] <= 5]
         stillr = [r for r in rows if not 1 <= r["drive"] <= 5]
-        radii, amps = [r["radius"] for r in osc], [r["output_amplitude"] for r in osc]
-        corr = float(np.corrcoef(radii, amps)[0, 1]) if len(osc) > 2 and np.std(radii) > 0 and np.std(amps) > 0 \
-            else None
+        amps = [r["output_amplitude"] for r in osc]
+
+        def correlation(radii: list[float], keep: Any = lambda r: True) -> float | None:
+            pick = [i for i, r in enumerate(osc) if keep(r)]
+            x, y = [radii[i] for i in pick], [amps[i] for i in pick]
+            if len(pick) > 2 and np.std(x) > 0 and np.std(y) > 0:
+                return float(np.corrcoef(x, y)[0, 1])
+            return None
+
+        corr = correlation([r["radius"] for r in osc])
+        other_corr = {"rms_radius_all_dimensions": _f(correlation([r["rms_radius"] for r in osc])),
+                      "radius_in_common_pca_plane": _f(correlation([r["common_plane_radius"] for r in osc])),
+                      **{f"radius_of_part_{k}": _f(correlation([r["part_radius"][k] for r in osc]))
+                         for k in ["all", *all_parts]},
+                      "walking_only_1_3": _f(correlation([r["radius"] for r in osc], lambda r: r["drive"] <= 3)),
+                      "swimming_only_3_5": _f(correlation([r["radius"] for r in osc], lambda r: r["drive"] > 3))}
         max_radius = max((r["radius"] for r in osc), default=0.0) or 1e-12
         rot_err = [abs(r["rotation_hz"] - r["output_hz"]) for r in osc if r["output_hz"]]
         crossings = {}
@@ -553,8 +708,9 @@ class Salamander(Scenario):
             hi = min((d for d in by if d > border), default=None)
             if lo is not None and hi is not None:
                 crossings[str(border)] = {"below": by[lo], "above": by[hi]}
-        result = {"explained_variance_top5": [_f(float(e)) for e in explained], "per_drive": rows,
+        result = {"state_parts": parts, "explained_variance_top5": [_f(float(e)) for e in explained], "per_drive": rows,
                   "radius_vs_amplitude_correlation": _f(corr),
+                  "radius_vs_amplitude_correlation_other_measures": other_corr,
                   "fixed_point_outside_1_5": {"max_relative_radius": _f(max((r["radius"] for r in stillr),
                                                                             default=0.0) / max_radius),
                                               "pass": all(r["radius"] / max_radius < 0.05 for r in stillr)},
@@ -597,16 +753,21 @@ class Salamander(Scenario):
         truth = self.cpg_run(cpg, drives, ctx.config.seed + 5)
         tail = slice(steps - _steps(min(8.0, p.ablation_seconds / 2), dt), steps)
 
-        def amplitudes(forcing: Forcing | None) -> tuple[list[float], list[float]]:
-            out, _ = self.run_model(model, drives, truth, warmup, forcing=forcing)
-            metrics = [gait_metrics(out[tail, b].numpy(), dt, n) for b in range(len(pairs))]
-            return [m["amplitude"] for m in metrics], [m["frequency"] for m in metrics]
-
-        base_amp, base_freq = amplitudes(None)
-        ratio = np.zeros((len(pairs), width))
-        for u in range(width):
-            amp, _ = amplitudes(Forcing([Clamp(part, 0.0, [u], start=warmup) for part in parts]))
-            ratio[:, u] = [a / max(b, 1e-9) for a, b in zip(amp, base_amp)]
+        # one batched run: sample i * (1 + width) is intact at drive i, the next ``width`` samples each silence
+        # one unit (0 in every state part); NaN leaves a unit free
+        block = 1 + width
+        count = len(pairs) * block
+        values = torch.full((count, width), float("nan"))
+        for i in range(len(pairs)):
+            values[i * block + 1 + torch.arange(width), torch.arange(width)] = 0.0
+        index = torch.arange(len(pairs)).repeat_interleave(block)
+        out, _ = self.run_model(model, drives[:, index], truth[:, index], warmup,
+                                forcing=Forcing([Clamp(part, values, None, start=warmup) for part in parts]))
+        metrics = [gait_metrics(out[tail, b].numpy(), dt, n) for b in range(count)]
+        base_amp = [metrics[i * block]["amplitude"] for i in range(len(pairs))]
+        base_freq = [metrics[i * block]["frequency"] for i in range(len(pairs))]
+        ratio = np.array([[metrics[i * block + 1 + u]["amplitude"] / max(base_amp[i], 1e-9) for u in range(width)]
+                          for i in range(len(pairs))])
         critical = {f"{d:g}": [int(u) for u in np.where(ratio[i] < 0.5)[0]] for i, d in enumerate(p.ablation_drives)}
         result = {"drives": p.ablation_drives, "baseline_amplitude": [_f(a) for a in base_amp],
                   "baseline_frequency": [_f(f) for f in base_freq],
@@ -699,24 +860,28 @@ class Salamander(Scenario):
         sp, tu = steer["neurons"]["speed"], steer["neurons"]["turning"]
         sp_units = ", ".join(f"{u['part']}[{u['unit']}]" for u in sp["units"])
         tu_units = ", ".join(f"{u['part']}[{u['unit']}]" for u in tu["units"])
-        lines += ["", f"Neuron clamps (inputs fixed at d = {sp['input_drive']}): clamping the "
-                      f"{len(sp['units'])} units most correlated with drive level "
-                      f"({sp_units}) to their d = 4.5 values moves "
-                      f"the frequency from {sp['frequency_base']} to {sp['frequency_clamped_fast']} Hz, to their "
-                      f"d = 3.5 values to {sp['frequency_clamped_slow']} Hz (speed steering "
-                      f"{'works' if sp['pass'] else 'does NOT work'}). Clamping the units most correlated with "
-                      f"d_L - d_R ({tu_units}) to their "
-                      f"left-turn / right-turn values gives mean body angles {tu['offset_clamped_left']} / "
-                      f"{tu['offset_clamped_right']} rad (unclamped {tu['offset_base']}; turning steering "
-                      f"{'works' if tu['pass'] else 'does NOT work'}).", ""]
+        lines += ["", f"Neuron clamps (inputs fixed at d = {sp['input_drive']}; units chosen by a clamp sweep: "
+                      f"{steer['neurons']['method']}). Clamping {len(sp['units'])} units ({sp_units}) to their "
+                      f"cycle means at d = 4.5 / 3.5 gives {sp['frequency_clamped_fast']} / "
+                      f"{sp['frequency_clamped_slow']} Hz (unclamped {sp['frequency_base']} Hz; the RNN's own "
+                      f"response to the input 4.5 vs 3.5 is {sp['input_effect_hz']['rnn_4.5_minus_3.5']} Hz, the "
+                      f"neuron clamps reach {sp['fraction_of_input_effect']} of it; speed steering "
+                      f"{'works' if sp['pass'] else 'does NOT work'}). Clamping {len(tu['units'])} units "
+                      f"({tu_units}) to their cycle means at (d_L, d_R) = (4.4, 3.6) / (3.6, 4.4) gives mean body "
+                      f"angles {tu['offset_clamped_left']} / {tu['offset_clamped_right']} rad (unclamped "
+                      f"{tu['offset_base']}; {tu['fraction_of_input_effect']} of the input's effect; turning "
+                      f"steering {'works' if tu['pass'] else 'does NOT work'}).", ""]
         for key in ("steering_inputs", "steering_neurons"):
             if key in figures:
                 lines += [f"![{key}]({figures[key]})", ""]
         pca, abl = results["analysis"]["pca"], results["analysis"]["ablation"]
         lines += ["## Mechanism", "",
-                  f"- The hidden state moves on a limit cycle for drives in [1, 5]; its radius tracks the body "
-                  f"amplitude across drives (correlation {pca['radius_vs_amplitude_correlation']}).",
-                  f"- The rotation frequency of the state in its PC1-PC2 plane matches the output frequency to within "
+                  f"- The hidden state ({', '.join(pca['state_parts'])}) moves on a limit cycle for drives in [1, 5]; "
+                  f"the correlation of its radius (PC1-PC2 plane of each drive) with the body amplitude across "
+                  f"drives is {pca['radius_vs_amplitude_correlation']} (other measures: "
+                  f"{pca['radius_vs_amplitude_correlation_other_measures']}).",
+                  f"- The rotation frequency of the state in its PC1-PC2 plane (slope of the unwrapped angle) matches "
+                  f"the output frequency to within "
                   f"{pca['rotation_vs_output_frequency_max_error_hz']} Hz.",
                   f"- Outside [1, 5] the cycle collapses to a fixed point: largest radius there is "
                   f"{pca['fixed_point_outside_1_5']['max_relative_radius']} of the largest cycle.",
