@@ -153,7 +153,7 @@ def test_tiny_closed_loop_run_trains_its_rnn_then_swims_steers_and_reports(host,
         f"scenario.train_overrides={json.dumps(train)}", "scenario.drives=[0.5, 4.0]", "scenario.seeds=[0]",
         "scenario.turn_pairs=[[4.5, 3.5]]", "scenario.swim_seconds=5", "scenario.settle_seconds=2",
         "scenario.compare_drives=[4.0]", "scenario.compare_seconds=5", "scenario.unit_seconds=4",
-        "scenario.unit_grid=[3.5, 4.5]", "scenario.speed_neurons=2", "scenario.turn_neurons=2",
+        "scenario.unit_grid=[3.5, 4.5]", "scenario.neuron_counts=[1, 2]",
         "scenario.input_commands=[{start_s: 3.5, stop_s: 5.5, kind: input, drives: [4.75, 4.75], expect: faster}]",
         "scenario.neuron_commands=[{start_s: 3.5, stop_s: 5.5, kind: turn_units, drives: [4.4, 3.6], expect: left}]",
         "scenario.render_frames=2", "output.progress=false"]
@@ -173,7 +173,8 @@ def test_tiny_closed_loop_run_trains_its_rnn_then_swims_steers_and_reports(host,
     for which in ("input", "neurons"):
         commands = results["steering"][which]["commands"]
         assert len(commands) == 1 and isinstance(commands[0]["pass"], bool)
-    assert len(results["steering"]["neurons"]["neurons"]["turn_units"]) == 2
+    turn = results["steering"]["neurons"]["neurons"]["turn_units"]
+    assert [row["neurons"] for row in turn["calibration"]] == [1, 2] and len(turn["list"]) == turn["chosen_count"]
     assert set(results["targets_met"]) == {"cpg_speed_grows_with_drive", "cpg_turns_the_right_way", "pd_tracking",
                                            "rnn_distance_ratio", "steer_inputs", "steer_neurons"}
     for name in ("trajectories", "steering_input", "steering_neurons"):

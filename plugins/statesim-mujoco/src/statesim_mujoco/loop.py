@@ -113,27 +113,28 @@ def run_rnn(rnn: RNNController, cpg: CPGController, swimmer: Swimmer, drives: np
     return _episode(log, cpg.dt, drives, warmup, states)
 
 
-def rnn_states(rnn: RNNController, cpg: CPGController, drives: np.ndarray, seed: int, warmup: int,
-               keep_from: int) -> dict[str, np.ndarray]:
-    """Hidden states ``{part: [T', B, U]}`` of the RNN running open loop (no swimmer) from tick ``keep_from`` on.
+def rnn_open_loop(rnn: RNNController, cpg: CPGController, drives: np.ndarray, seed: int, warmup: int,
+                  keep_from: int, forces: Sequence[Force] = (), states: bool = False
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Outputs ``[T', B, O]`` (and optionally states ``{part: [T', B, U]}``) of the RNN without a body, from ``keep_from``.
 
-    The RNN runs autonomously after the warm-up (its observation inputs are then zero), so its neurons'
-    statistics at a drive do not depend on the body; the warm-up observes the CPG's own outputs.
+    After the warm-up the RNN runs autonomously (its observation inputs are then zero), so its outputs and
+    neurons at a drive do not depend on the body; the warm-up observes the CPG's own outputs.
     """
     steps, batch, _ = drives.shape
     rnn.reset(batch)
     cpg.sim.release()
     cpg.reset(drives[0], seed)
-    kept: dict[str, list] = {}
+    outputs, kept = [], {}
     for t in range(steps):
-        if t < warmup:
-            rnn.step(drives[t], cpg.step(drives[t]))
-        else:
-            rnn.step(drives[t])
+        _apply(rnn.sim, forces, t)
+        y = rnn.step(drives[t], cpg.step(drives[t])) if t < warmup else rnn.step(drives[t])
         if t >= keep_from:
-            for part, value in rnn.sim.get_state().items():
-                kept.setdefault(part, []).append(value)
-    return {part: np.stack(v) for part, v in kept.items()}
+            outputs.append(y)
+            if states:
+                for part, value in rnn.sim.get_state().items():
+                    kept.setdefault(part, []).append(value)
+    return np.stack(outputs), {part: np.stack(v) for part, v in kept.items()}
 
 
 def constant(drives: Sequence[Sequence[float]], steps: int) -> np.ndarray:

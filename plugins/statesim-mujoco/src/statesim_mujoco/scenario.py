@@ -90,9 +90,11 @@ class SalamanderSwimParams(ScenarioParams):
     input_commands: list[Command] = Field(default_factory=_input_commands, description="drive-input clamps")
     neuron_base: Pair = Field((4.0, 4.0), description="drives of the neuron-steering run (inputs never clamped)")
     neuron_commands: list[Command] = Field(default_factory=_neuron_commands, description="hidden-unit clamps")
-    speed_neurons: int = Field(12, gt=0, description="neurons clamped for speed (those most tied to drive level)")
-    turn_neurons: int = Field(8, gt=0, description="neurons clamped for turning (most tied to d_L - d_R); clamping "
-                                                   "many more disturbs the rhythm itself")
+    neuron_counts: list[int] = Field([4, 8, 12, 16, 24], min_length=1,
+                                     description="how many of the top-ranked neurons to clamp: each count is tried on "
+                                                 "the RNN alone (no body), and per purpose the one with the largest "
+                                                 "right-signed effect on its output (frequency, mean body angle) that "
+                                                 "keeps the rhythm is used in the loop")
     unit_parts: list[str] | None = Field(None, description="state parts clamped for each chosen neuron; null: every "
                                                            "vector part of the hidden width (an LSTM's h and c)")
     unit_grid: list[float] = Field([3.25, 3.75, 4.25, 4.75], min_length=2,
@@ -152,6 +154,7 @@ class SalamanderSwim(Scenario):
         results: dict[str, Any] = {"swimmer": describe(p.swimmer), "control_dt_s": dt}
         figures: dict[str, Any] = {}
 
+        self.host_registry = registry
         run_dir, trained_here = self.rnn_run(ctx)  # first: a bad path fails before any simulation
         rnn = RNNController(run_dir, n, registry=registry)
         cpg_part, episodes = self.cpg_tests(ctx, registry, cpg_params, figures)
@@ -324,15 +327,15 @@ class SalamanderSwim(Scenario):
         scored by its best part and clamped in all of them to the means they take in the chosen condition.
         """
         from statesim_mujoco.controllers import CPGController
-        from statesim_mujoco.loop import constant, rnn_states
+        from statesim_mujoco.loop import Force, constant, rnn_open_loop
 
         p, dt = self.params, self.params.cpg.dt
         a = p.unit_asymmetry
         pairs = [(m + s * a / 2, m - s * a / 2) for m in p.unit_grid for s in (-1, 0, 1)]
         steps, warmup = int(round(p.unit_seconds / dt)), int(round(p.warmup_seconds / dt))
         cpg_many = CPGController(ctx.host.registry, p.cpg.model_dump(), len(pairs))
-        states = rnn_states(rnn, cpg_many, constant(pairs, steps), p.seeds[0], warmup,
-                            int(round(p.unit_seconds * 0.4 / dt)))
+        _, states = rnn_open_loop(rnn, cpg_many, constant(pairs, steps), p.seeds[0], warmup,
+                                  int(round(p.unit_seconds * 0.4 / dt)), states=True)
         widths = {part: v.shape[-1] for part, v in states.items() if v.ndim == 3}
         width = max(widths.values())
         parts = list(p.unit_parts) if p.unit_parts else [part for part, w in widths.items() if w == width]
@@ -353,21 +356,68 @@ class SalamanderSwim(Scenario):
             tonic = x.std(0) / (x.std(0) + osc[part] + 1e-12)  # its level, not its rhythm, carries the drive
             return np.abs(corr) * tonic, corr
 
-        chosen = {}
-        for purpose, target, count in (("speed_units", level, p.speed_neurons), ("turn_units", asym, p.turn_neurons)):
+        ranked = {}
+        for purpose, target in (("speed_units", level), ("turn_units", asym)):
             scored = {part: score(part, target) for part in parts}
             best = np.max([scored[part][0] for part in parts], axis=0)
-            units = [int(u) for u in np.argsort(-best)[:count]]
-            chosen[purpose] = {"units": units, "list": [
-                {"unit": u, "score": _r(float(best[u]), 3),
-                 "correlation": {part: _r(float(scored[part][1][u]), 3) for part in parts}} for u in units]}
+            ranked[purpose] = (np.argsort(-best), best, scored)
 
         def value_at(drives: Pair, units: list[int]) -> dict[str, tuple[list[int], np.ndarray]]:
             # every part of the neurons at its mean in the analysed condition nearest to `drives`
             b = int(np.argmin([abs(l - drives[0]) + abs(r - drives[1]) for l, r in pairs]))
             return {part: (list(units), means[part][b, units].astype(np.float32)) for part in parts}
 
+        chosen = {}
+        mean = float(np.mean(p.neuron_base))
+        probes = {"speed_units": ((p.unit_grid[-1], p.unit_grid[-1]), (p.unit_grid[0], p.unit_grid[0])),
+                  "turn_units": ((mean + a / 2, mean - a / 2), (mean - a / 2, mean + a / 2))}
+        base = self._open_loop(rnn, cpg, [])[0]
+        for purpose, (order, best, scored) in ranked.items():
+            trials = []
+            for count in p.neuron_counts:
+                units = [int(u) for u in order[:count]]
+                plus, minus = probes[purpose]
+                forces = [Force(warmup, steps, part, units, np.stack([value_at(plus, units)[part][1],
+                                                                     value_at(minus, units)[part][1]]))
+                          for part in parts]
+                got = self._open_loop(rnn, cpg, forces)
+                key = "frequency_hz" if purpose == "speed_units" else "offset_rad"
+                effect = got[0][key] - got[1][key]
+                ordered = got[0][key] > base[key] > got[1][key]
+                rhythm = min(got[0]["amplitude_rad"], got[1]["amplitude_rad"]) >= 0.5 * base["amplitude_rad"]
+                trials.append({"neurons": count, f"{key}_plus": _r(got[0][key]), f"{key}_minus": _r(got[1][key]),
+                               f"{key}_base": _r(base[key]), "effect": _r(effect), "ordered": bool(ordered),
+                               "rhythm_kept": bool(rhythm), "units": units})
+            good = [t for t in trials if t["ordered"] and t["rhythm_kept"]] or trials
+            pick = max(good, key=lambda t: t["effect"])
+            units = pick["units"]
+            chosen[purpose] = {
+                "units": units, "calibration": [{k: v for k, v in t.items() if k != "units"} for t in trials],
+                "chosen_count": pick["neurons"],
+                "list": [{"unit": u, "score": _r(float(best[u]), 3),
+                          "correlation": {part: _r(float(scored[part][1][u]), 3) for part in parts}} for u in units]}
         return {"chosen": chosen, "value_at": value_at, "pairs": pairs, "parts": parts}
+
+    def _open_loop(self, rnn: Any, cpg: Any, forces: list[Any]) -> list[dict[str, float]]:
+        """Frequency, mean body angle and amplitude of the RNN's own output (no body) at the neuron base drive."""
+        from statesim_mujoco.controllers import CPGController
+        from statesim_mujoco.loop import constant, rnn_open_loop
+        from statesim_mujoco.metrics import cycle_times
+
+        p, dt, n = self.params, self.params.cpg.dt, self.params.cpg.segments
+        batch = 2 if forces else 1
+        steps, warmup = int(round(p.unit_seconds / dt)), int(round(p.warmup_seconds / dt))
+        keep = int(round(p.unit_seconds * 0.4 / dt))
+        cpg_many = CPGController(self.host_registry, p.cpg.model_dump(), batch)
+        out, _ = rnn_open_loop(rnn, cpg_many, constant([p.neuron_base] * batch, steps), p.seeds[0], warmup, keep, forces)
+        rows = []
+        for b in range(batch):
+            body = out[:, b, :n].astype(np.float64)
+            times = cycle_times(body[:, 0] - body[:, n // 2], dt)
+            freq = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 else 0.0
+            rows.append({"frequency_hz": float(freq), "offset_rad": float(body.mean()),
+                         "amplitude_rad": float(body.std(0).mean())})
+        return rows
 
     def steer(self, ctx: RunContext, rnn: Any, cpg: Any, which: str, figures: dict[str, Any]) -> dict[str, Any]:
         """Run the RNN in the loop with the commands of ``which`` ('input' or 'neurons') applied mid-run."""
@@ -417,7 +467,9 @@ class SalamanderSwim(Scenario):
         out: dict[str, Any] = {"base_drives": list(base), "base_window_s": list(base_window),
                                "base": rounded(base_m), "commands": rows, "all_pass": all(r["pass"] for r in rows)}
         if picked is not None:
-            out["neurons"] = {"parts": picked["parts"], **{k: v["list"] for k, v in picked["chosen"].items()}}
+            out["neurons"] = {"parts": picked["parts"],
+                              **{k: {key: v[key] for key in ("chosen_count", "list", "calibration")}
+                                 for k, v in picked["chosen"].items()}}
         self.plot_steering(ctx, which, ep, commands, rows, figures)
         return out
 
