@@ -14,6 +14,7 @@ EPILOG = """examples:
   statesim export runs/ma --job linear-on-ema --format onnx
   statesim diagnose runs/adding-20250101-120000
   statesim sweep scenarios/sweeps/gradient_lab.yaml --seeds 2
+  statesim run scenarios/moving_average.yaml --nproc 2
 
 environment:
   STATESIM_DISABLE_PLUGIN_AUTOLOAD=1   load only built-in plugins
@@ -42,6 +43,10 @@ def _set_args(parser: argparse.ArgumentParser) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Train and evaluate a scenario."""
+    import os
+
+    if args.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return _launch_ranks(args)
     from statesim.run import execute
 
     run_dir = execute(args.file, args.overrides, out=args.out, resume=args.resume, device=args.device,
@@ -58,6 +63,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         seconds = {}
     if seconds:
         print("training time: " + ", ".join(f"{job} {value:.2f} s" for job, value in seconds.items()))
+    return 0
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """``run --nproc N``: start N local ranks of the same command (torchrun's environment) and wait."""
+    from statesim.distributed import launch, rank_command
+
+    argv = ["run", args.file, *[f"--set={o}" for o in args.overrides]]
+    for flag, value in (("--out", args.out), ("--resume", args.resume), ("--device", args.device)):
+        if value is not None:
+            argv.append(f"{flag}={value}")
+    argv += [f"--block-plugin={name}" for name in args.block_plugin]
+    argv += ["--strict-plugins"] if args.strict_plugins else []
+    launch(rank_command(argv), args.nproc)
     return 0
 
 
@@ -161,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder to create (default: runs/<name>-<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint")
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the scenario's device")
+    run.add_argument("--nproc", type=int, default=1, metavar="N",
+                     help="data-parallel training on N local processes (gloo on CPU, NCCL on CUDA); under "
+                          "torchrun, leave it out (docs/scaling.md)")
     _plugin_args(run)
     run.set_defaults(func=cmd_run)
 

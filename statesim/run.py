@@ -123,6 +123,10 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
     config, host = prepare(config_file, overrides, host=host)
     for problem in host.problems:
         echo(f"warning: {problem}")
+    from statesim import distributed
+
+    dp = distributed.setup(resolve_device(config.device))  # None unless started by --nproc or torchrun
+    writer = dp is None or dp.is_writer  # rank 0 alone writes the run folder
     if resume is not None:
         run_dir = Path(resume)
         saved = run_dir / "config.yaml"
@@ -135,8 +139,10 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
             raise StatesimError("cannot resume: the scenario differs from the one in "
                                 f"{saved}:\n  " + "\n  ".join(diff) + "\nRun it as a new run instead.")
         # Temporary files of writes a kill interrupted: never published, never read, safe to drop.
-        for stale in run_dir.rglob(".*.tmp"):
+        for stale in (run_dir.rglob(".*.tmp") if writer else ()):
             stale.unlink(missing_ok=True)
+    elif not writer:
+        run_dir = Path(dp.share_text(""))  # the folder rank 0 made
     else:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
@@ -151,10 +157,14 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
             raise StatesimError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}. "
                                 f"Choose another --out.") from None
         atomic_write_text(run_dir / "config.yaml", f"# resolved config of {config_file}\n" + dump_config(config))
+        if dp is not None:
+            dp.share_text(str(run_dir))
     env = environment(host)
     env["seed"] = config.seed
     env["resumed"] = resume is not None
-    atomic_write_json(run_dir / "run.json", env)
+    env["world_size"] = dp.world_size if dp is not None else 1
+    if writer:
+        atomic_write_json(run_dir / "run.json", env)
 
     registration = host.registry.get("scenario", config.scenario.type)
     scenario = registration.record.cls(config.scenario.params)
@@ -165,7 +175,8 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
     if config.training.deterministic:
         torch.use_deterministic_algorithms(True)
     with graceful_interrupt() as stop_flag:
-        ctx = RunContext(config, host, run_dir, resolve_device(config.device), resume=resume is not None,
+        device_ = dp.device if dp is not None else resolve_device(config.device)  # a rank uses its own GPU
+        ctx = RunContext(config, host, run_dir, device_, resume=resume is not None,
                          progress=progress, should_stop=lambda: stop_flag[0], echo=echo)
         try:
             results = scenario.run(ctx)
@@ -177,9 +188,11 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
         # not a function of the config alone (a resume runs fewer steps), so it goes to run.json
         results["engine"] = ctx.engine_paths
         env["engine_calls"] = ctx.engine_calls
-    atomic_write_json(run_dir / "results.json", results)
     env["train_seconds"] = {k: round(v, 3) for k, v in ctx.timings.items()}
-    atomic_write_json(run_dir / "run.json", env)
+    if writer:
+        atomic_write_json(run_dir / "results.json", results)
+        atomic_write_json(run_dir / "run.json", env)
+    distributed.teardown()
     return run_dir
 
 

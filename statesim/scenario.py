@@ -110,19 +110,22 @@ class RunContext:
 
         ``objective(model, batch, step) -> loss`` replaces ``loss_fn`` for data that is not SequenceData.
         """
+        from statesim.distributed import active, is_writer
+
         training = training or self.config.training
-        if getattr(model, "build_info", None) is not None:
+        if getattr(model, "build_info", None) is not None and is_writer():
             from statesim.fileio import atomic_write_json
 
             atomic_write_json(self.run_dir / "models" / f"{job}.json", model.build_info)
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
-                          log=self.metrics, should_stop=self.should_stop, on_update=on_update,
-                          objective=objective)
+                          log=self.metrics if is_writer() else None, should_stop=self.should_stop,
+                          on_update=on_update, objective=objective, dist=active())
         if self.resume:
             restored = trainer.restore(warn=self.echo)
             # Records logged after the checkpoint (or before any, when none survived) are redone: drop them.
-            self.metrics.truncate(job, trainer.step)
+            if is_writer():
+                self.metrics.truncate(job, trainer.step)
             if restored:
                 self.echo(f"resumed job '{job}' at step {trainer.step}")
         started = time.perf_counter()
@@ -151,7 +154,9 @@ class RunContext:
 
     @property
     def plots_enabled(self) -> bool:
-        return self.config.output.plots
+        from statesim.distributed import is_writer
+
+        return self.config.output.plots and is_writer()  # in a distributed run rank 0 alone writes
 
     def save_plot(self, fig: Any, name: str) -> Path | None:
         """Save a matplotlib figure as ``plots/<name>.png`` (atomically)."""

@@ -153,8 +153,10 @@ class Trainer:
                  device: torch.device | str = "cpu", seed: int = 0, log: Any = None,
                  should_stop: Callable[[], bool] = lambda: False,
                  on_update: Callable[["Trainer", dict[str, Any]], None] | None = None,
-                 objective: Objective | None = None) -> None:
+                 objective: Objective | None = None, dist: Any = None) -> None:
         self.model = model.to(device)
+        # A statesim.distributed.DataParallel: shards each global batch and all-reduces the gradient.
+        self.dist = dist
         self.config, self.loss_fn, self.job = config, loss_fn, job
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.config_digest, self.device, self.seed, self.log = config_digest, torch.device(device), seed, log
@@ -185,6 +187,8 @@ class Trainer:
             self.epoch_perm, self.epoch_pos = torch.randperm(len(data), generator=self.order), 0
         index = self.epoch_perm[self.epoch_pos:self.epoch_pos + size]
         self.epoch_pos += size
+        if self.dist is not None:  # every rank drew the same global batch; each trains on its part
+            index = self.dist.shard(index)
         return data.select(index).to(self.device)
 
     # ------------------------------------------------------------------ one update
@@ -200,16 +204,20 @@ class Trainer:
         """Backward, clip, step: returns the logged record of this update."""
         clip = self.config.clip
         self.optimizer.zero_grad(set_to_none=True)
-        finite_loss = bool(torch.isfinite(loss))
+        # Distributed: the global batch's loss decides for every rank alike, and clipping sees the global gradient.
+        global_loss = self.dist.reduce_loss(loss) if self.dist is not None else loss
+        finite_loss = bool(torch.isfinite(global_loss))
         if finite_loss:
             loss.backward()
+            if self.dist is not None:
+                self.dist.reduce_gradients(self.params)
         max_norm = clip.max_norm
         if clip.adaptive is not None and self.norm_mean is not None:
             adaptive = clip.adaptive * self.norm_mean
             max_norm = adaptive if max_norm is None else min(max_norm, adaptive)
         before, after = clip_gradients(self.params, max_norm, clip.max_value, clip.norm_type) if finite_loss \
             else (float("nan"), float("nan"))
-        record = {"job": self.job, "step": self.step + 1, "loss": float(loss.detach()), "grad_norm": before,
+        record = {"job": self.job, "step": self.step + 1, "loss": float(global_loss.detach()), "grad_norm": before,
                   "grad_norm_clipped": after, "clipped": bool(finite_loss and after < before - 1e-12),
                   "lr": self.optimizer.param_groups[0]["lr"]}
         # Cumulative counts make the clipped fraction exact although only every log_every-th record is written.
@@ -306,7 +314,7 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step and prune old ones."""
-        if self.checkpoint_dir is None:
+        if self.checkpoint_dir is None or (self.dist is not None and not self.dist.is_writer):
             return None
         path = save_checkpoint(self.checkpoint_dir / f"step_{self.step:08d}", self.state_tree(), step=self.step,
                                config_digest=self.config_digest,
@@ -353,6 +361,8 @@ class Trainer:
         config = self.config
         if resume:
             self.restore()
+        if self.dist is not None:
+            self.dist.broadcast_module(self.model)
         stopped_early = False
         last_checkpoint = self.step
         while self.step < config.steps:
@@ -381,7 +391,7 @@ class Trainer:
                 last_checkpoint = self.step
             if stopped_early:
                 break
-            if self.should_stop():
+            if self.dist.any(self.should_stop()) if self.dist is not None else self.should_stop():
                 self.save()
                 raise Interrupted(f"job '{self.job}' stopped at step {self.step}; checkpoint written.")
         if self.best_state is not None and config.early_stopping:
