@@ -135,7 +135,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from statesim.sweep import load_sweep, make_executor, run_sweep
 
     spec = load_sweep(args.file, args.grid, args.seeds, args.out, args.overrides)
-    result = run_sweep(spec, make_executor(args.executor, args.workers), host=_host(args))
+    executor = make_executor(args.executor, args.workers)
+    if args.ray_address:
+        if args.executor != "ray":
+            from statesim.sweep import SweepError
+
+            raise SweepError("--ray-address goes with --executor ray.")
+        executor.address = args.ray_address
+    result = run_sweep(spec, executor, host=_host(args))
     print((result.out / "summary.md").read_text(encoding="utf-8"))
     return 1 if result.failed else 0
 
@@ -225,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="values of one config key, e.g. --grid model.cell.type=lstm,gru (repeatable)")
     sweep.add_argument("--seeds", type=int, default=None, help="seeds per combination (base seed, +1, ...)")
     sweep.add_argument("--out", help="sweep folder (default: runs/sweeps/<name>)")
-    sweep.add_argument("--executor", default="local", help="where runs execute: local (process pool) or serial")
+    sweep.add_argument("--executor", default="local",
+                       help="where runs execute: local (process pool), serial, or ray (pip install 'statesim[ray]')")
+    sweep.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                       help="Ray cluster for --executor ray, as ray.init takes it (ray://head:10001, auto; "
+                            "default: RAY_ADDRESS, else a new local instance)")
     sweep.add_argument("--workers", type=int, default=None, help="parallel runs (default: available cores)")
     _plugin_args(sweep)
     sweep.set_defaults(func=cmd_sweep)

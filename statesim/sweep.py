@@ -18,8 +18,8 @@ again skips runs that have ``results.json`` and resumes unfinished ones from the
 sweep writes ``summary.csv``, ``summary.md`` (per run, and averaged over seeds) and ``comparison.png``.
 
 Runs go to an :class:`Executor`: ``local`` (a process pool, parallel up to the cores) by default or
-``serial`` (in this process). A cluster executor (Ray) implements the same two-method interface and is
-added to :data:`EXECUTORS`.
+``serial`` (in this process), or ``ray`` (:mod:`statesim.sweep_ray`, a Ray cluster or local instance);
+each implements the same two-method interface and is registered in :data:`EXECUTORS`.
 """
 from __future__ import annotations
 
@@ -275,6 +275,8 @@ class LocalExecutor(Executor):
 EXECUTORS: dict[str, Callable[[int | None], Executor]] = {
     "local": lambda workers: LocalExecutor(workers),
     "serial": lambda workers: SerialExecutor(),
+    # Imported when chosen: Ray is an optional extra (statesim[ray]); the address comes from RAY_ADDRESS.
+    "ray": lambda workers: __import__("statesim.sweep_ray", fromlist=["RayExecutor"]).RayExecutor(workers),
 }
 
 
