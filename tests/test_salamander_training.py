@@ -113,3 +113,27 @@ def test_mirror_image_of_a_cpg_run_is_the_cpg_run_from_the_mirrored_state():
     torch.testing.assert_close(again, expected, rtol=1e-5, atol=1e-5)
     assert out[:, 0, :n].abs().max() > 0.3  # a real, moving, asymmetric run
     assert (out[-100:, 0, :n].mean() - 0.065 * 0.7).abs() < 0.02
+
+
+def test_amplitude_term_of_the_loss_closed_form():
+    """The standard-deviation term is blind to phase and offset and equals the squared std error."""
+    t = torch.arange(200, dtype=torch.float64) * 0.02
+    targets = torch.stack([0.7 * torch.sin(2 * math.pi * 1.1 * t + 0.3 * k) + 0.1 * k for k in range(3)], -1)
+    targets = targets.unsqueeze(1)  # [T, 1, 3]
+    mask = torch.ones(200, 1, dtype=torch.bool)
+    mask[:50] = False
+    scored = targets[50:, 0]
+    std_t = scored.std(0, unbiased=False)
+    # out of phase by half a period, same size and mean: the std term adds nothing
+    shifted = torch.cat([targets[23:], targets[:23]])  # 23 steps ~ half of a 1.1 Hz period at 50 Hz
+    plain = offset_weighted_loss(0.0, 0.0)(shifted, targets, mask)
+    with_std = offset_weighted_loss(0.0, 5.0)(shifted, targets, mask)
+    std_s = shifted[50:, 0].std(0, unbiased=False)
+    assert float(with_std - plain) == pytest.approx(5.0 * float(((std_s - std_t) ** 2).mean()), rel=1e-4)
+    assert float(with_std - plain) < 1e-3 * float(plain)
+    # a silent output (its window mean is the target's) costs the target's std squared on top of the MSE
+    silent = scored.mean(0).expand(200, 1, 3).clone()
+    loss_with, loss_without = offset_weighted_loss(0.0, 5.0), offset_weighted_loss(0.0, 0.0)
+    extra = loss_with(silent, targets, mask) - loss_without(silent, targets, mask)
+    # (the std has a 1e-8 floor under its square root, so a silent output's std is 1e-4, not 0)
+    assert float(extra) == pytest.approx(5.0 * float(((std_t - 1e-4) ** 2).mean()), rel=1e-6)

@@ -55,6 +55,9 @@ class SalamanderParams(ScenarioParams):
                                            "trajectory (the CPG is left-right symmetric)")
     offset_loss_weight: float = Field(10.0, ge=0, description="weight of the loss on each output's mean over the "
                                       "scored part of a window (the small left-right offset that turns the body)")
+    amplitude_loss_weight: float = Field(3.0, ge=0, description="weight of the loss on each output's standard "
+                                         "deviation over the scored part of a window (phase-blind: keeps the "
+                                         "oscillation's size where its phase cannot be known, e.g. on a restart)")
     window_seconds: float = Field(5.0, gt=0, description="length of a training window cut from a trajectory, s")
     window_stride_seconds: float = Field(2.5, gt=0, description="stride between training windows, s")
     warmup_seconds: float = Field(1.0, ge=0, description="observation warm-up at the start of every window, s")
@@ -121,20 +124,29 @@ def gait_metrics(out: np.ndarray, dt: float, n: int) -> dict[str, Any]:
     return {"frequency": f, "amplitude": amp, "offset": offset, "lags": lags, "limb_amplitude": signals.amplitude(limbs)}
 
 
-def offset_weighted_loss(weight: float):
-    """MSE plus ``weight`` x the squared error of each output's mean over the scored steps of a window.
+def offset_weighted_loss(weight: float, std_weight: float = 0.0):
+    """MSE plus ``weight`` x the squared error of each output's mean and ``std_weight`` x that of its standard
+    deviation, both over the scored steps of a window.
 
     The turning offset (~0.065 rad per unit of d_L - d_R) is tiny next to the oscillation (~0.7 rad), so
-    plain MSE barely rewards it; the window mean isolates it (and any other slow component).
+    plain MSE barely rewards it; the window mean isolates it. Where the phase cannot be known (a restart
+    after the body was still, slow phase drift over a long run) MSE is smallest for a shrunken or silent
+    output; the standard-deviation term, blind to phase, asks for the right amount of oscillation instead.
     """
     def loss(outputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         w = mask.unsqueeze(-1).to(outputs.dtype)
         count = w.sum(0).clamp_min(1)
-        base = ((outputs - targets) ** 2 * w).sum() / (w.sum() * outputs.shape[-1]).clamp_min(1)
-        if weight == 0:
-            return base
-        mean_error = ((outputs - targets) * w).sum(0) / count  # [B, O]
-        return base + weight * (mean_error ** 2).mean()
+        total = ((outputs - targets) ** 2 * w).sum() / (w.sum() * outputs.shape[-1]).clamp_min(1)
+        if weight == 0 and std_weight == 0:
+            return total
+        mean_o, mean_t = (outputs * w).sum(0) / count, (targets * w).sum(0) / count  # [B, O]
+        if weight:
+            total = total + weight * ((mean_o - mean_t) ** 2).mean()
+        if std_weight:
+            std_o = (((outputs - mean_o) ** 2 * w).sum(0) / count + 1e-8).sqrt()
+            std_t = (((targets - mean_t) ** 2 * w).sum(0) / count + 1e-8).sqrt()
+            total = total + std_weight * ((std_o - std_t) ** 2).mean()
+        return total
     return loss
 
 
@@ -263,7 +275,7 @@ class Salamander(Scenario):
         model = ctx.build_model(None, data.train.inputs.shape[-1], cpg.output_size)
         ctx.echo(f"salamander: {extra['info']['train_windows']} training windows of "
                  f"{extra['info']['window_steps']} steps; training {type(model.step_cell()).__name__}")
-        train = ctx.train(model, data, loss_fn=offset_weighted_loss(p.offset_loss_weight))
+        train = ctx.train(model, data, loss_fn=offset_weighted_loss(p.offset_loss_weight, p.amplitude_loss_weight))
         outputs = cpg.output_size
         layout = {"size": N_DRIVES + outputs + 1, "drives": {"d_L": 0, "d_R": 1},
                   "observations_during_warmup": [N_DRIVES, N_DRIVES + outputs - 1], "warmup_flag": N_DRIVES + outputs,
@@ -417,7 +429,7 @@ class Salamander(Scenario):
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             if hi - lo < _steps(2.0, dt):
                 continue
-            settle = lo + (hi - lo) // 3  # skip the transient after the command
+            settle = lo + min((hi - lo) // 3, _steps(2.0, dt))  # skip the transient; keep >= 2 slow cycles
             rnn = gait_metrics(learned[settle:hi, 0].numpy(), dt, n)
             true = gait_metrics(truth[settle:hi, 0].numpy(), dt, n)
             drive = forced_drives[settle, 0].tolist()
@@ -629,6 +641,7 @@ class Salamander(Scenario):
             a.legend(fontsize=7)
             b.bar(["no clamp", "at right-turn\nvalues", "at d=4.0\nvalues", "at left-turn\nvalues"],
                   [base["offset"], right["offset"], held_turn["offset"], left["offset"]], color=["0.8", "C0", "k", "C3"])
+            b.tick_params(axis="x", labelsize=7)
             b.axhline(0, color="k", lw=0.8)
             b.set(title=f"turning: clamping {len(turn_units)} units", ylabel="mean body angle (rad)")
             order = np.argsort(-speed_effect)
