@@ -137,3 +137,13 @@ def test_amplitude_term_of_the_loss_closed_form():
     extra = loss_with(silent, targets, mask) - loss_without(silent, targets, mask)
     # (the std has a 1e-8 floor under its square root, so a silent output's std is 1e-4, not 0)
     assert float(extra) == pytest.approx(5.0 * float(((std_t - 1e-4) ** 2).mean()), rel=1e-6)
+
+
+def test_frequency_from_one_whole_period_when_asked():
+    from statesim.builtin.salamander import signals
+
+    dt, f = 0.02, 0.3
+    t = np.arange(int(5.5 / dt)) * dt  # 1.65 periods: two upward crossings at most
+    s = np.sin(2 * math.pi * f * t - 2.0)
+    assert signals.frequency(s, dt) == 0.0  # the default asks for three crossings
+    assert signals.frequency(s, dt, min_crossings=2) == pytest.approx(f, abs=2e-3)

@@ -10,8 +10,8 @@ import math
 import numpy as np
 
 
-def frequency(signal: np.ndarray, dt: float, *, min_amplitude: float = 1e-3) -> float:
-    """Oscillation frequency (Hz) from upward mean crossings; 0.0 when the signal is still."""
+def frequency(signal: np.ndarray, dt: float, *, min_amplitude: float = 1e-3, min_crossings: int = 3) -> float:
+    """Oscillation frequency (Hz) from upward mean crossings (at least ``min_crossings``); 0.0 when still."""
     s = np.asarray(signal, dtype=np.float64)
     s = s - s.mean()
     if 0.5 * (s.max() - s.min()) < min_amplitude:
@@ -26,7 +26,7 @@ def frequency(signal: np.ndarray, dt: float, *, min_amplitude: float = 1e-3) -> 
         if armed and s[t - 1] < 0 <= s[t]:
             times.append((t - 1 + (-s[t - 1]) / (s[t] - s[t - 1])) * dt)
             armed = False
-    if len(times) < 3:
+    if len(times) < max(2, min_crossings):
         return 0.0
     return (len(times) - 1) / (times[-1] - times[0])
 

@@ -110,11 +110,11 @@ def model_inputs(drives: torch.Tensor, observed: torch.Tensor | None, warmup: in
     return x
 
 
-def gait_metrics(out: np.ndarray, dt: float, n: int) -> dict[str, Any]:
+def gait_metrics(out: np.ndarray, dt: float, n: int, min_crossings: int = 3) -> dict[str, Any]:
     """Frequency, body amplitude, mean offset, per-segment lags and limb amplitude of outputs ``[T, O]``."""
     body, limbs = out[:, :n], out[:, n:]
     amp = signals.amplitude(body)
-    f = signals.frequency(body[:, 0], dt) if amp > 1e-3 else 0.0
+    f = signals.frequency(body[:, 0], dt, min_crossings=min_crossings) if amp > 1e-3 else 0.0
     lags = signals.phase_lags(body, dt, f) if f > 0 else np.full(n - 1, np.nan)
     if f > 0:  # average over whole periods so the offset is not biased by a partial cycle
         whole = int(math.floor(len(body) * dt * f) / f / dt)
@@ -430,8 +430,9 @@ class Salamander(Scenario):
             if hi - lo < _steps(2.0, dt):
                 continue
             settle = lo + min((hi - lo) // 3, _steps(2.0, dt))  # skip the transient; keep >= 2 slow cycles
-            rnn = gait_metrics(learned[settle:hi, 0].numpy(), dt, n)
-            true = gait_metrics(truth[settle:hi, 0].numpy(), dt, n)
+            # a command window holds few slow walking cycles: one whole period (two crossings) is enough here
+            rnn = gait_metrics(learned[settle:hi, 0].numpy(), dt, n, min_crossings=2)
+            true = gait_metrics(truth[settle:hi, 0].numpy(), dt, n, min_crossings=2)
             drive = forced_drives[settle, 0].tolist()
             effect = self._intended(true, previous)
             got = self._intended(rnn, previous_rnn) if previous is not None else effect
