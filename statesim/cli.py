@@ -51,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run_dir = execute(args.file, args.overrides, out=args.out, resume=args.resume, device=args.device,
                       host=_host(args))
+    if int(os.environ.get("RANK", "0") or 0) != 0:  # a data-parallel rank other than 0: rank 0 reports
+        return 0
     print(f"run folder: {run_dir}")
     results = run_dir / "results.json"
     if results.exists():

@@ -127,6 +127,8 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
 
     dp = distributed.setup(resolve_device(config.device))  # None unless started by --nproc or torchrun
     writer = dp is None or dp.is_writer  # rank 0 alone writes the run folder
+    if not writer:
+        echo = lambda message: None  # noqa: E731 - rank 0 reports; other ranks' errors still reach stderr
     if resume is not None:
         run_dir = Path(resume)
         saved = run_dir / "config.yaml"
