@@ -25,9 +25,13 @@ def test_a_batch_of_cpgs_with_different_drives_equals_each_cpg_alone():
         for i in (0, 7, 23, 47):
             alone = unroll(cell, inputs[:, i:i + 1], {k: v[i:i + 1] for k, v in state.items()}).outputs
             torch.testing.assert_close(batch[:, i:i + 1], alone, rtol=1e-12, atol=1e-12)
-    # The host-side API steps the same batch one tick per call and gives the same trajectory (to the 1e-5 the
-    # embedding contract promises: it hands NumPy inputs to the model in float32).
+    # The host-side API steps the same batch one tick per call and gives the engine's trajectory (it computes
+    # in float32, so both sides run in float32 here).
+    model = model.float()
+    state32 = {k: v.float() for k, v in state.items()}
+    with torch.no_grad():
+        reference = unroll(model.step_cell(), inputs.float(), state32).outputs.numpy()
     embedded = as_embedded(model, batch_size=agents)
-    embedded.reset(batch_size=agents, initial_state={k: v.numpy() for k, v in state.items()})
-    stepped = np.stack([embedded.step(drives.numpy()) for _ in range(steps)])
-    np.testing.assert_allclose(stepped, batch.numpy(), rtol=1e-5, atol=1e-5)
+    embedded.reset(batch_size=agents, initial_state={k: v.numpy() for k, v in state32.items()})
+    stepped = np.stack([embedded.step(drives.float().numpy()) for _ in range(steps)])
+    np.testing.assert_allclose(stepped, reference, rtol=1e-5, atol=1e-5)
