@@ -22,7 +22,6 @@ each tick goes through :func:`statesim.engine.step`.
 """
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,9 +152,6 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     sidecar, run_dir = find_checkpoint(path, job)
     tree, info = load_checkpoint(sidecar, map_location="cpu")
     spec = info.meta.get("model")
-    job_file = None if run_dir is None else run_dir / "models" / f"{info.meta.get('job', 'main')}.json"
-    if spec is None and job_file is not None and job_file.is_file():  # written by RunContext.build_model
-        spec = json.loads(job_file.read_text(encoding="utf-8"))
     run_yaml = _run_yaml(run_dir)
     if spec is not None:
         config = _model_config(spec["model"], registry, f"{sidecar} (stored model)")

@@ -96,11 +96,9 @@ class RunContext:
             raise ConfigError([ConfigIssue(self.config.name or "scenario", None, "model",
                                            "this scenario trains a model; add a `model:` section, e.g. "
                                            "model: {cell: {type: lstm, hidden_size: 64}}.")])
-        model = build_model(self.host.registry, config, input_size, output_size).to(self.device)
-        # Remembered so `statesim diagnose` can rebuild the model of a finished run (written by train()).
-        model.build_info = {"model": config.model_dump(mode="json"), "input_size": input_size,
-                            "output_size": output_size}
-        return model
+        # build_model records the config and sizes (model.build_spec); every checkpoint stores them, so
+        # `statesim diagnose` and `statesim.embed` rebuild any job of a finished run from its checkpoint alone.
+        return build_model(self.host.registry, config, input_size, output_size).to(self.device)
 
     def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
               training: TrainingConfig | None = None,
@@ -113,10 +111,6 @@ class RunContext:
         from statesim.distributed import active, is_writer
 
         training = training or self.config.training
-        if getattr(model, "build_info", None) is not None and is_writer():
-            from statesim.fileio import atomic_write_json
-
-            atomic_write_json(self.run_dir / "models" / f"{job}.json", model.build_info)
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
                           log=self.metrics if is_writer() else None, should_stop=self.should_stop,

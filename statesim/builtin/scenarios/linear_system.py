@@ -30,7 +30,7 @@ class LinearSystemParams(ScenarioParams):
     test_sequences: int = Field(32, gt=0, description="held-out series")
     noise: float = Field(0.0, ge=0, description="std of measurement noise on the training outputs")
     impulse_steps: int = Field(50, gt=1, description="length of the impulse response compared")
-    system_seed: int = Field(1234, description="seed of the true system")
+    system_seed: int = Field(1234, ge=0, lt=2**63, description="seed of the true system")
 
 
 def random_stable_system(p: LinearSystemParams) -> LinearCell:

@@ -98,7 +98,7 @@ class MovingAverage(Scenario):
     def _coefficients(self, model: Any) -> dict[str, Any]:
         cell = model.topology.as_cell()
         if hasattr(cell, "weights"):
-            return {"window_weights": [round(float(w), 6) for w in cell.weights.flatten()]}
+            return {"window_weights": [round(float(w), 6) for w in cell.weights.detach().flatten()]}
         if all(hasattr(cell, m) for m in "ABCD"):
             A, B, C, D = (getattr(cell, m).detach() for m in "ABCD")
             out = {m: getattr(cell, m).detach().flatten().tolist() for m in "ABCD"}
