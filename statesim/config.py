@@ -261,6 +261,10 @@ def _issues_from_validation(exc: ValidationError, model: type[BaseModel], prefix
             options = _fields_at(model, tuple(err["loc"])[:-1]) + list(extra_fields)
             message = (f"unknown key '{loc[-1]}'.{did_you_mean(str(loc[-1]), options)} "
                        f"Allowed keys here: {', '.join(options)}.")
+            if loc == ("sweep",):  # a sweep file given to `statesim run`/`validate`
+                message = (f"'sweep' belongs to sweep files: run this one with `statesim sweep {file}`, which "
+                           f"validates and runs every combination. Allowed keys of a single run: "
+                           f"{', '.join(options)}.")
         elif err["type"] == "missing":
             message = "this key is required. Add it."
         else:

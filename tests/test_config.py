@@ -214,3 +214,14 @@ def test_every_shipped_scenario_validates_and_names_its_command(path, registry, 
 
 def test_the_shipped_scenarios_are_found():
     assert {"moving_average.yaml", "linear_system.yaml"} <= {p.name for p in SCENARIOS}
+
+
+def test_a_sweep_file_given_to_run_points_to_statesim_sweep(builtin_host):
+    from statesim.config import load_config
+    from statesim.errors import ConfigError
+
+    sweep_file = Path(__file__).resolve().parents[1] / "scenarios" / "sweeps" / "gradient_lab.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(sweep_file, builtin_host.registry)
+    assert f"statesim sweep {sweep_file}" in str(caught.value)
+    assert "Did you mean 'seed'" not in str(caught.value)
