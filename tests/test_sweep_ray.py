@@ -10,16 +10,9 @@ import ray  # the ray extra; dev includes it so CI runs this
 from statesim.cli import main
 from statesim.sweep import SerialExecutor, load_sweep, make_executor, run_name, run_sweep
 from statesim.sweep_ray import RayExecutor
+from test_sweep import TINY as RUN  # the same tiny run as the local-executor tests
 
-TINY = """\
-name: tiny
-scenario: {type: adding, length: 5, train_sequences: 16, val_sequences: 8, test_sequences: 8, check_every: 2,
-           stop_when_solved: false, diagnose: false}
-model:
-  cell: {type: vanilla, hidden_size: 3}
-training: {steps: 2, batch_size: 8, log_every: 1}
-output: {plots: false, progress: false}
-seed: 7
+TINY = RUN + """\
 sweep:
   grid:
     training.lr: [0.01, 0.1]

@@ -133,6 +133,14 @@ class Bidirectional(Topology):
 
 
 # --------------------------------------------------------------------------- stacked
+def layers_state_spec(layers: nn.ModuleList) -> dict[str, tuple[int, ...]]:
+    """Every layer's state parts, named ``layer{i}.{part}`` (shared by the stack and its steppable cell)."""
+    spec: dict[str, tuple[int, ...]] = {}
+    for i, layer in enumerate(layers):
+        spec.update(prefixed(f"layer{i}", layer.state_spec))
+    return spec
+
+
 class StackCell(Cell):
     """A stack of cells stepped together, one tick at a time: a stacked topology seen as one cell.
 
@@ -146,10 +154,7 @@ class StackCell(Cell):
 
     @property
     def state_spec(self) -> dict[str, tuple[int, ...]]:
-        spec: dict[str, tuple[int, ...]] = {}
-        for i, layer in enumerate(self.layers):
-            spec.update(prefixed(f"layer{i}", layer.state_spec))
-        return spec
+        return layers_state_spec(self.layers)
 
     @property
     def output_size(self) -> int:
@@ -225,10 +230,7 @@ class Stacked(Topology):
 
     @property
     def state_spec(self) -> dict[str, tuple[int, ...]]:
-        spec: dict[str, tuple[int, ...]] = {}
-        for i, layer in enumerate(self.layers):
-            spec.update(prefixed(f"layer{i}", layer.state_spec))
-        return spec
+        return layers_state_spec(self.layers)
 
     @property
     def output_size(self) -> int:
