@@ -154,14 +154,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from statesim.embed import find_checkpoint, load_model
-    from statesim.export import TOLERANCE, ExportError, default_path, export_model, verify_export
+    from statesim.export import TOLERANCE, ExportError, default_path, export_job_name, export_model, verify_export
+    from statesim.safepath import confined
 
     host = _host(args)
     sidecar_in, run_dir = find_checkpoint(args.run_dir, args.job)
     model, info = load_model(sidecar_in, weights=args.weights, registry=host.registry)
-    job = str(info.meta.get("job") or "main")
-    out = Path(args.out) if args.out else default_path(run_dir or sidecar_in.parent, job, args.format)
-    sidecar = export_model(model, out, args.format, source=info, opset=args.opset)
+    job = export_job_name(sidecar_in, info.meta)
+    if args.out:
+        out = Path(args.out)
+        sidecar = export_model(model, out, args.format, source=info, opset=args.opset)
+    else:  # the default lies inside the run folder, and the sidecar's metadata cannot move it out
+        base = run_dir or sidecar_in.parent
+        out = default_path(base, job, args.format)
+        with confined(base):
+            sidecar = export_model(model, out, args.format, source=info, opset=args.opset)
     print(f"exported job '{job}' (step {info.step}) as {args.format}: {out}\nsidecar: {sidecar}")
     if args.verify_steps:
         error = verify_export(sidecar, model, steps=args.verify_steps)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from statesim.errors import ConfigError
 from statesim.forcing import ClampConfig
 from statesim.registry import Registry, did_you_mean, unknown_name_message
+from statesim.safepath import PathName, default_run_name
 from statesim.yamlio import Lines, dump_yaml, load_yaml, parse_yaml
 
 
@@ -187,7 +188,8 @@ class OutputConfig(Strict):
 class RunConfig(Strict):
     """A scenario file."""
 
-    name: str | None = Field(None, description="run name; defaults to the scenario file's stem")
+    name: PathName | None = Field(None, description="run name (a plain folder name); defaults to the scenario "
+                                                    "file's stem")
     scenario: ScenarioSpec = Field(..., description="the scenario plugin and its parameters")
     model: ModelConfig | None = Field(None, description="the model, for scenarios that train one")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="shared trainer settings")
@@ -195,15 +197,6 @@ class RunConfig(Strict):
     seed: int = Field(0, ge=0, lt=2**63, description="seed of torch, numpy and random")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where to compute; 'auto' picks cuda if present")
     output: OutputConfig = Field(default_factory=OutputConfig, description="run-folder settings")
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, value: str | None) -> str | None:
-        # The name becomes a folder name under output.dir, so it must not be a path.
-        if value is not None and (not value.strip() or value in {".", ".."} or "/" in value or "\\" in value
-                                  or "\x00" in value):
-            raise ValueError("name must be a plain folder name (no '/', '\\', or '..'), e.g. name: my_run")
-        return value
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved config (defaults filled) as plain data."""
@@ -412,7 +405,7 @@ def load_config(path: str | Path, registry: Registry, overrides: list[str] = ())
     except ConfigError as exc:
         raise _blame_overrides(exc, list(overrides), file_lines) from None
     if config.name is None:
-        config.name = Path(path).stem
+        config.name = default_run_name(Path(path))
     return config
 
 

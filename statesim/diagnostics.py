@@ -575,15 +575,25 @@ def diagnose_run(run_dir: str | Path, *, host: Any = None, batch: int = 8, steps
 
     Writes ``diagnostics/report.json`` and PNGs in ``diagnostics/`` of the run folder and returns the report.
     """
-    from statesim.config import load_config
-    from statesim.embed import load_model
-    from statesim.fileio import atomic_write_json, save_figure
     from statesim.plugin_manager import build_plugin_host
+    from statesim.safepath import confined, refuse_symlinks
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise DiagnoseError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `statesim run` wrote.")
-    host = host or build_plugin_host()
+    refuse_symlinks(run_dir, "diagnose")  # it writes diagnostics/ there: never through a link
+    with confined(run_dir):
+        return _diagnose_in(run_dir, host or build_plugin_host(), batch=batch, steps=steps, max_lag=max_lag,
+                            norm=norm, seed=seed, echo=echo)
+
+
+def _diagnose_in(run_dir: Path, host: Any, *, batch: int, steps: int, max_lag: int | None, norm: NormKind,
+                 seed: int, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Diagnose every trained job of ``run_dir`` (its writes already confined to it)."""
+    from statesim.config import load_config
+    from statesim.embed import load_model
+    from statesim.fileio import atomic_write_json, save_figure
+
     out = run_dir / "diagnostics"
     records = read_metrics(run_dir / "metrics.jsonl")
     report: dict[str, Any] = {"run_dir": str(run_dir), "training": training_summary(records), "jobs": {}}

@@ -229,9 +229,23 @@ def verify_export(sidecar: str | Path, model: SequenceModel, *, steps: int = 100
     return error
 
 
+def export_job_name(sidecar: Path, meta: dict[str, Any]) -> str:
+    """The job a checkpoint belongs to, as a plain file name: its folder's name, else a safe ``meta.job``."""
+    from statesim.safepath import name_problem
+
+    # checkpoints/<job>/step_*.json: the folder name is one path component by construction; the sidecar's
+    # meta.job is data from the file and may hold anything ('../../x', '/tmp/y').
+    for candidate in (sidecar.parent.name if sidecar.parent.parent.name == "checkpoints" else None,
+                      meta.get("job"), "main"):
+        if isinstance(candidate, str) and name_problem(candidate) is None:
+            return candidate
+    return "main"
+
+
 def default_path(run_dir: Path, job: str, fmt: str) -> Path:
     """Where ``statesim export`` writes by default: ``RUN_DIR/export/<job>.step<suffix>``."""
     return Path(run_dir) / "export" / f"{job}.step{SUFFIX[fmt]}"
 
 
-__all__ = ["ExportError", "ExportedStep", "SingleStep", "export_model", "verify_export", "default_path"]
+__all__ = ["ExportError", "ExportedStep", "SingleStep", "export_model", "verify_export", "default_path",
+           "export_job_name"]

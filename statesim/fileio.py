@@ -10,10 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from statesim.safepath import guard
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Publish ``data`` at ``path`` atomically."""
-    path = Path(path)
+    """Publish ``data`` at ``path`` atomically (inside the run folder while a run is active)."""
+    path = guard(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

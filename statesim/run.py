@@ -17,6 +17,7 @@ from statesim.config import RunConfig, dump_config, load_config
 from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_json, atomic_write_text
 from statesim.plugin_manager import PluginHost, build_plugin_host
+from statesim.safepath import confined, refuse_symlinks, remove
 from statesim.scenario import RunContext
 from statesim.trainer import Interrupted, seed_everything
 from statesim.yamlio import parse_yaml
@@ -130,40 +131,25 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
     if not writer:
         echo = lambda message: None  # noqa: E731 - rank 0 reports; other ranks' errors still reach stderr
     if resume is not None:
-        run_dir = Path(resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise StatesimError(f"cannot resume: {saved} does not exist. Pass the run folder of an earlier "
-                                f"`statesim run` to --resume.")
-        old, _ = parse_yaml(saved.read_text(encoding="utf-8"), str(saved))
-        diff = [d for d in _config_diff(old, config.resolved()) if not d.startswith(("output.", "device:"))]
-        if diff:
-            raise StatesimError("cannot resume: the scenario differs from the one in "
-                                f"{saved}:\n  " + "\n  ".join(diff) + "\nRun it as a new run instead.")
-        # Temporary files of writes a kill interrupted: never published, never read, safe to drop.
-        for stale in (run_dir.rglob(".*.tmp") if writer else ()):
-            stale.unlink(missing_ok=True)
+        run_dir = _reopen_run_dir(Path(resume), config, writer)
     elif not writer:
         run_dir = Path(dp.share_text(""))  # the folder rank 0 made
     else:
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
-        if run_dir.exists() and not run_dir.is_dir():
-            raise StatesimError(f"the run folder {run_dir} is an existing file, not a folder; choose another --out.")
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise StatesimError(f"the run folder {run_dir} already exists and is not empty; choose another --out, "
-                                f"or continue it with --resume {run_dir}.")
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StatesimError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}. "
-                                f"Choose another --out.") from None
-        atomic_write_text(run_dir / "config.yaml", f"# resolved config of {config_file}\n" + dump_config(config))
+        run_dir = _new_run_dir(config, config_file, out)
         if dp is not None:
             dp.share_text(str(run_dir))
+    with confined(run_dir):  # from here on every write and delete stays inside the run folder
+        return _execute_in(run_dir, config, config_file, host, dp, writer, resume is not None, echo)
+
+
+def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host: PluginHost, dp: Any,
+                writer: bool, resumed: bool, echo: Any) -> Path:
+    """Run the scenario into its (already opened) run folder."""
+    from statesim import distributed
+
     env = environment(host)
     env["seed"] = config.seed
-    env["resumed"] = resume is not None
+    env["resumed"] = resumed
     env["world_size"] = dp.world_size if dp is not None else 1
     if writer:
         atomic_write_json(run_dir / "run.json", env)
@@ -178,7 +164,7 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
         torch.use_deterministic_algorithms(True)
     with graceful_interrupt() as stop_flag:
         device_ = dp.device if dp is not None else resolve_device(config.device)  # a rank uses its own GPU
-        ctx = RunContext(config, host, run_dir, device_, resume=resume is not None,
+        ctx = RunContext(config, host, run_dir, device_, resume=resumed,
                          progress=progress, should_stop=lambda: stop_flag[0], echo=echo)
         try:
             results = scenario.run(ctx)
@@ -195,6 +181,47 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_json(run_dir / "run.json", env)
     distributed.teardown()
+    return run_dir
+
+
+def _reopen_run_dir(run_dir: Path, config: RunConfig, writer: bool) -> Path:
+    """The folder of an earlier run to continue, after checking it is that run and safe to write in."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise StatesimError(f"cannot resume: {saved} does not exist. Pass the run folder of an earlier "
+                            f"`statesim run` to --resume.")
+    refuse_symlinks(run_dir, "resume the run in")
+    old, _ = parse_yaml(saved.read_text(encoding="utf-8"), str(saved))
+    diff = [d for d in _config_diff(old, config.resolved()) if not d.startswith(("output.", "device:"))]
+    if diff:
+        raise StatesimError("cannot resume: the scenario differs from the one in "
+                            f"{saved}:\n  " + "\n  ".join(diff) + "\nRun it as a new run instead.")
+    if writer:
+        # Temporary files of writes a kill interrupted: never published, never read, safe to drop.
+        with confined(run_dir):
+            for dirpath, _, filenames in os.walk(run_dir, followlinks=False):
+                for name in filenames:
+                    if name.startswith(".") and name.endswith(".tmp"):
+                        remove(Path(dirpath) / name)
+    return run_dir
+
+
+def _new_run_dir(config: RunConfig, config_file: str | Path, out: str | Path | None) -> Path:
+    """Create an empty run folder (``--out``, or ``output.dir/<name>-<time>``) holding the resolved config."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StatesimError(f"the run folder {run_dir} is an existing file, not a folder; choose another --out.")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise StatesimError(f"the run folder {run_dir} already exists and is not empty; choose another --out, "
+                            f"or continue it with --resume {run_dir}.")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StatesimError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}. "
+                            f"Choose another --out.") from None
+    with confined(run_dir):
+        atomic_write_text(run_dir / "config.yaml", f"# resolved config of {config_file}\n" + dump_config(config))
     return run_dir
 
 

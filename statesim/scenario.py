@@ -20,6 +20,7 @@ from statesim.data import DataSplits, SequenceData, mse_loss
 from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_text, save_figure
 from statesim.model import SequenceModel, build_model
+from statesim.safepath import guard, name_problem
 from statesim.plugin_manager import PluginHost
 from statesim.trainer import LossFn, Objective, Trainer, TrainResult
 
@@ -37,7 +38,7 @@ class MetricsLog:
         self.path = path
 
     def __call__(self, record: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
+        with guard(self.path).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
 
@@ -110,6 +111,10 @@ class RunContext:
         """
         from statesim.distributed import active, is_writer
 
+        problem = name_problem(job)
+        if problem is not None:  # a plugin's own job label; YAML-given labels were checked at config time
+            raise StatesimError(f"the job name {job!r} becomes the folder checkpoints/{job} of the run, and "
+                                f"{problem}. The scenario plugin must pass a plain name (letters, digits, '_-.').")
         training = training or self.config.training
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,

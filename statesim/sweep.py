@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from statesim.errors import StatesimError
+from statesim.safepath import default_run_name, name_problem
 
 
 class SweepError(StatesimError):
@@ -118,7 +119,11 @@ def load_sweep(file: str | Path, grid: Iterable[str] = (), seeds: int | None = N
         seed_list = [base_seed + i for i in range(raw_seeds)]
     else:
         raise SweepError(f"seeds must be a positive count or a list of seeds, got {raw_seeds!r}.")
-    name = str(data.get("name") or file.stem)
+    name = str(data.get("name") or default_run_name(file))
+    problem = name_problem(name)
+    if problem is not None:  # it names the sweep's folder (runs/sweeps/<name>) and every run in it
+        raise SweepError(f"{file}: `name: {name!r}` becomes a folder name, and {problem}; use letters, digits "
+                         f"and '_-.' only, e.g. name: lstm_sweep.")
     data.setdefault("name", name)
     target = Path(out) if out is not None else Path(section.get("out") or Path(data.get("output", {}).get("dir", "runs"))
                                                     / "sweeps" / name)

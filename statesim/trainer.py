@@ -26,6 +26,7 @@ from statesim.config import TrainingConfig
 from statesim.data import DataSplits, SequenceData, mse_loss
 from statesim.errors import CheckpointError, TrainingError
 from statesim.model import SequenceModel
+from statesim.safepath import remove
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -321,8 +322,8 @@ class Trainer:
                                meta={"job": self.job, "model": getattr(self.model, "build_spec", None)})
         for old in list_checkpoints(self.checkpoint_dir)[:-self.config.keep_checkpoints]:
             # Sidecar first: a kill in between leaves an orphan weights file, never a sidecar without weights.
-            old.unlink(missing_ok=True)
-            old.with_suffix(".safetensors").unlink(missing_ok=True)
+            remove(old)
+            remove(old.with_suffix(".safetensors"))
         return path
 
     def restore(self, warn: Callable[[str], None] = print) -> bool:

@@ -20,6 +20,7 @@ from statesim.data import DataSplits, SequenceData
 from statesim.hookimpl import hookimpl
 from statesim.model import SequenceModel
 from statesim.registry import Registration
+from statesim.safepath import PathName
 from statesim.scenario import RunContext, Scenario, ScenarioParams
 
 
@@ -38,7 +39,7 @@ class InitialStateEffectParams(ScenarioParams):
     test_sequences: int = Field(256, gt=0, description="held-out windows (from other trajectories)")
     dt: float = Field(0.01, gt=0, description="RK4 step of the Lorenz system")
     every: int = Field(4, ge=1, description="observe x every this many RK4 steps")
-    policies: dict[str, InitialStateSpec] = Field(default_factory=default_policies,
+    policies: dict[PathName, InitialStateSpec] = Field(default_factory=default_policies,
                                                   description="policies compared, by label")
 
 

@@ -16,6 +16,7 @@ from statesim.config import CellSpec, ModelConfig
 from statesim.data import DataSplits, SequenceData
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
+from statesim.safepath import PathName
 from statesim.scenario import RunContext, Scenario, ScenarioParams
 
 
@@ -51,7 +52,7 @@ class MovingAverageParams(ScenarioParams):
     test_sequences: int = Field(64, gt=0, description="held-out series")
     noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to the training targets")
     tolerance: float = Field(0.01, gt=0, description="coefficient error that counts as recovered")
-    models: dict[str, ModelConfig] = Field(default_factory=_default_models,
+    models: dict[PathName, ModelConfig] = Field(default_factory=_default_models,
                                            description="models to train on each system, by name")
 
 
