@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Cell": "statesim.cell", "CellParams": "statesim.cell", "State": "statesim.cell",
     "Trajectory": "statesim.engine", "unroll": "statesim.engine", "step": "statesim.engine",
+    "Stepper": "statesim.engine",
     "Clamp": "statesim.forcing", "Forcing": "statesim.forcing",
     "hookimpl": "statesim.hookimpl", "Registration": "statesim.registry",
     "Topology": "statesim.model", "InitialState": "statesim.model", "InitialContext": "statesim.model",

@@ -16,6 +16,7 @@ Two optional methods let a cell be fast without changing the contract:
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, ClassVar, Mapping
 
 import numpy as np
@@ -34,6 +35,44 @@ State = dict[str, Tensor]
 NumpyStep = Callable[[np.ndarray, dict[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
 
 
+def device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where ``module`` computes: its first floating-point parameter's device and dtype, else its first floating
+    buffer's (a parameter-free dynamical system), else the CPU and torch's default dtype."""
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    for tensor in module.buffers():
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def state_size(state_spec: Mapping[str, tuple[int, ...]]) -> int:
+    """Total number of state units (all parts flattened)."""
+    return sum(math.prod(shape) for shape in state_spec.values())
+
+
+def state_layout(state_spec: Mapping[str, tuple[int, ...]]) -> dict[str, slice]:
+    """Where each named part lies in the flattened state (:func:`flatten_state`)."""
+    layout, start = {}, 0
+    for name, shape in state_spec.items():
+        layout[name] = slice(start, start + math.prod(shape))
+        start = layout[name].stop
+    return layout
+
+
+def flatten_state(state: Mapping[str, Tensor], state_spec: Mapping[str, tuple[int, ...]] | None = None) -> Tensor:
+    """``[B, units]``: every part flattened and concatenated, in ``state_spec``'s order (the state's own when None)."""
+    names = state if state_spec is None else state_spec
+    return torch.cat([state[name].flatten(1) for name in names], dim=-1)
+
+
+def unflatten_state(flat: Tensor, state_spec: Mapping[str, tuple[int, ...]]) -> State:
+    """Inverse of :func:`flatten_state` for ``state_spec``'s order."""
+    parts = flat.split([math.prod(shape) for shape in state_spec.values()], dim=-1)
+    return {name: part.reshape(flat.shape[0], *shape) for (name, shape), part in zip(state_spec.items(), parts)}
+
+
 class CellParams(BaseModel):
     """Base of every cell's parameter model: unknown keys are errors."""
 
@@ -45,6 +84,9 @@ class Cell(nn.Module):
 
     #: The pydantic model validating this cell's YAML parameters (everything except ``type``).
     Params: ClassVar[type[BaseModel]] = CellParams
+    #: The state part ``y_t`` is (``"h"`` for an Elman RNN, LSTM or GRU: ``y_t = h_t``), or None when the output
+    #: is not one of the state parts. Declared, never probed: fast paths that return only the output use it.
+    output_part: ClassVar[str | None] = None
 
     def __init__(self, input_size: int) -> None:
         super().__init__()
@@ -92,7 +134,8 @@ class Cell(nn.Module):
     def fused_form(self) -> "statesim.fastpath.FusedForm | None":
         """The fused torch kernel this cell's step is, with its own weights, or None (see statesim.fastpath).
 
-        Offer one only when the kernel computes exactly this cell's step (same state parts, ``y_t = h_t``).
+        Offer one only when the kernel computes exactly this cell's step (same state parts, and the output is the
+        kernel's first part, declared as :attr:`output_part`).
         """
         return None
 
@@ -109,9 +152,10 @@ class Cell(nn.Module):
     def zero_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> State:
         """A state of zeros for a batch, on the cell's device and dtype unless given."""
-        ref = next(self.parameters(), None)
-        device = device if device is not None else (ref.device if ref is not None else "cpu")
-        dtype = dtype if dtype is not None else (ref.dtype if ref is not None else torch.get_default_dtype())
+        if device is None or dtype is None:
+            own_device, own_dtype = device_and_dtype(self)
+            device = own_device if device is None else device
+            dtype = own_dtype if dtype is None else dtype
         return {name: torch.zeros((batch_size, *shape), device=device, dtype=dtype)
                 for name, shape in self.state_spec.items()}
 

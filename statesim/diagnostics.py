@@ -30,41 +30,14 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor
 
-from statesim.cell import Cell, State
+# The one flattening of a state (statesim.cell), re-exported here, where the Jacobians are taken over it.
+from statesim.cell import Cell, State, device_and_dtype, flatten_state, state_layout, unflatten_state  # noqa: F401
+from statesim.engine import Stepper, lengths_to_mask
 from statesim.errors import StatesimError
 
 NormKind = Literal["spectral", "frobenius"]
 #: Per-step growth factors inside ``[1 - TOLERANCE, 1 + TOLERANCE]`` count as norm-preserving.
 TOLERANCE = 0.02
-
-
-# --------------------------------------------------------------------------- state layout
-def state_layout(spec: dict[str, tuple[int, ...]]) -> dict[str, slice]:
-    """Where each named state part lies in the flattened state vector."""
-    layout, start = {}, 0
-    for name, shape in spec.items():
-        size = math.prod(shape)
-        layout[name] = slice(start, start + size)
-        start += size
-    return layout
-
-
-def flatten_state(state: State, spec: dict[str, tuple[int, ...]]) -> Tensor:
-    """``[B, N]``: every part of ``state`` flattened and concatenated in ``spec`` order."""
-    return torch.cat([state[name].reshape(state[name].shape[0], -1) for name in spec], dim=1)
-
-
-def unflatten_state(flat: Tensor, spec: dict[str, tuple[int, ...]]) -> State:
-    """Inverse of :func:`flatten_state`."""
-    layout = state_layout(spec)
-    return {name: flat[:, layout[name]].reshape(flat.shape[0], *shape) for name, shape in spec.items()}
-
-
-def _step_function(cell: Cell) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor, State], tuple[Tensor, State]]]:
-    """The same split the engine uses: hoisted input projection plus one transition."""
-    if cell.hoists_inputs:
-        return cell.project_inputs, cell.transition
-    return (lambda inputs: inputs), cell.forward
 
 
 def _batched_jacobian(fn: Callable[[Tensor], Tensor], flat: Tensor) -> Tensor:
@@ -104,27 +77,22 @@ def step_jacobians(cell: Cell, inputs: Tensor, state: State | None = None, *, ex
         cell = _as_float64(cell)
         inputs = inputs.to(torch.float64)
         state = None if state is None else {k: v.to(torch.float64) for k, v in state.items()}
-    cell.check_input(inputs, time_major=True)
     spec = cell.state_spec
-    batch = inputs.shape[1]
-    state = cell.zero_state(batch, device=inputs.device, dtype=inputs.dtype) if state is None else state
-    cell.check_state(state, batch)
-    project, transition = _step_function(cell)
     jacobians, states = [], []
+
+    def observe(t: int, x_t: Tensor, entering: State, y: Tensor, new_state: State) -> None:
+        def advance(z: Tensor) -> Tensor:
+            return flatten_state(stepper.transition(x_t, unflatten_state(z, spec))[1], spec)
+
+        if not states:
+            states.append(flatten_state(entering, spec))
+        jacobians.append(_batched_jacobian(advance, flatten_state(entering, spec)).detach())
+        states.append(flatten_state(new_state, spec))
+
+    # The engine's own loop, observed at every step (so on the generic path, whatever the policy).
+    stepper = Stepper(cell, path="generic", on_step=observe)
     with torch.no_grad():
-        projected = project(inputs)
-    flat = flatten_state({k: v.detach() for k, v in state.items()}, spec)
-    states.append(flat)
-    for t in range(inputs.shape[0]):
-        x_t = projected[t].detach()
-
-        def advance(z: Tensor, x_t: Tensor = x_t) -> Tensor:
-            return flatten_state(transition(x_t, unflatten_state(z, spec))[1], spec)
-
-        jacobians.append(_batched_jacobian(advance, flat).detach())
-        with torch.no_grad():
-            flat = advance(flat)
-        states.append(flat)
+        stepper.run(inputs, state)
     return JacobianTrace(torch.stack(jacobians), state_layout(spec), torch.stack(states))
 
 
@@ -279,27 +247,23 @@ def loss_gradients(model: Any, inputs: Tensor, targets: Tensor, loss_fn: Callabl
     This is the total derivative BPTT propagates (its ``delta_s``): through every later step and, for cells whose
     output reads the state (``y_s = h_s``), through the loss at step ``s`` itself.
 
-    ``model`` is a :class:`statesim.model.SequenceModel` whose topology can be stepped; the loop mirrors the
-    engine's (hoisted inputs, one transition per step) but keeps every intermediate state in the graph.
+    ``model`` is a :class:`statesim.model.SequenceModel` whose topology can be stepped; it runs on the engine's
+    own loop (a :class:`~statesim.engine.Stepper` observing every step) and keeps every intermediate state.
     """
     model = copy.deepcopy(model).to(torch.float64)
     cell = model.step_cell()
     inputs = inputs.to(torch.float64)
     targets = targets.to(torch.float64) if targets.is_floating_point() else targets
     spec = cell.state_spec
-    project, transition = _step_function(cell)
+    steps, batch = inputs.shape[0], inputs.shape[1]
     with torch.enable_grad():
-        start = model.initial(inputs.shape[1], inputs=inputs, lengths=lengths)
+        start = model.initial(batch, inputs=inputs, lengths=lengths)
         state = {k: v.detach().requires_grad_(True) for k, v in start.items()}
-        states, outputs = [state], []
-        projected = project(inputs)
-        for t in range(inputs.shape[0]):
-            y, state = transition(projected[t], state)
-            states.append(state)
-            outputs.append(y)
-        out = model.read_out(torch.stack(outputs))
-        mask = torch.arange(inputs.shape[0]).unsqueeze(1) < (lengths.unsqueeze(0) if lengths is not None
-                                                             else torch.full((1, inputs.shape[1]), inputs.shape[0]))
+        states = [state]
+        stepper = Stepper(cell, path="generic", on_step=lambda t, x, entering, y, new: states.append(new))
+        out = model.read_out(stepper.run(inputs, state).outputs)
+        mask = (lengths_to_mask(lengths, steps) if lengths is not None
+                else torch.ones(steps, batch, dtype=torch.bool))
         loss = loss_fn(out, targets, mask)
         flat = [s[name] for s in states for name in spec]
         grads = torch.autograd.grad(loss, flat, allow_unused=True)
@@ -410,7 +374,7 @@ class GradientFlowMonitor:
     def measure(self, model: Any, step: int) -> GradientFlow:
         """Measure now and remember it."""
         cell = model.step_cell()
-        flow = gradient_flow(cell, self.inputs.to(next(cell.parameters()).device), max_lag=self.max_lag,
+        flow = gradient_flow(cell, self.inputs.to(device_and_dtype(cell)[0]), max_lag=self.max_lag,
                              norm=self.norm)
         self.history.append((step, flow))
         return flow

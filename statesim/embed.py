@@ -18,7 +18,8 @@ gives the numbers of :func:`statesim.engine.unroll` over the same inputs, forcin
 
 Fast path: when the step cell offers :meth:`~statesim.cell.Cell.numpy_step`, the state lives in NumPy
 arrays and each tick is a handful of NumPy calls (no torch dispatch). Otherwise, or with ``fast=False``,
-each tick goes through :func:`statesim.engine.step`.
+each tick is one :meth:`statesim.engine.Stepper.step` of a stepper prepared once (and prepared again only
+when the clamps change), so a tick costs about one call of the cell.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from statesim import engine
-from statesim.cell import Cell
+from statesim.cell import Cell, device_and_dtype
 from statesim.checkpoint import CheckpointInfo, latest_good_checkpoint, list_checkpoints, load_checkpoint
 from statesim.errors import CheckpointError, StatesimError
 from statesim.forcing import Clamp, Forcing, ForcingValue
@@ -213,14 +214,13 @@ class EmbeddedModel:
         self.source = source
         self._registry = registry
         self._lock = threading.Lock()
-        ref = next(model.parameters(), None)
-        self.device = ref.device if ref is not None else torch.device("cpu")
-        self.dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+        self.device, self.dtype = device_and_dtype(model)
         self._np_dtype = np.dtype(str(self.dtype).removeprefix("torch."))
         self.input_size, self.output_size = model.input_size, model.output_size
         self.state_spec: dict[str, tuple[int, ...]] = dict(self.cell.state_spec)
         self._fast_requested = fast
         self._clamps: dict[int, Clamp] = {}
+        self._stepper = engine.Stepper(self.cell)
         self._next_handle = 0
         self._t = 0
         self._batch = 0
@@ -390,6 +390,7 @@ class EmbeddedModel:
             self._clamps = {h: c for h, c in self._clamps.items() if c.stop is None}
             for clamp in self._clamps.values():
                 clamp.start = min(clamp.start, self._t)
+            self._prepare()
 
     def _write_rows(self, part: str, rows: Any, value: Any) -> None:
         current = self._state[part]
@@ -468,6 +469,7 @@ class EmbeddedModel:
             handle = self._next_handle
             self._next_handle += 1
             self._clamps[handle] = clamp
+            self._prepare()
             return handle
 
     def release(self, handle: int | str | None = None) -> None:
@@ -479,6 +481,11 @@ class EmbeddedModel:
                 self._clamps = {h: c for h, c in self._clamps.items() if c.target != handle}
             elif handle in self._clamps:
                 del self._clamps[handle]
+            self._prepare()
+
+    def _prepare(self) -> None:
+        """A stepper holding the clamps in force now and scheduled (called when they change)."""
+        self._stepper = engine.Stepper(self.cell, forcing=Forcing(list(self._clamps.values())))
 
     @property
     def forcing(self) -> Forcing:
@@ -486,13 +493,13 @@ class EmbeddedModel:
         with self._lock:
             return Forcing(list(self._clamps.values()))
 
-    def _active_forcing(self) -> Forcing | None:
-        t = self._t
-        expired = [h for h, c in self._clamps.items() if c.stop is not None and c.stop <= t]
+    def _drop_expired(self) -> None:
+        """Forget clamps whose window has passed (the stepper would skip them; this keeps it lean)."""
+        expired = [h for h, c in self._clamps.items() if c.stop is not None and c.stop <= self._t]
         for h in expired:
             del self._clamps[h]
-        active = [c for c in self._clamps.values() if c.active(t)]
-        return Forcing(active) if active else None
+        if expired:
+            self._prepare()
 
     # ------------------------------------------------------------------ stepping
     def _as_batch(self, x: Any) -> tuple[Any, bool, bool]:
@@ -522,11 +529,12 @@ class EmbeddedModel:
         """
         with self._lock:
             x, is_tensor, single = self._as_batch(x)
-            forcing = self._active_forcing() if self._clamps else None
+            if self._clamps:
+                self._drop_expired()
             if self._kernel is not None:
-                y = self._step_numpy(x.cpu().numpy().astype(self._np_dtype, copy=False) if is_tensor else x, forcing)
+                y = self._step_numpy(x.cpu().numpy().astype(self._np_dtype, copy=False) if is_tensor else x)
             else:
-                y = self._step_torch(x.to(self.device, self.dtype) if is_tensor else x, forcing)
+                y = self._step_torch(x.to(self.device, self.dtype) if is_tensor else x)
             self._t += 1
         if single:
             y = y[0]
@@ -536,9 +544,10 @@ class EmbeddedModel:
 
     __call__ = step
 
-    def _step_numpy(self, x: np.ndarray, forcing: Forcing | None) -> np.ndarray:
+    def _step_numpy(self, x: np.ndarray) -> np.ndarray:
         state = self._state
-        if forcing is not None:  # reuse the engine's forcing rules on zero-copy torch views
+        forcing = self._stepper.forcing
+        if forcing:  # the stepper's clamps, by the engine's forcing rules, on zero-copy torch views
             xt = forcing.apply_to_inputs(torch.from_numpy(x).unsqueeze(0), self._t)[0]
             x = xt.numpy()
             read = forcing.apply_to_state({k: torch.from_numpy(v) for k, v in state.items()}, self._t)
@@ -559,15 +568,13 @@ class EmbeddedModel:
         with torch.no_grad():
             return head(torch.from_numpy(y)).numpy()
 
-    def _step_torch(self, x: Tensor, forcing: Forcing | None) -> Tensor:
+    def _step_torch(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            if forcing is None and self._batch <= self.numpy_max_batch:
-                # One generic engine step is exactly Cell.forward; shapes were checked here and the state is
-                # ours, so skip the engine's per-call validation and path selection (most of its cost for few
-                # agents). For many agents the engine's fused kernels (statesim.fastpath) win, so go through it.
-                y, self._state = self.cell(x, self._state)
-            else:
-                y, self._state = engine.step(self.cell, x, self._state, forcing=forcing, t=self._t)
+            if self._batch <= self.numpy_max_batch:
+                y, self._state = self._stepper.step(x, self._state, self._t)
+            else:  # many agents: the stepper's whole-sequence paths (fused kernels) beat one call per tick
+                traj = self._stepper.run(x.unsqueeze(0), self._state, t0=self._t)
+                y, self._state = traj.outputs[0], traj.final_state
             return self.model.read_out(y).clone()
 
     def rollout(self, inputs: Any) -> Any:

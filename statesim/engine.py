@@ -1,6 +1,11 @@
-"""The engine owns the time loop: unroll a cell over ``[T, B, F]``, or step it one tick.
+"""The engine owns the time loop: a :class:`Stepper` runs a cell over ``[T, B, F]`` or steps it one tick.
 
-Every topology, trainer and embedding path calls :func:`unroll` or :func:`step`; cells never loop.
+Every topology, trainer, decoder, embedding path, diagnostic and export runs a cell through a
+:class:`Stepper` (directly, or through the one-shot wrappers :func:`unroll` and :func:`step`); cells
+never loop, and :func:`time_loop` is the only loop over time. A stepper is prepared once: it checks its
+forcing against the cell's state parts, binds the cell's step, and resolves the execution path (the
+generic loop, or a fast path registered through the ``statesim_fast_paths`` hook, see
+:mod:`statesim.fastpath`) the first time it runs.
 
 Variable lengths: with ``lengths`` (one per sequence), steps at ``t >= lengths[b]`` leave sequence
 ``b``'s state unchanged and give a zero output, so the final state is each sequence's own last state.
@@ -8,13 +13,22 @@ Variable lengths: with ``lengths`` (one per sequence), steps at ``t >= lengths[b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from statesim import fastpath
 from statesim.cell import Cell, State
+from statesim.errors import ShapeError
 from statesim.forcing import Forcing
+
+#: One step of a cell: ``(x_t, state) -> (y_t, new_state)`` (``Cell.forward`` or ``Cell.transition``).
+StepFn = Callable[[Tensor, State], "tuple[Tensor, State]"]
+#: Called after every step of a run that needs per-step access: ``(t, x_t, entering, y_t, new_state)``,
+#: where ``x_t`` is what the step read (projected for cells that hoist their inputs) and ``entering`` the
+#: state it read (after forcing).
+OnStep = Callable[[int, Tensor, State, Tensor, State], None]
 
 
 @dataclass
@@ -31,65 +45,140 @@ def lengths_to_mask(lengths: Tensor, steps: int) -> Tensor:
     return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.to(torch.long).unsqueeze(0)
 
 
-def unroll(cell: Cell, inputs: Tensor, state: State | None = None, *, lengths: Tensor | None = None,
-           forcing: Forcing | None = None, return_states: bool = False, t0: int = 0) -> Trajectory:
-    """Run ``cell`` over ``inputs [T, B, input_size]`` from ``state`` (zeros when None).
+def time_loop(step: StepFn, xs: Tensor, state: State, mask: Tensor | None = None, *,
+              read: Callable[[State, int], State] | None = None, t0: int = 0, want_states: bool = False,
+              on_step: OnStep | None = None) -> tuple[Tensor, State, dict[str, Tensor] | None]:
+    """The time loop: ``step`` over ``xs [T, B, ...]`` from ``state``; outputs, final state, every state.
 
-    ``t0`` is the global index of the first step, so forcing windows stay right across chunks.
+    ``mask [T, B]`` freezes finished sequences (zero output, state kept); ``read(state, t)`` is what the
+    step reads at global step ``t`` (forcing). The compiled fast path compiles this very function.
     """
-    cell.check_input(inputs, time_major=True)
-    steps, batch = inputs.shape[0], inputs.shape[1]
-    if state is None:
-        state = cell.zero_state(batch, device=inputs.device, dtype=inputs.dtype)
-    cell.check_state(state, batch)
-    forcing = forcing or Forcing()
-    if forcing:
-        forcing.check(cell.state_spec)
-        inputs = forcing.apply_to_inputs(inputs, t0)
-    mask = None
-    if lengths is not None:
-        lengths = torch.as_tensor(lengths, device=inputs.device)
-        if lengths.shape != (batch,):
-            raise ValueError(f"lengths must have shape [{batch}], got {list(lengths.shape)}")
-        mask = lengths_to_mask(lengths, steps)
-
-    forces_state = forcing.forces_state
-    # A whole-sequence kernel (fused RNN, linear scan) replaces the loop when the cell offers one
-    # and nothing needs per-step access; see statesim.fastpath.
-    fast, why = fastpath.dispatch(cell, inputs, state, lengths, forces_state=forces_state,
-                                  return_states=return_states)
-    if fast is not None:
-        return Trajectory(*fast)
-    step_fn, hoisted = fastpath.step_function(cell, why)
-    # Hoisted input work happens once for the whole sequence, not once per step.
-    projected = cell.project_inputs(inputs) if hoisted else inputs
-    # unbind once: indexing projected[t] in the loop would make backward allocate a full-size gradient
-    # buffer per step (O(T^2)); unbind's backward is a single stack.
-    xs = projected.unbind(0)
+    batch = xs.shape[1]
+    # unbind once: indexing xs[t] in the loop would make backward allocate a full-size gradient buffer per
+    # step (O(T^2)); unbind's backward is a single stack.
+    inputs = xs.unbind(0)
     if mask is not None:
-        keeps, scales = mask.unbind(0), mask.unsqueeze(-1).to(inputs.dtype).unbind(0)
-
+        keeps, scales = mask.unbind(0), mask.unsqueeze(-1).to(xs.dtype).unbind(0)
     outputs: list[Tensor] = []
-    history: dict[str, list[Tensor]] = {name: [] for name in state} if return_states else {}
-    for t in range(steps):
-        read = forcing.apply_to_state(state, t0 + t) if forces_state else state
-        y, new_state = step_fn(xs[t], read)
+    history: list[State] = []
+    for t, x_t in enumerate(inputs):
+        entering = read(state, t0 + t) if read is not None else state
+        y, new_state = step(x_t, entering)
         if mask is not None:
             keep = keeps[t]
             y = y * scales[t].to(y.dtype)
             new_state = {name: torch.where(keep.view(batch, *([1] * (value.dim() - 1))), value, state[name])
                          for name, value in new_state.items()}
+        if on_step is not None:
+            on_step(t0 + t, x_t, entering, y, new_state)
         state = new_state
         outputs.append(y)
-        for name in history:
-            history[name].append(state[name])
-    states = {name: torch.stack(values) for name, values in history.items()} if return_states else None
-    return Trajectory(torch.stack(outputs), state, states)
+        if want_states:
+            history.append(state)
+    states = {name: torch.stack([h[name] for h in history]) for name in state} if want_states else None
+    return torch.stack(outputs), state, states
+
+
+class Stepper:
+    """A cell prepared to run: forcing checked and the step bound once, the execution path resolved once.
+
+    ``forcing`` is the clamp schedule (global step indices); ``path`` pins the execution path (``generic``
+    or a fast path's name; None follows :func:`statesim.fastpath.policy`); ``return_states`` makes
+    :meth:`run` return every state; ``on_step`` is called after every step (and rules out fast paths).
+    """
+
+    __slots__ = ("cell", "forcing", "path", "return_states", "on_step", "hoisted", "transition", "_forward",
+                 "_read", "_input_forcing", "_resolved", "_checked_batch")
+
+    def __init__(self, cell: Cell, *, forcing: Forcing | None = None, path: str | None = None,
+                 return_states: bool = False, on_step: OnStep | None = None) -> None:
+        self.cell = cell
+        self.forcing = forcing or Forcing()
+        if self.forcing:
+            self.forcing.check(cell.state_spec)
+        self.path, self.return_states, self.on_step = path, bool(return_states), on_step
+        self.hoisted = cell.hoists_inputs
+        #: The step the loop runs on (projected) inputs: ``transition`` for cells that hoist, else ``forward``.
+        self.transition: StepFn = cell.transition if self.hoisted else cell.forward
+        self._forward: StepFn = cell.forward
+        self._read = self.forcing.apply_to_state if self.forcing.forces_state else None
+        self._input_forcing = any(c.target == "input" for c in self.forcing.clamps)
+        self._resolved: dict[bool, fastpath.Resolved] = {}
+        self._checked_batch = -1
+
+    # ------------------------------------------------------------------ pieces
+    def project(self, inputs: Tensor) -> Tensor:
+        """The cell's hoisted input work over a whole sequence ``[T, B, F]`` (identity when it hoists none)."""
+        return self.cell.project_inputs(inputs) if self.hoisted else inputs
+
+    def start(self, batch: int, like: Tensor) -> State:
+        """A zero state for ``batch`` sequences, on ``like``'s device and dtype."""
+        return self.cell.zero_state(batch, device=like.device, dtype=like.dtype)
+
+    # ------------------------------------------------------------------ one tick
+    def step(self, x: Tensor, state: State, t: int = 0) -> tuple[Tensor, State]:
+        """Advance one tick at global step ``t``: ``x [B, input_size]`` -> ``(y, new_state)``; step ``t`` of :meth:`run`.
+
+        Input and state are checked on the first call and whenever the batch size changes; the caller keeps
+        them consistent in between (the state a step returns always is).
+        """
+        if x.shape[0] != self._checked_batch:
+            self.cell.check_input(x)
+            self.cell.check_state(state, x.shape[0])
+            self._checked_batch = x.shape[0]
+        return self.tick(x, state, t)
+
+    def tick(self, x: Tensor, state: State, t: int = 0) -> tuple[Tensor, State]:
+        """:meth:`step` without its checks (for callers that checked already, and for tracing an export)."""
+        if self._input_forcing:
+            x = self.forcing.apply_to_inputs(x.unsqueeze(0), t)[0]
+        entering = self._read(state, t) if self._read is not None else state
+        y, new_state = self._forward(x, entering)
+        if self.on_step is not None:
+            self.on_step(t, x, entering, y, new_state)
+        return y, new_state
+
+    # ------------------------------------------------------------------ a whole sequence
+    def run(self, inputs: Tensor, state: State | None = None, lengths: Tensor | None = None, *,
+            t0: int = 0) -> Trajectory:
+        """Run over ``inputs [T, B, input_size]`` from ``state`` (zeros when None); ``t0`` is the global first step."""
+        cell = self.cell
+        cell.check_input(inputs, time_major=True)
+        steps, batch = inputs.shape[0], inputs.shape[1]
+        state = self.start(batch, inputs) if state is None else state
+        cell.check_state(state, batch)
+        if self._input_forcing:
+            inputs = self.forcing.apply_to_inputs(inputs, t0)
+        mask = None
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=inputs.device)
+            if lengths.shape != (batch,):
+                raise ShapeError(f"{type(cell).__name__}: lengths must have shape [{batch}], got {list(lengths.shape)}.")
+            mask = lengths_to_mask(lengths, steps)
+        resolved = self._resolved.get(lengths is not None)
+        if resolved is None:
+            resolved = self._resolved[lengths is not None] = fastpath.resolve(self, lengths is not None)
+        fast, why = resolved.run(inputs, state, lengths)
+        if fast is not None:
+            return Trajectory(*fast)
+        fastpath.record(cell, "generic", why)
+        outputs, final, states = time_loop(self.transition, self.project(inputs), state, mask, read=self._read,
+                                           t0=t0, want_states=self.return_states, on_step=self.on_step)
+        return Trajectory(outputs, final, states)
+
+
+def unroll(cell: Cell, inputs: Tensor, state: State | None = None, *, lengths: Tensor | None = None,
+           forcing: Forcing | None = None, return_states: bool = False, t0: int = 0) -> Trajectory:
+    """Run ``cell`` over ``inputs [T, B, input_size]`` from ``state`` (zeros when None): one :meth:`Stepper.run`.
+
+    ``t0`` is the global index of the first step, so forcing windows stay right across chunks.
+    """
+    return Stepper(cell, forcing=forcing, return_states=return_states).run(inputs, state, lengths, t0=t0)
 
 
 def step(cell: Cell, x: Tensor, state: State | None = None, *, forcing: Forcing | None = None,
          t: int = 0) -> tuple[Tensor, State]:
-    """Advance ``cell`` by one tick from ``state``; equals one step of :func:`unroll` at global step ``t``."""
+    """Advance ``cell`` by one tick from ``state`` (zeros when None): one :meth:`Stepper.step` at global step ``t``."""
     cell.check_input(x)  # report a bad single-step input as [B, input_size], not as a sequence
-    traj = unroll(cell, x.unsqueeze(0), state, forcing=forcing, t0=t)
-    return traj.outputs[0], traj.final_state
+    stepper = Stepper(cell, forcing=forcing)
+    return stepper.step(x, stepper.start(x.shape[0], x) if state is None else state, t)

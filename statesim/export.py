@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from statesim.cell import device_and_dtype
 from statesim.checkpoint import CheckpointInfo
+from statesim.engine import Stepper
 from statesim.errors import StatesimError
 from statesim.fileio import atomic_write_bytes, atomic_write_json
 from statesim.model import SequenceModel
@@ -40,19 +42,23 @@ class ExportError(StatesimError):
 
 
 class SingleStep(nn.Module):
-    """One tick of a model with explicit state: ``(x, *state) -> (y, *next_state)`` in ``state_spec`` order."""
+    """One tick of a model with explicit state: ``(x, *state) -> (y, *next_state)`` in ``state_spec`` order.
+
+    The tick is the engine's (:meth:`statesim.engine.Stepper.tick`) and the head the model's own
+    (:meth:`~statesim.model.SequenceModel.read_out`), so the export computes what the engine does.
+    """
 
     def __init__(self, model: SequenceModel) -> None:
         super().__init__()
         self.cell = model.step_cell()
-        self.head = model.head
+        self.head = model.head  # registered here so tracing sees its parameters; applied through read_out
+        self._read_out = model.read_out
+        self._stepper = Stepper(self.cell)
         self.parts = list(self.cell.state_spec)
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        y, new_state = self.cell(x, dict(zip(self.parts, state)))
-        if self.head is not None:
-            y = self.head(y)
-        return (y, *[new_state[part] for part in self.parts])
+        y, new_state = self._stepper.tick(x, dict(zip(self.parts, state)))
+        return (self._read_out(y), *[new_state[part] for part in self.parts])
 
 
 def _names(parts: list[str]) -> tuple[list[str], list[str]]:
@@ -60,11 +66,11 @@ def _names(parts: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _examples(model: SequenceModel, batch: int) -> tuple[Tensor, ...]:
-    ref = next(model.parameters())
+    dtype = device_and_dtype(model)[1]
     gen = torch.Generator().manual_seed(0)
     spec = model.step_cell().state_spec
-    return (torch.randn(batch, model.input_size, generator=gen, dtype=ref.dtype),
-            *[torch.randn(batch, *shape, generator=gen, dtype=ref.dtype) for shape in spec.values()])
+    return (torch.randn(batch, model.input_size, generator=gen, dtype=dtype),
+            *[torch.randn(batch, *shape, generator=gen, dtype=dtype) for shape in spec.values()])
 
 
 def _export_torchscript(module: SingleStep, examples: tuple[Tensor, ...]) -> bytes:
@@ -213,10 +219,10 @@ def verify_export(sidecar: str | Path, model: SequenceModel, *, steps: int = 100
     """Max abs difference between the export and the engine's unroll over ``steps`` random steps (outputs and states)."""
     runner = ExportedStep(sidecar)
     gen = torch.Generator().manual_seed(seed)
-    ref = next(model.parameters())
-    inputs = torch.randn(steps, batch_size, model.input_size, generator=gen, dtype=ref.dtype)
+    dtype = device_and_dtype(model)[1]
+    inputs = torch.randn(steps, batch_size, model.input_size, generator=gen, dtype=dtype)
     spec = model.step_cell().state_spec
-    state0 = {p: 0.5 * torch.randn(batch_size, *s, generator=gen, dtype=ref.dtype) for p, s in spec.items()}
+    state0 = {p: 0.5 * torch.randn(batch_size, *s, generator=gen, dtype=dtype) for p, s in spec.items()}
     with torch.no_grad():
         truth = model(inputs, state0, return_states=True)
     state = {p: v.numpy() for p, v in state0.items()}

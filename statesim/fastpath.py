@@ -1,7 +1,10 @@
 """Fast paths behind the engine: the same numbers as the generic time loop, computed faster.
 
-The engine (:func:`statesim.engine.unroll`) asks this module whether a whole-sequence kernel can
-replace its Python time loop. A cell opts in through the contract, never by its class name:
+A fast path is an alternative implementation of :meth:`statesim.engine.Stepper.run`: a whole-sequence
+kernel that replaces the engine's Python time loop. Paths are plugins: each is returned by a
+``statesim_fast_paths`` hook (the built-in ``fused``, ``scan`` and ``compiled`` paths by
+:mod:`statesim.builtin.fast_paths`, exactly as a third party's would be) and called through pluggy's
+hook caller (:mod:`statesim.extensions`). A cell opts in through the contract, never by its class name:
 
 * :meth:`statesim.cell.Cell.fused_form` returns a :class:`FusedForm` when the cell's step *is* one of
   torch's fused recurrent kernels (``lstm``, ``gru``, ``rnn_tanh``, ``rnn_relu``) with its weights in
@@ -13,8 +16,9 @@ replace its Python time loop. A cell opts in through the contract, never by its 
   sequential steps instead of T) and its gradient with the adjoint recurrence run backwards.
 
 A fast path runs only when nothing needs per-step access: a clamp on a state part always takes the
-generic loop, and the fused kernel also gives way when every state must be returned. Third parties add
-paths with :func:`register_fast_path` (a CUDA kernel, say) and kernels with :data:`FUSED_KERNELS`.
+generic loop (so does a run that observes every step), and the fused kernel also gives way when every
+state must be returned. Third parties add paths (a CUDA kernel, say) by implementing the hook, and
+kernels with :data:`FUSED_KERNELS`.
 
 * Any other cell can ask for the ``compiled`` path (``model.compile: true``): the engine's loop with
   every :data:`COMPILE_CHUNK` steps in one :func:`torch.compile`'d call.
@@ -28,7 +32,6 @@ with its reason (:func:`record_decisions`), which is how runs report it in their
 from __future__ import annotations
 
 import math
-import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from statesim.errors import StatesimError
 
 if TYPE_CHECKING:
     from statesim.cell import Cell
+    from statesim.engine import Stepper
 
 State = dict[str, Tensor]
 #: What a fast path returns: outputs ``[T, B, O]``, the final state, and every state (or None).
@@ -57,8 +61,8 @@ class FusedForm:
     """A cell whose step is torch's fused ``kernel`` with ``weights`` in torch's order and layout.
 
     ``weights`` are the cell's own parameters ``(weight_ih, weight_hh[, bias_ih, bias_hh])``;
-    ``state_parts`` names the state in the kernel's order (``("h", "c")`` for an LSTM); the output is
-    ``y_t = h_t``.
+    ``state_parts`` names the state in the kernel's order (``("h", "c")`` for an LSTM); the kernel's output
+    is its first part, which must be the cell's declared :attr:`~statesim.cell.Cell.output_part`.
     """
 
     kernel: str
@@ -85,12 +89,12 @@ class LinearForm:
 
 @dataclass(frozen=True)
 class Request:
-    """What the engine needs from one unroll, as far as choosing a path goes."""
+    """What a stepper needs from its runs, as far as choosing a path goes."""
 
-    steps: int
     forces_state: bool
     return_states: bool
     has_lengths: bool
+    observed: bool = False
 
 
 #: A prepared fast path: ``run(inputs, state, lengths) -> Result`` and why it was chosen.
@@ -98,14 +102,16 @@ Prepared = tuple[Callable[[Tensor, State, "Tensor | None"], Result], str]
 
 
 class FastPath(Protocol):
-    """A whole-sequence replacement for the engine's loop."""
+    """A whole-sequence implementation of :meth:`statesim.engine.Stepper.run` (returned by ``statesim_fast_paths``)."""
 
     name: str
 
-    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
-        """``(run, why chosen)`` when the path can run ``cell`` for ``request``, else why not (a short clause).
+    def prepare(self, stepper: "Stepper", request: Request) -> "Prepared | str":
+        """``(run, why chosen)`` when the path can run ``stepper.cell`` for ``request``, else why not (a short clause).
 
-        ``run`` may still raise :class:`Decline` for a reason only the data shows (a zero length).
+        Called once per stepper. ``run(inputs, state, lengths)`` gets inputs with input forcing applied and a
+        checked state; it may still raise :class:`Decline` for a reason only the data shows (a zero length,
+        too few steps).
         """
 
 
@@ -175,43 +181,6 @@ def fused_incompatibility(forms: list[list[FusedForm | None]], inputs: Tensor,
     if lengths is not None and bool((lengths <= 0).any()):
         return "a sequence has length 0 (packed sequences need at least one step)"
     return None
-
-
-class FusedPath:
-    """``torch.nn.LSTM``/``GRU``/``RNN``'s fused kernel, run with the cell's own parameters."""
-
-    name = "fused"
-
-    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
-        form = cell.fused_form()
-        if form is None:
-            return "the cell offers no fused form"
-        if request.return_states and form.state_parts != ("h",):
-            return "every step's state was requested (return_states) and the kernel returns only h"
-        if form.kernel not in FUSED_KERNELS:
-            return f"no fused kernel named '{form.kernel}' is registered"
-        return (lambda inputs, state, lengths: self.run(form, inputs, state, lengths, request.return_states),
-                f"torch's fused '{form.kernel}' kernel with the cell's own parameters")
-
-    @staticmethod
-    def run(form: FusedForm, inputs: Tensor, state: State, lengths: Tensor | None, return_states: bool) -> Result:
-        """The fused kernel over the sequence; the states are the outputs for h-only kernels."""
-        why = fused_incompatibility([[form]], inputs, lengths)
-        if why is not None:
-            raise Decline(why)
-        outputs, finals = fused_sequence([[form]], inputs, [[state]], lengths)
-        final = finals[0][0]
-        states = None
-        if return_states:  # y_t = h_t; a finished sequence keeps its last state
-            states = {"h": outputs if lengths is None else torch.where(
-                _valid(lengths, inputs.shape[0]).unsqueeze(-1), outputs, final["h"].unsqueeze(0))}
-        return outputs, final, states
-
-
-def _valid(lengths: Tensor, steps: int) -> Tensor:
-    """``[T, B]`` mask, True inside each sequence."""
-    lengths = lengths.to(torch.long)
-    return torch.arange(steps, device=lengths.device).unsqueeze(1) < lengths.unsqueeze(0)
 
 
 # --------------------------------------------------------------------------- the linear scan
@@ -352,7 +321,7 @@ def run_linear(form: LinearForm, inputs: Tensor, h0: Tensor, lengths: Tensor | N
     batch = inputs.shape[1]
     history = torch.cat([h0.unsqueeze(0), h])  # history[t] = h_{t-1}
     final = history[lengths, torch.arange(batch, device=inputs.device)]
-    keep = _valid(lengths, steps)
+    keep = _mask(lengths, steps)
     outputs = outputs * keep.unsqueeze(-1).to(outputs.dtype)
     states = None
     if return_states:  # a finished sequence keeps its last state
@@ -361,120 +330,32 @@ def run_linear(form: LinearForm, inputs: Tensor, h0: Tensor, lengths: Tensor | N
     return outputs, final, states
 
 
-class ScanPath:
-    """A linear time-invariant cell computed by a blocked scan instead of a Python time loop."""
-
-    name = "scan"
-
-    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
-        form = cell.linear_form()
-        if form is None:
-            return "the cell is not a linear time-invariant system"
-        part, want = form.state_part, request.return_states
-
-        def run(inputs: Tensor, state: State, lengths: Tensor | None) -> Result:
-            outputs, final, states = run_linear(form, inputs, state[part], lengths, want)
-            return outputs, {part: final}, ({part: states} if want else None)
-
-        return run, "linear time-invariant cell: blocked scan with the adjoint scan as its gradient"
-
-
 # --------------------------------------------------------------------------- torch.compile'd loop
 #: Steps per compiled call. One call runs this many steps, so guard checks and Python overhead are
 #: paid once per chunk and the pointwise work of consecutive steps fuses; compile time grows with it.
 COMPILE_CHUNK = 16
 
 
-def run_steps(step: Callable[[Tensor, State], tuple[Tensor, State]], xs: Tensor, state: State,
-              keep: Tensor | None, want_states: bool) -> tuple[Tensor, State, dict[str, Tensor] | None]:
-    """The engine's loop body over ``xs [K, B, ...]``: masks as in :func:`statesim.engine.unroll`."""
-    outputs, history = [], []
-    for t, x_t in enumerate(xs.unbind(0)):
-        y, new_state = step(x_t, state)
-        if keep is not None:
-            k = keep[t]
-            y = y * k.unsqueeze(-1).to(y.dtype)
-            new_state = {name: torch.where(k.view(-1, *([1] * (value.dim() - 1))), value, state[name])
-                         for name, value in new_state.items()}
-        state = new_state
-        outputs.append(y)
-        if want_states:
-            history.append(state)
-    states = {name: torch.stack([h[name] for h in history]) for name in state} if want_states else None
-    return torch.stack(outputs), state, states
-
-
-class CompiledPath:
-    """The generic loop with every ``COMPILE_CHUNK`` steps in one :func:`torch.compile`'d call (``compile: true``).
-
-    The steps left over at the end run eagerly (no recompilation for a short tail). The first call's
-    time, which is when the forward graph is traced and compiled, is reported as ``compile_seconds``
-    (the backward graph compiles on the first backward).
-    """
-
-    name = "compiled"
-
-    def prepare(self, cell: "Cell", request: Request) -> "Prepared | str":
-        pol = _POLICY.get()
-        if pol.mode == "auto" and not pol.compile:
-            return "model.compile is off"
-        if pol.mode == "auto" and request.steps < COMPILE_CHUNK:
-            return f"fewer than {COMPILE_CHUNK} steps (one compiled chunk)"
-        return (lambda inputs, state, lengths: self.run(cell, inputs, state, lengths, request.return_states),
-                f"torch.compile of the cell's step loop, {COMPILE_CHUNK} steps per compiled call")
-
-    def details(self, cell: "Cell") -> dict[str, Any]:
-        """The compile time of a chunk function compiled by the last run, once."""
-        seconds = cell.__dict__.pop("_statesim_compile_seconds", None)
-        return {} if seconds is None else {"compile_seconds": round(seconds, 3)}
-
-    def run(self, cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None,
-            return_states: bool) -> Result:
-        hoisted = cell.hoists_inputs
-        step = cell.transition if hoisted else cell.forward
-        xs = cell.project_inputs(inputs) if hoisted else inputs
-        cache = cell.__dict__.setdefault("_statesim_compiled", {})  # a plain attribute: not a submodule
-        key = (hoisted, lengths is not None, return_states)
-        fn = cache.get(key)
-        fresh = fn is None
-        if fresh:
-            from functools import partial
-
-            fn = cache[key] = torch.compile(partial(run_steps, step, want_states=return_states))
-        steps = xs.shape[0]
-        full = steps - steps % COMPILE_CHUNK
-        keep = _valid(lengths, steps) if lengths is not None else None
-        pieces = xs.split(COMPILE_CHUNK)  # split, not slicing: its backward is one concatenation
-        masks = keep.split(COMPILE_CHUNK) if keep is not None else [None] * len(pieces)
-        outputs, states = [], []
-        for index, (piece, mask) in enumerate(zip(pieces, masks)):
-            started = time.perf_counter()
-            if index * COMPILE_CHUNK < full:
-                ys, state, hs = fn(piece, state, mask)
-            else:
-                ys, state, hs = run_steps(step, piece, state, mask, return_states)
-            if fresh and index == 0 and full:
-                cell.__dict__["_statesim_compile_seconds"] = time.perf_counter() - started
-            outputs.append(ys)
-            states.append(hs)
-        history = {name: torch.cat([h[name] for h in states]) for name in state} if return_states else None
-        return torch.cat(outputs), state, history
-
-
 # --------------------------------------------------------------------------- registry and policy
-#: Paths tried in order under ``fast_path: auto``.
-FAST_PATHS: list[FastPath] = [FusedPath(), ScanPath(), CompiledPath()]
+def paths() -> list[FastPath]:
+    """Every registered fast path, in the order ``auto`` tries them (the ``statesim_fast_paths`` hook's results)."""
+    from statesim import extensions
 
-
-def register_fast_path(path: FastPath, *, first: bool = False) -> None:
-    """Add a fast path (tried after the built-ins unless ``first``); replaces one of the same name."""
-    FAST_PATHS[:] = [p for p in FAST_PATHS if p.name != path.name]
-    FAST_PATHS.insert(0 if first else len(FAST_PATHS), path)
+    found: list[FastPath] = []
+    for provided in extensions.manager().hook.statesim_fast_paths():
+        found.extend(provided or [])
+    names = [p.name for p in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice or {"auto", "generic"} & set(names):
+        raise FastPathError(f"fast path name(s) {', '.join(twice or sorted({'auto', 'generic'} & set(names)))} are "
+                            f"registered twice or reserved (auto, generic); rename one in its plugin's "
+                            f"statesim_fast_paths hook.")
+    return found
 
 
 def known_modes() -> list[str]:
     """Valid values of ``model.fast_path``."""
-    return ["auto", "generic", *[p.name for p in FAST_PATHS]]
+    return ["auto", "generic", *[p.name for p in paths()]]
 
 
 @dataclass(frozen=True)
@@ -549,7 +430,7 @@ def record_decisions(into: dict | None = None) -> Iterator[dict]:
         _RECORDERS.reset(token)
 
 
-def _record(cell: "Cell", path: str, reason: str) -> list[dict]:
+def record(cell: "Cell", path: str, reason: str) -> list[dict]:
     """Count one decision in every active recorder; returns their entries (to attach details later)."""
     key = (type(cell).__name__, path, reason)
     infos = []
@@ -570,71 +451,102 @@ class Decline(Exception):
     """Raised by a prepared path's ``run`` when a data-dependent check fails (e.g. a zero length)."""
 
 
-def _candidates(mode: str) -> list[FastPath]:
-    return [p for p in FAST_PATHS if p.name == mode] if mode != "auto" else list(FAST_PATHS)
+def _mask(lengths: Tensor, steps: int) -> Tensor:
+    from statesim.engine import lengths_to_mask  # the engine imports this module
+
+    return lengths_to_mask(lengths, steps)
 
 
-def _prepare(path: FastPath, cell: "Cell", request: Request) -> "Prepared | str":
+def _prepare(path: FastPath, stepper: "Stepper", request: Request) -> "Prepared | str":
     if request.forces_state:
         return "a clamp on a state part needs every step"
-    if request.steps == 0:
-        return "the sequence is empty"
-    return path.prepare(cell, request)
+    if request.observed:
+        return "every step is observed (on_step)"
+    return path.prepare(stepper, request)
 
 
-def dispatch(cell: "Cell", inputs: Tensor, state: State, lengths: Tensor | None, *, forces_state: bool,
-             return_states: bool) -> tuple[Result | None, str]:
-    """Run the unroll on a fast path when the policy allows and one applies.
+class Resolved:
+    """The paths a :class:`statesim.engine.Stepper` may take, prepared once; :meth:`run` tries them in order."""
 
-    Returns ``(result, reason)``; a None result means the engine runs its loop, and ``reason`` says
-    why (pass it to :func:`step_function`, which records the loop's decision).
-    """
-    mode = _POLICY.get().mode
-    if mode == "generic":
-        return None, "fast_path: generic"
-    request = Request(inputs.shape[0], forces_state, return_states, lengths is not None)
-    reasons = []
-    for path in _candidates(mode):
-        prepared = _prepare(path, cell, request)
-        if isinstance(prepared, str):
-            why = prepared
-        else:
-            try:
-                result = prepared[0](inputs, state, lengths)
-            except Decline as exc:
-                why = str(exc)
+    __slots__ = ("cell", "mode", "prepared", "reasons")
+
+    def __init__(self, cell: "Cell", mode: str, prepared: list[tuple[FastPath, Prepared]], reasons: list[str]) -> None:
+        self.cell, self.mode, self.prepared, self.reasons = cell, mode, prepared, reasons
+
+    def run(self, inputs: Tensor, state: State, lengths: Tensor | None) -> tuple[Result | None, str]:
+        """``(result, path name)`` from the first path that runs, or ``(None, why the generic loop runs)``."""
+        if self.mode == "generic":
+            return None, "fast_path: generic"
+        reasons = list(self.reasons)
+        for path, (run, chosen) in self.prepared:
+            if inputs.shape[0] == 0:
+                why = "the sequence is empty"
             else:
-                infos = _record(cell, path.name, prepared[1])
-                if infos and hasattr(path, "details"):
-                    details = path.details(cell)
-                    for info in infos:
-                        info.update(details)
-                return result, path.name
-        reasons.append(f"{path.name}: {why}")
-        if mode != "auto":
-            raise FastPathError(f"model.fast_path is '{mode}' but {type(cell).__name__} cannot take it here: "
-                                f"{why}. Use fast_path: auto to fall back to the generic loop.")
-    return None, "; ".join(reasons) or "no fast path is registered"
+                try:
+                    result = run(inputs, state, lengths)
+                except Decline as exc:
+                    why = str(exc)
+                else:
+                    infos = record(self.cell, path.name, chosen)
+                    if infos and hasattr(path, "details"):
+                        details = path.details(self.cell)
+                        for info in infos:
+                            info.update(details)
+                    return result, path.name
+            reasons.append(f"{path.name}: {why}")
+            self._demanded(why)
+        return None, "; ".join(reasons) or "no fast path is registered"
+
+    def _demanded(self, why: str) -> None:
+        if self.mode != "auto":
+            raise FastPathError(f"model.fast_path is '{self.mode}' but {type(self.cell).__name__} cannot take it "
+                                f"here: {why}. Use fast_path: auto to fall back to the generic loop.")
+
+
+def resolve(stepper: "Stepper", has_lengths: bool) -> Resolved:
+    """Prepare the paths ``stepper`` may take under its pinned path or the policy in force (once per stepper)."""
+    mode = stepper.path or _POLICY.get().mode
+    if mode not in ("auto", "generic") and mode not in known_modes():
+        raise FastPathError(f"unknown fast path '{mode}'; choose one of {', '.join(known_modes())}.")
+    resolved = Resolved(stepper.cell, mode, [], [])
+    if mode == "generic":
+        return resolved
+    request = Request(stepper.forcing.forces_state, stepper.return_states, has_lengths, stepper.on_step is not None)
+    for path in paths():
+        if mode != "auto" and path.name != mode:
+            continue
+        prepared = _prepare(path, stepper, request)
+        if isinstance(prepared, str):
+            resolved.reasons.append(f"{path.name}: {prepared}")
+            resolved._demanded(prepared)
+        else:
+            resolved.prepared.append((path, prepared))
+    return resolved
 
 
 def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = False,
             has_lengths: bool = False) -> tuple[str, str]:
     """``(path, reason)`` the engine would take for ``cell`` under the current policy, without running it.
 
-    Data-dependent declines (a sequence of length 0) cannot be foreseen; :func:`dispatch` records those.
+    Data-dependent declines (a sequence of length 0, fewer steps than one compiled chunk) cannot be foreseen;
+    the stepper records those when it runs.
     """
+    from statesim.engine import Stepper
+
     pol = _POLICY.get()
-    loop = "generic"
     if pol.mode == "generic":
-        return loop, "fast_path: generic"
-    request = Request(COMPILE_CHUNK, forces_state, return_states, has_lengths)
+        return "generic", "fast_path: generic"
+    stepper = Stepper(cell, return_states=return_states)
+    request = Request(forces_state, return_states, has_lengths, False)
     reasons = []
-    for path in _candidates(pol.mode):
-        prepared = _prepare(path, cell, request)
+    for path in paths():
+        if pol.mode != "auto" and path.name != pol.mode:
+            continue
+        prepared = _prepare(path, stepper, request)
         if not isinstance(prepared, str):
             return path.name, prepared[1]
         reasons.append(f"{path.name}: {prepared}")
-    return loop, "; ".join(reasons) or "no fast path is registered"
+    return "generic", "; ".join(reasons) or "no fast path is registered"
 
 
 def plan(model: Any, **request: bool) -> list[dict[str, str]]:
@@ -655,14 +567,3 @@ def plan(model: Any, **request: bool) -> list[dict[str, str]]:
                 seen.add(key)
                 rows.append({"cell": key[0], "path": path, "reason": reason})
     return rows
-
-
-def step_function(cell: "Cell", reason: str = "generic loop"
-                  ) -> tuple[Callable[[Tensor, State], tuple[Tensor, State]], bool]:
-    """The generic loop's step (``transition`` or ``forward``) and whether inputs are projected first.
-
-    Records the loop's decision with ``reason``.
-    """
-    hoisted = cell.hoists_inputs
-    _record(cell, "generic", reason)
-    return (cell.transition if hoisted else cell.forward), hoisted

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 import pluggy
 
+from typing import TYPE_CHECKING, Callable
+
 from statesim.registry import Registration
+
+if TYPE_CHECKING:
+    from statesim.fastpath import FastPath
+    from statesim.sweep import Executor
 
 hookspec = pluggy.HookspecMarker("statesim")
 
@@ -54,6 +60,27 @@ def statesim_scenarios() -> list[Registration]:
     """Return the scenarios (data, training recipe, evaluation and plots) this plugin provides.
 
     Each record's ``cls`` subclasses :class:`statesim.Scenario`. Results of all plugins are merged.
+    """
+
+
+@hookspec
+def statesim_fast_paths() -> "list[FastPath]":
+    """Return the engine fast paths this plugin provides: alternative implementations of ``Stepper.run``.
+
+    Each object has a ``name`` (the value of ``model.fast_path`` that demands it) and
+    ``prepare(stepper, request)``, returning ``(run, why chosen)`` or why it cannot run (see
+    :class:`statesim.fastpath.FastPath`). ``fast_path: auto`` tries the paths in hook-call order: a plugin's
+    paths come before the built-in ones unless its hook is marked ``trylast=True``. Called on the
+    process-wide manager of :mod:`statesim.extensions`.
+    """
+
+
+@hookspec
+def statesim_sweep_executors() -> "dict[str, Callable[[int | None], Executor]]":
+    """Return the sweep executors this plugin provides: ``{name: factory(workers) -> Executor}``.
+
+    ``statesim sweep --executor NAME`` picks one (see :class:`statesim.sweep.Executor`); a name provided
+    twice is an error. Called on the process-wide manager of :mod:`statesim.extensions`.
     """
 
 

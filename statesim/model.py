@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from statesim import fastpath
-from statesim.cell import Cell, State
-from statesim.engine import Trajectory
+from statesim.cell import Cell, State, device_and_dtype
+from statesim.engine import Trajectory, lengths_to_mask
 from statesim.forcing import Forcing
 from statesim.registry import Registry
 
@@ -134,20 +134,12 @@ class SequenceModel(nn.Module):
     def state_spec(self) -> dict[str, tuple[int, ...]]:
         return self.topology.state_spec
 
-    def _ref(self) -> Tensor:
-        # A model may have no parameters (a fixed dynamical system such as salamander_cpg): use a buffer, else
-        # the defaults, for the device and dtype of its initial state.
-        ref = next(self.parameters(), None)
-        if ref is None:
-            ref = next(self.buffers(), None)
-        return ref if ref is not None else torch.empty(0)
-
     def initial(self, batch_size: int, *, inputs: Tensor | None = None, lengths: Tensor | None = None,
                 encoded: Tensor | None = None, prefix: Tensor | None = None) -> State:
         """The state at ``t = 0`` from the model's initial-state policy."""
-        ref = self._ref()
+        device, dtype = device_and_dtype(self)  # also for a model without parameters (salamander_cpg)
         context = InitialContext(inputs, lengths, encoded, self.topology, prefix)
-        return self.initial_state(batch_size, device=ref.device, dtype=ref.dtype, context=context)
+        return self.initial_state(batch_size, device=device, dtype=dtype, context=context)
 
     def read_out(self, outputs: Tensor) -> Tensor:
         """Apply the output head (to ``[..., O]``)."""
@@ -167,7 +159,7 @@ class SequenceModel(nn.Module):
             traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)
         if lengths is not None and self.head is not None:
-            mask = torch.arange(inputs.shape[0], device=inputs.device).unsqueeze(1) < lengths.to(inputs.device)
+            mask = lengths_to_mask(torch.as_tensor(lengths, device=inputs.device), inputs.shape[0])
             outputs = outputs * mask.unsqueeze(-1).to(outputs.dtype)
         return Trajectory(outputs, traj.final_state, traj.states)
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from statesim.cell import Cell, State
-from statesim.engine import step, unroll
+from statesim.engine import lengths_to_mask, step, unroll
 from statesim.errors import StatesimError
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -112,7 +112,7 @@ class PairData:
 
     def mask(self) -> Tensor:
         """``[T, N]`` True at real target steps."""
-        return torch.arange(self.target.shape[0], device=self.target.device).unsqueeze(1) < self.target_lengths
+        return lengths_to_mask(self.target_lengths.to(self.target.device), self.target.shape[0])
 
 
 # --------------------------------------------------------------------------- decoding

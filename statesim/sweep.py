@@ -19,7 +19,8 @@ sweep writes ``summary.csv``, ``summary.md`` (per run, and averaged over seeds) 
 
 Runs go to an :class:`Executor`: ``local`` (a process pool, parallel up to the cores) by default or
 ``serial`` (in this process), or ``ray`` (:mod:`statesim.sweep_ray`, a Ray cluster or local instance);
-each implements the same two-method interface and is registered in :data:`EXECUTORS`.
+each implements the same two-method interface and is registered through the ``statesim_sweep_executors``
+hook (the built-ins by :mod:`statesim.builtin.executors`, as a plugin's would be).
 """
 from __future__ import annotations
 
@@ -276,20 +277,26 @@ class LocalExecutor(Executor):
         return outcomes
 
 
-#: Executors by name (``--executor NAME``); each factory takes the requested worker count.
-EXECUTORS: dict[str, Callable[[int | None], Executor]] = {
-    "local": lambda workers: LocalExecutor(workers),
-    "serial": lambda workers: SerialExecutor(),
-    # Imported when chosen: Ray is an optional extra (statesim[ray]); the address comes from RAY_ADDRESS.
-    "ray": lambda workers: __import__("statesim.sweep_ray", fromlist=["RayExecutor"]).RayExecutor(workers),
-}
+def executors() -> dict[str, Callable[[int | None], Executor]]:
+    """Executor factories by name (``--executor NAME``): every plugin's ``statesim_sweep_executors`` hook."""
+    from statesim import extensions
+
+    found: dict[str, Callable[[int | None], Executor]] = {}
+    for provided in extensions.manager().hook.statesim_sweep_executors():
+        for name, factory in (provided or {}).items():
+            if name in found:
+                raise SweepError(f"two plugins provide the sweep executor '{name}' (statesim_sweep_executors); "
+                                 f"uninstall one, or block it with STATESIM_BLOCK_PLUGINS.")
+            found[name] = factory
+    return found
 
 
 def make_executor(name: str, workers: int | None = None) -> Executor:
     """The executor registered as ``name``."""
-    if name not in EXECUTORS:
-        raise SweepError(f"unknown executor '{name}'; available: {', '.join(sorted(EXECUTORS))}.")
-    return EXECUTORS[name](workers)
+    factories = executors()
+    if name not in factories:
+        raise SweepError(f"unknown executor '{name}'; available: {', '.join(sorted(factories))}.")
+    return factories[name](workers)
 
 
 # --------------------------------------------------------------------------- running a sweep

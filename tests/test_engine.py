@@ -334,3 +334,79 @@ def test_bad_states_raise_shape_errors_naming_the_cell():
         step(VanillaCell(3, 4), torch.randn(2, 2), None)
     with pytest.raises(ShapeError, match="GRUCell: input_size must be positive"):
         GRUCell(0, 3)
+
+
+# --------------------------------------------------------------------------- the prepared stepper
+@pytest.mark.parametrize("name", list(CELLS))
+def test_one_prepared_stepper_steps_and_runs_like_the_reference_loop(name):
+    """One Stepper, prepared once with its clamp schedule, stepped tick by tick and run over the sequence."""
+    from statesim.engine import Stepper
+
+    cell = CELLS[name]().to(DT)
+    x = torch.randn(7, 3, 3, dtype=DT)
+    state0 = _random_state(cell, 3)
+    forcing = Forcing([Clamp("input", 2.0, units=[1], start=2, stop=4),
+                       Clamp(STATE_PART[name], lambda t: 0.1 * t, units=[0, 2], start=3, stop=6)])
+    ref_out, ref_final, ref_states = _reference(
+        cell, x, state0, input_clamps=[([1], 2, 4, lambda t: 2.0)],
+        state_clamps=[(STATE_PART[name], [0, 2], 3, 6, lambda t: 0.1 * t)])
+    stepper = Stepper(cell, forcing=forcing, return_states=True)
+    state = state0
+    for t in range(7):
+        y, state = stepper.step(x[t], state, t)
+        torch.testing.assert_close(y, ref_out[t], **TOL)
+        for part in state:
+            torch.testing.assert_close(state[part], ref_states[t][part], **TOL)
+    traj = stepper.run(x, state0)
+    torch.testing.assert_close(traj.outputs, ref_out, **TOL)
+    for part in ref_final:
+        torch.testing.assert_close(traj.final_state[part], ref_final[part], **TOL)
+        torch.testing.assert_close(traj.states[part], torch.stack([s[part] for s in ref_states]), **TOL)
+
+
+def test_stepper_checks_its_forcing_once_and_its_inputs_when_the_batch_changes():
+    from statesim.engine import Stepper
+
+    cell = LSTMCell(3, 4)
+    with pytest.raises(ValueError, match="forcing target 'q'"):
+        Stepper(cell, forcing=Forcing([Clamp("q", 1.0)]))
+    stepper = Stepper(cell)
+    y, state = stepper.step(torch.randn(2, 3), cell.zero_state(2))
+    with pytest.raises(ShapeError, match=r"state part 'h' should have shape \[5, 4\]"):
+        stepper.step(torch.randn(5, 3), state)
+
+
+def test_on_step_sees_every_step_and_keeps_the_generic_loop():
+    from statesim import fastpath
+    from statesim.engine import Stepper
+
+    cell = LSTMCell(3, 4).to(DT)
+    x = torch.randn(5, 2, 3, dtype=DT)
+    seen = []
+    stepper = Stepper(cell, on_step=lambda t, x_t, entering, y, new: seen.append((t, y, new["c"])))
+    with fastpath.record_decisions() as decisions:
+        traj = stepper.run(x, t0=10)
+    assert [t for t, _, _ in seen] == list(range(10, 15))
+    torch.testing.assert_close(torch.stack([y for _, y, _ in seen]), traj.outputs, **TOL)
+    torch.testing.assert_close(seen[-1][2], traj.final_state["c"], **TOL)
+    (row,) = fastpath.summarize(decisions)
+    assert row["path"] == "generic" and "observed" in row["reason"]
+
+
+def test_declared_output_part_is_the_part_the_output_equals():
+    """Cell.output_part is a declaration; check it against what each built-in cell's step returns."""
+    from statesim.builtin.layered import Stacked
+
+    cells = {**{n: f() for n, f in CELLS.items()},
+             "stack": Stacked(3, lambda size: LSTMCell(size, 4), layers=2).as_cell(),
+             "residual_stack": Stacked(3, lambda size: GRUCell(size, 3), layers=2, residual=True).as_cell()}
+    declared = {n: c.output_part for n, c in cells.items()}
+    assert declared == {"linear": None, "vanilla": "h", "lstm": "h", "gru": "h", "window": None,
+                        "stack": "layer1.h", "residual_stack": None}
+    for name, cell in cells.items():
+        y, new = cell(torch.randn(2, 3), cell.zero_state(2))
+        new2 = cell(torch.randn(2, 3), new)
+        if cell.output_part is not None:
+            assert torch.equal(new2[0], new2[1][cell.output_part]), name
+        else:  # no part equals the output
+            assert not any(v.shape == new2[0].shape and torch.equal(v, new2[0]) for v in new2[1].values()), name

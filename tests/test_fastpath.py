@@ -327,3 +327,84 @@ def test_reverse_scan_is_the_scan_of_the_reversed_sequence(steps):
     u = torch.randn(steps, 2, 3, dtype=DOUBLE)
     reversed_scan = fastpath.scan_linear_(u.clone(), M, reverse=True)
     assert torch.allclose(reversed_scan, closed_form(u.flip(0), M).flip(0), atol=1e-12)
+
+
+@pytest.mark.slow
+def test_a_deep_copy_of_a_compiled_cell_runs_its_own_step_and_weights(monkeypatch):
+    """The compiled loop is cached per cell outside the cell, so a deepcopy (bptt_horizon trains one) compiles its own."""
+    import copy
+
+    monkeypatch.setattr(fastpath, "COMPILE_CHUNK", 2)
+    cell = PlainLSTM(2, 3).to(DOUBLE)
+    inputs = torch.randn(4, 2, 2, dtype=DOUBLE)
+    with fastpath.policy("compiled"):
+        unroll(cell, inputs)  # compiles the original's loop
+    twin = copy.deepcopy(cell)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(-0.5)
+    with fastpath.policy("compiled"):
+        got = unroll(twin, inputs).outputs
+    with fastpath.policy("generic"):
+        want = unroll(twin, inputs).outputs
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+class _ReferencePath:
+    """A third party's path: the reference loop of test_engine, counting its runs."""
+
+    name = "reference"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def prepare(self, stepper, request):
+        if request.return_states:
+            return "it returns no states"
+
+        def run(inputs, state, lengths):
+            self.runs += 1
+            outputs = []
+            for x_t in inputs:
+                y, state = stepper.cell(x_t, state)
+                outputs.append(y)
+            return torch.stack(outputs), state, None
+
+        return run, "the reference loop"
+
+
+def test_a_plugin_fast_path_is_registered_through_the_hook_and_called_by_pluggy():
+    from statesim import extensions, hookimpl
+
+    path = _ReferencePath()
+
+    class Plugin:
+        @hookimpl
+        def statesim_fast_paths(self):
+            return [path]
+
+    class LastPlugin:
+        @hookimpl(trylast=True)
+        def statesim_fast_paths(self):
+            return [path]
+
+    manager = extensions.manager()
+    cell = LSTMCell(2, hidden_size=3).to(DOUBLE)
+    inputs = torch.randn(6, 2, 2, dtype=DOUBLE, requires_grad=True)
+    manager.register(Plugin(), name="test-reference-path")
+    try:
+        assert "reference" in fastpath.known_modes()
+        demanded = run(cell, inputs, "reference")
+        assert demanded[2] == {"reference"} and path.runs == 1
+        assert_same(demanded, run(cell, inputs, "generic"))
+        assert run(cell, inputs, "auto")[2] == {"reference"}  # registered later, so called before the built-ins
+        with fastpath.policy("reference"), pytest.raises(fastpath.FastPathError, match="it returns no states"):
+            unroll(cell, inputs, return_states=True)
+    finally:
+        manager.unregister(name="test-reference-path")
+    manager.register(LastPlugin(), name="test-reference-path")
+    try:
+        assert run(cell, inputs, "auto")[2] == {"fused"}  # trylast: after the built-ins
+    finally:
+        manager.unregister(name="test-reference-path")
+    assert "reference" not in fastpath.known_modes()

@@ -118,3 +118,33 @@ def test_every_shipped_sweep_is_valid_in_every_combination(path, host):
     spec = load_sweep(path)
     assert spec.grid and path.read_text().startswith(f"# statesim sweep scenarios/sweeps/{path.name}")
     validate_combinations(spec, host)
+
+
+def test_executors_come_from_the_hook_and_a_name_twice_is_an_error():
+    from statesim import extensions, hookimpl
+
+    class Plugin:
+        @hookimpl
+        def statesim_sweep_executors(self):
+            return {"inline": lambda workers: SerialExecutor()}
+
+    class Clash:
+        @hookimpl
+        def statesim_sweep_executors(self):
+            return {"serial": lambda workers: SerialExecutor()}
+
+    manager = extensions.manager()
+    assert isinstance(make_executor("local", 2), LocalExecutor) and make_executor("local", 2).slots == 2
+    manager.register(Plugin(), name="test-inline-executor")
+    try:
+        assert isinstance(make_executor("inline"), SerialExecutor)
+    finally:
+        manager.unregister(name="test-inline-executor")
+    with pytest.raises(SweepError, match="unknown executor 'inline'"):
+        make_executor("inline")
+    manager.register(Clash(), name="test-clash-executor")
+    try:
+        with pytest.raises(SweepError, match="two plugins provide the sweep executor 'serial'"):
+            make_executor("serial")
+    finally:
+        manager.unregister(name="test-clash-executor")

@@ -82,7 +82,7 @@ class LinearCell(Cell):
         return self._output_size
 
     def linear_form(self) -> "LinearForm":
-        return LinearForm(self.A, self.B, self.C, self.D)
+        return LinearForm(self.A, self.B, self.C, self.D, state_part="h")
 
     def project_inputs(self, inputs: Tensor) -> Tensor:
         return inputs @ torch.cat([self.A, self.C]).T  # [T, B, out + hidden]: A x and C x at once
@@ -114,6 +114,7 @@ class VanillaCell(Cell):
     """Elman RNN: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, ``y_t = h_t``."""
 
     Params = VanillaParams
+    output_part = "h"
 
     def __init__(self, input_size: int, hidden_size: int, activation: str = "tanh", bias: bool = True) -> None:
         super().__init__(input_size)
@@ -160,6 +161,7 @@ class LSTMCell(Cell):
     """LSTM (lecture Part 4): gates ``f, i, o, c'``; ``c_t = f*c_{t-1} + i*c'``, ``h_t = o*tanh(c_t)``, ``y_t = h_t``."""
 
     Params = LSTMParams
+    output_part = "h"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float = 0.0) -> None:
         super().__init__(input_size)
@@ -208,6 +210,7 @@ class GRUCell(Cell):
     """GRU: ``r, z`` gates, ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h_t = (1-z)*n + z*h_{t-1}``."""
 
     Params = GRUParams
+    output_part = "h"
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
         super().__init__(input_size)

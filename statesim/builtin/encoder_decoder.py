@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from statesim.builtin.state_policies import flatten_state, state_size
 from statesim.cell import Cell, State
 from statesim.config import CellSpec, InitialStateSpec, TopologySpec
-from statesim.engine import Trajectory, unroll
+from statesim.engine import Trajectory, lengths_to_mask, unroll
 from statesim.errors import ShapeError, StatesimError
 from statesim.forcing import Forcing
 from statesim.hookimpl import hookimpl
@@ -73,7 +73,7 @@ class Attention(nn.Module):
         else:
             scores = (keys * self.query(query).unsqueeze(0)).sum(-1)
         steps = memory.outputs.shape[0]
-        valid = torch.arange(steps, device=scores.device).unsqueeze(1) < memory.lengths.to(scores.device)
+        valid = lengths_to_mask(memory.lengths.to(scores.device), steps)
         weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=0)
         context = (weights.unsqueeze(-1) * memory.outputs).sum(0)
         return context, weights.T

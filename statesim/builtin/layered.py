@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from statesim.cell import Cell, NumpyStep, State
-from statesim.engine import Trajectory, unroll
+from statesim.engine import Trajectory, lengths_to_mask, unroll
 from statesim.errors import ShapeError
 from statesim.forcing import Clamp, Forcing
 from statesim.hookimpl import hookimpl
@@ -160,6 +160,15 @@ class StackCell(Cell):
     def output_size(self) -> int:
         return self.layers[-1].output_size
 
+    @property
+    def output_part(self) -> str | None:  # type: ignore[override]
+        """The last layer's output part (None when that layer adds a residual to its output)."""
+        last = len(self.layers) - 1
+        inner = getattr(self.layers[last], "output_part", None)
+        if inner is None or (self.residual_from is not None and last >= self.residual_from):
+            return None
+        return f"layer{last}.{inner}"
+
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         new_state: State = {}
         for i, layer in enumerate(self.layers):
@@ -256,7 +265,7 @@ class Stacked(Topology):
             if self.residual_from is not None and i >= self.residual_from:
                 y = y + x
                 if lengths is not None:  # padded steps stay zero, as the engine leaves them
-                    mask = torch.arange(y.shape[0], device=y.device).unsqueeze(1) < lengths.to(y.device)
+                    mask = lengths_to_mask(torch.as_tensor(lengths, device=y.device), y.shape[0])
                     y = y * mask.unsqueeze(-1).to(y.dtype)
             final.update(prefixed(f"layer{i}", traj.final_state))
             if return_states:

@@ -15,35 +15,17 @@ pair's ``bwd.h`` each get theirs.
 """
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from statesim.cell import State
+from statesim.cell import State, flatten_state, state_size, unflatten_state  # noqa: F401 - flatten_state for users
 from statesim.errors import ShapeError
 from statesim.hookimpl import hookimpl
 from statesim.model import InitialContext, InitialState, PluginParams
 from statesim.registry import Registration
-
-
-def state_size(state_spec: dict[str, tuple[int, ...]]) -> int:
-    """Total number of state units (all parts flattened)."""
-    return sum(math.prod(shape) for shape in state_spec.values())
-
-
-def flatten_state(state: State) -> Tensor:
-    """All parts of a state as one ``[B, units]`` tensor, in the state's order."""
-    return torch.cat([value.flatten(1) for value in state.values()], dim=-1)
-
-
-def split_state(flat: Tensor, state_spec: dict[str, tuple[int, ...]]) -> State:
-    """Inverse of :func:`flatten_state` for ``state_spec``'s order."""
-    sizes = [math.prod(shape) for shape in state_spec.values()]
-    parts = flat.split(sizes, dim=-1)
-    return {name: part.reshape(flat.shape[0], *shape) for (name, shape), part in zip(state_spec.items(), parts)}
 
 
 class WarmupParams(PluginParams):
@@ -138,7 +120,7 @@ class Encoded(InitialState):
         flat = self.map(encoded) if self.map is not None else encoded
         if self.activation == "tanh":
             flat = torch.tanh(flat)
-        return split_state(flat.to(device, dtype), self.state_spec)
+        return unflatten_state(flat.to(device, dtype), self.state_spec)
 
 
 @hookimpl

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from statesim.builtin.encoder_decoder import build_policy
 from statesim.data import DataSplits
+from statesim.engine import lengths_to_mask
 from statesim.hookimpl import hookimpl
 from statesim.model import SequenceModel
 from statesim.registry import Registration
@@ -133,7 +134,7 @@ class Captioner(nn.Module):
         inputs = torch.cat([torch.full_like(batch.captions[:1], 1), batch.captions[:-1]])  # <bos> + shifted
         logits = decoder_logits(self.decoder.step_cell(), self.start(batch.images), self.embed,
                                 self.decoder.read_out, inputs, batch.lengths)
-        mask = torch.arange(batch.captions.shape[0], device=batch.captions.device).unsqueeze(1) < batch.lengths
+        mask = lengths_to_mask(batch.lengths.to(batch.captions.device), batch.captions.shape[0])
         return sequence_cross_entropy(logits, batch.captions, mask)
 
     @torch.no_grad()

@@ -34,6 +34,7 @@ class LeakyCell(Cell):
     """Leaky-integrator RNN cell; parameters use torch.nn.RNN's names and layout."""
 
     Params = LeakyParams
+    output_part = "h"  # y_t = h_t
 
     def __init__(self, input_size: int, hidden_size: int, leak: float = 0.5, learn_leak: bool = False,
                  activation: str = "tanh", bias: bool = True) -> None:
