@@ -80,23 +80,28 @@ class Settings:
 
 
 def race(fns: dict[str, Callable[[], Any]], settings: Settings, min_sample_s: float = 0.02,
-         stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
-    """Median (or ``stat``) seconds per call of each function, timed interleaved after warm-up."""
+         stat: Callable[[list[float]], float] = statistics.median,
+         clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median (or ``stat``) seconds per call of each function, timed interleaved after warm-up.
+
+    ``clock=time.thread_time`` times CPU time instead of wall time: for single-threaded work on a loaded
+    machine, where other processes' time slices would land in the wall-clock samples.
+    """
     for _ in range(settings.warmup):
         for fn in fns.values():
             fn()
     numbers = {}
     for name, fn in fns.items():  # calls per sample, so one sample lasts at least min_sample_s
-        start = time.perf_counter()
+        start = clock()
         fn()
-        numbers[name] = max(1, int(min_sample_s / max(time.perf_counter() - start, 1e-6)))
+        numbers[name] = max(1, int(min_sample_s / max(clock() - start, 1e-6)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(settings.repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(numbers[name]):
                 fn()
-            samples[name].append((time.perf_counter() - start) / numbers[name])
+            samples[name].append((clock() - start) / numbers[name])
     return {name: stat(values) for name, values in samples.items()}
 
 
@@ -422,10 +427,56 @@ def layered(s: Settings) -> list[Row]:
                 note="each layer takes the fused kernel; torch runs both layers in one call")]
 
 
+def tick_cost(s: Settings) -> list[Row]:
+    """One tick at batch 1, every built-in cell: the prepared stepper and EmbeddedModel.step vs calling the cell.
+
+    Each contender advances its own state, as a host loop does. Timed in CPU time (one thread): a tick is
+    tens of microseconds, far below a loaded machine's scheduling noise. engine.step, the one-shot wrapper,
+    checks input and state and prepares a stepper on every call; it is reported for comparison.
+    """
+    from statesim.builtin.cells import GRUCell, WindowCell
+    from statesim.builtin.salamander.cpg import SalamanderCPG
+    from statesim.embed import EmbeddedModel
+    from statesim.engine import Stepper, step
+
+    cells = {"linear": lambda: LinearCell(4, 16), "vanilla": lambda: VanillaCell(4, 16),
+             "lstm": lambda: LSTMCell(4, 16), "gru": lambda: GRUCell(4, 16),
+             "window": lambda: WindowCell(4, window=4, output_size=16, hidden=[16]),
+             "salamander_cpg": lambda: SalamanderCPG(2)}
+    rows = []
+    for name, make in cells.items():
+        torch.manual_seed(0)
+        cell = make().eval().requires_grad_(False)
+        x, state = torch.randn(1, cell.input_size), cell.zero_state(1)
+        stepper = Stepper(cell)
+        topology = Unidirectional(cell.input_size, lambda size: cell)
+        embedded = EmbeddedModel(SequenceModel(topology, Zeros(topology.state_spec)), fast=False)
+        held = {"cell": state, "Stepper.step": state, "engine.step": state}  # each contender advances its own
+
+        def ticker(who: str, fn: Callable) -> Callable[[], None]:
+            def tick() -> None:
+                held[who] = fn(x, held[who])[1]
+            return tick
+
+        with torch.no_grad():
+            y, _ = stepper.step(x, state)
+            assert torch.equal(y, cell(x, state)[0]) and torch.equal(embedded.step(x), y)
+            times = race({"cell": ticker("cell", cell), "Stepper.step": ticker("Stepper.step", stepper.step),
+                          "EmbeddedModel.step": lambda: embedded.step(x),
+                          "engine.step": ticker("engine.step", lambda x, h: step(cell, x, h))}, s,
+                         min_sample_s=0.05, clock=time.thread_time)
+        base = times["cell"]
+        rows += [Row("tick_cost", f"{name}: {who} time / cell call time, B=1", goal, times[who] / base,
+                     times_ms=ms({"cell": base, who: times[who]}))
+                 for who, goal in (("Stepper.step", "<= 1.20"), ("EmbeddedModel.step", "<= 1.20"),
+                                   ("engine.step", "<= 2.00"))]
+    return rows
+
+
 CASES: dict[str, Callable[[Settings], list[Row]]] = {
     "lstm_train": lstm_train, "lstm_peak": lstm_peak, "plugin_cell": plugin_cell, "reservoir": reservoir,
     "linear_scan": linear_scan, "tbptt_memory": tbptt_memory, "startup": startup, "adding_run": adding_run,
-    "layered": layered,
+    "layered": layered, "tick_cost": tick_cost,
 }
 
 

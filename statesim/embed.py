@@ -256,8 +256,11 @@ class EmbeddedModel:
         return list(self.state_spec)
 
     def refresh(self) -> None:
-        """Rebuild the NumPy kernels from the model's current weights (call after changing the weights)."""
+        """Rebuild the NumPy kernels from the model's current weights (call after changing the weights or
+        their ``requires_grad``)."""
         with self._lock:
+            self._tracks_grad = any(p.requires_grad for p in self.model.parameters())
+            self._head_module = self.model.head
             kernel = None
             if self._fast_requested and self.device.type == "cpu":
                 kernel = self.cell.numpy_step()
@@ -505,7 +508,8 @@ class EmbeddedModel:
     def _as_batch(self, x: Any) -> tuple[Any, bool, bool]:
         is_tensor = isinstance(x, Tensor)
         if is_tensor:
-            x = x.detach()
+            if x.requires_grad:
+                x = x.detach()
         elif self._kernel is not None:
             x = np.asarray(x, dtype=self._np_dtype)
         else:
@@ -534,7 +538,14 @@ class EmbeddedModel:
             if self._kernel is not None:
                 y = self._step_numpy(x.cpu().numpy().astype(self._np_dtype, copy=False) if is_tensor else x)
             else:
-                y = self._step_torch(x.to(self.device, self.dtype) if is_tensor else x)
+                if is_tensor and (x.dtype != self.dtype or not (x.is_cpu and self.device.type == "cpu")
+                                  and x.device != self.device):
+                    x = x.to(self.device, self.dtype)
+                if self._tracks_grad:  # some weight requires grad: keep autograd from recording the ticks
+                    with torch.no_grad():
+                        y = self._step_torch(x)
+                else:
+                    y = self._step_torch(x)
             self._t += 1
         if single:
             y = y[0]
@@ -569,13 +580,19 @@ class EmbeddedModel:
             return head(torch.from_numpy(y)).numpy()
 
     def _step_torch(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            if self._batch <= self.numpy_max_batch:
-                y, self._state = self._stepper.step(x, self._state, self._t)
-            else:  # many agents: the stepper's whole-sequence paths (fused kernels) beat one call per tick
-                traj = self._stepper.run(x.unsqueeze(0), self._state, t0=self._t)
-                y, self._state = traj.outputs[0], traj.final_state
-            return self.model.read_out(y).clone()
+        if self._batch <= self.numpy_max_batch:
+            # x was checked against the batch, and the state is ours (reset/set_state check it): no re-check
+            y, state = self._stepper.tick(x, self._state, self._t)
+        else:  # many agents: the stepper's whole-sequence paths (fused kernels) beat one call per tick
+            traj = self._stepper.run(x.unsqueeze(0), self._state, t0=self._t)
+            y, state = traj.outputs[0], traj.final_state
+        self._state = state
+        if self._head_module is not None:
+            return self.model.read_out(y)
+        for value in state.values():
+            if y is value:  # y_t = h_t: the caller may write into y; the state must not change with it
+                return y.clone()
+        return y
 
     def rollout(self, inputs: Any) -> Any:
         """Step through ``inputs [T, B, input_size]`` and stack the outputs ``[T, B, output_size]``."""

@@ -79,6 +79,9 @@ def time_loop(step: StepFn, xs: Tensor, state: State, mask: Tensor | None = None
     return torch.stack(outputs), state, states
 
 
+_NO_FORCING = Forcing()  # shared by steppers without clamps; never modified
+
+
 class Stepper:
     """A cell prepared to run: forcing checked and the step bound once, the execution path resolved once.
 
@@ -93,16 +96,18 @@ class Stepper:
     def __init__(self, cell: Cell, *, forcing: Forcing | None = None, path: str | None = None,
                  return_states: bool = False, on_step: OnStep | None = None) -> None:
         self.cell = cell
-        self.forcing = forcing or Forcing()
-        if self.forcing:
-            self.forcing.check(cell.state_spec)
+        if forcing:
+            forcing.check(cell.state_spec)
+            self.forcing = forcing
+            self._read = forcing.apply_to_state if forcing.forces_state else None
+            self._input_forcing = any(c.target == "input" for c in forcing.clamps)
+        else:
+            self.forcing, self._read, self._input_forcing = _NO_FORCING, None, False
         self.path, self.return_states, self.on_step = path, bool(return_states), on_step
         self.hoisted = cell.hoists_inputs
         #: The step the loop runs on (projected) inputs: ``transition`` for cells that hoist, else ``forward``.
         self.transition: StepFn = cell.transition if self.hoisted else cell.forward
         self._forward: StepFn = cell.forward
-        self._read = self.forcing.apply_to_state if self.forcing.forces_state else None
-        self._input_forcing = any(c.target == "input" for c in self.forcing.clamps)
         self._resolved: dict[bool, fastpath.Resolved] = {}
         self._checked_batch = -1
 
@@ -179,6 +184,8 @@ def unroll(cell: Cell, inputs: Tensor, state: State | None = None, *, lengths: T
 def step(cell: Cell, x: Tensor, state: State | None = None, *, forcing: Forcing | None = None,
          t: int = 0) -> tuple[Tensor, State]:
     """Advance ``cell`` by one tick from ``state`` (zeros when None): one :meth:`Stepper.step` at global step ``t``."""
-    cell.check_input(x)  # report a bad single-step input as [B, input_size], not as a sequence
     stepper = Stepper(cell, forcing=forcing)
-    return stepper.step(x, stepper.start(x.shape[0], x) if state is None else state, t)
+    if state is None:
+        cell.check_input(x)  # report a bad single-step input as [B, input_size] before reading its batch size
+        state = stepper.start(x.shape[0], x)
+    return stepper.step(x, state, t)  # checks input and state (a new stepper's first step)
