@@ -2,8 +2,8 @@
 
 * token vocabularies and the two tokenizers (``char``, ``whitespace``);
 * :class:`PairData`, a source/target batch the shared trainer can shuffle (``select``/``to``/``len``);
-* decoding with feedback of the model's own predictions, one tick at a time through
-  :func:`statesim.engine.step` (greedy, beam search) or :func:`statesim.engine.unroll` (teacher forcing),
+* decoding with feedback of the model's own predictions, one tick at a time through a prepared
+  :class:`statesim.engine.Stepper` (greedy, beam search) or :func:`statesim.engine.unroll` (teacher forcing),
   for any :class:`~statesim.cell.Cell` (a decoder cell, a stack seen as one cell, an attention cell);
 * metrics: exact-sequence accuracy and corpus BLEU (sacrebleu).
 
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from statesim.cell import Cell, State
-from statesim.engine import lengths_to_mask, step, unroll
+from statesim.engine import Stepper, lengths_to_mask, unroll
 from statesim.errors import StatesimError
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -133,12 +133,13 @@ def decoder_logits(cell: Cell, state: State, embed: Embed, head: Head, decoder_i
         return head(unroll(cell, embed(decoder_inputs), state, lengths=lengths).outputs)
     logits = []
     previous = None
+    stepper = Stepper(cell)
     for t in range(decoder_inputs.shape[0]):
         tokens = decoder_inputs[t]
         if previous is not None:
             coin = torch.rand(tokens.shape, generator=generator, device="cpu").to(tokens.device) < sampling
             tokens = torch.where(coin, previous.argmax(-1).detach(), tokens)
-        y, state = step(cell, embed(tokens), state, t=t)
+        y, state = stepper.step(embed(tokens), state, t)
         previous = head(y)
         logits.append(previous)
     return torch.stack(logits)
@@ -172,8 +173,9 @@ def greedy_decode(cell: Cell, state: State, embed: Embed, head: Head, *, max_len
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     score = torch.zeros(batch, device=device)
     tokens = []
+    stepper = Stepper(cell)
     for t in range(max_len):
-        y, state = step(cell, embed(previous), state, t=t)
+        y, state = stepper.step(embed(previous), state, t)
         logp = torch.log_softmax(head(y), dim=-1)
         best = logp.argmax(-1)
         score = score + torch.where(finished, torch.zeros_like(score), logp.gather(1, best.unsqueeze(1)).squeeze(1))
@@ -207,8 +209,9 @@ def beam_decode(make_cell: Callable[[int], Cell], state: State, embed: Embed, he
     finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
     history = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
     offsets = (torch.arange(batch, device=device) * k).unsqueeze(1)
+    stepper = Stepper(cell)
     for t in range(max_len):
-        y, new_state = step(cell, embed(previous), state, t=t)
+        y, new_state = stepper.step(embed(previous), state, t)
         logp = torch.log_softmax(head(y), dim=-1)
         vocab = logp.shape[-1]
         eos_only = torch.full_like(logp, float("-inf"))
