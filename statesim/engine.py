@@ -26,8 +26,9 @@ from statesim.forcing import Forcing
 #: One step of a cell: ``(x_t, state) -> (y_t, new_state)`` (``Cell.forward`` or ``Cell.transition``).
 StepFn = Callable[[Tensor, State], "tuple[Tensor, State]"]
 #: Called after every step of a run that needs per-step access: ``(t, x_t, entering, y_t, new_state)``,
-#: where ``x_t`` is what the step read (projected for cells that hoist their inputs) and ``entering`` the
-#: state it read (after forcing).
+#: where ``x_t`` is what the step read (in :meth:`Stepper.run`, projected for cells that hoist their inputs,
+#: the input of ``Stepper.transition``; in :meth:`Stepper.step`, the raw input) and ``entering`` the state it
+#: read (after forcing).
 OnStep = Callable[[int, Tensor, State, Tensor, State], None]
 
 
@@ -127,7 +128,7 @@ class Stepper:
         Input and state are checked on the first call and whenever the batch size changes; the caller keeps
         them consistent in between (the state a step returns always is).
         """
-        if x.shape[0] != self._checked_batch:
+        if not isinstance(x, Tensor) or x.shape[0] != self._checked_batch:
             self.cell.check_input(x)
             self.cell.check_state(state, x.shape[0])
             self._checked_batch = x.shape[0]

@@ -25,7 +25,8 @@ kernels with :data:`FUSED_KERNELS`.
 
 The choice follows a :class:`Policy` held in a context variable: ``mode`` is ``auto`` (the first path
 that applies), ``generic`` (always the plain loop) or a path's name (that path or a
-:class:`FastPathError`); ``compile`` lets ``auto`` pick the compiled loop. Every choice is recorded
+:class:`FastPathError`); ``compile`` lets ``auto`` pick the compiled loop. A stepper resolves its path once,
+under its own ``path`` or the policy in force when it first runs (:func:`resolve`). Every choice is recorded
 with its reason (:func:`record_decisions`), which is how runs report it in their log and
 ``results.json``.
 """
