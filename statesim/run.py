@@ -177,6 +177,8 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
         results["engine"] = ctx.engine_paths
         env["engine_calls"] = ctx.engine_calls
     env["train_seconds"] = {k: round(v, 3) for k, v in ctx.timings.items()}
+    if ctx.decode_seconds:
+        env["decode_seconds"] = {k: round(v, 3) for k, v in ctx.decode_seconds.items()}
     if writer:
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_json(run_dir / "run.json", env)

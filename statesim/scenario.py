@@ -71,6 +71,8 @@ class RunContext:
     should_stop: Callable[[], bool] = lambda: False
     echo: Callable[[str], None] = print
     timings: dict[str, float] = field(default_factory=dict)
+    #: Wall times of evaluation steps (beam search decoding): run.json, never results.json.
+    decode_seconds: dict[str, float] = field(default_factory=dict)
     #: Per job: the engine path each cell takes in training, and why (statesim.fastpath.plan; results.json),
     #: and what ran, how often, with compile times (run.json).
     engine_paths: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -104,10 +106,11 @@ class RunContext:
     def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
               training: TrainingConfig | None = None,
               on_update: Callable[[Trainer, dict[str, Any]], None] | None = None,
-              objective: Objective | None = None) -> TrainResult:
+              objective: Objective | None = None, state: dict[str, Any] | None = None) -> TrainResult:
         """Train ``model`` with the shared trainer; checkpoints under ``checkpoints/<job>/``.
 
         ``objective(model, batch, step) -> loss`` replaces ``loss_fn`` for data that is not SequenceData.
+        ``state`` names scenario objects (``state_dict()``/``load_state_dict()``) checkpointed with the job.
         """
         from statesim.distributed import active, is_writer
 
@@ -119,7 +122,7 @@ class RunContext:
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
                           log=self.metrics if is_writer() else None, should_stop=self.should_stop,
-                          on_update=on_update, objective=objective, dist=active())
+                          on_update=on_update, objective=objective, dist=active(), scenario_state=state)
         if self.resume:
             restored = trainer.restore(warn=self.echo)
             # Records logged after the checkpoint (or before any, when none survived) are redone: drop them.

@@ -154,7 +154,8 @@ class Trainer:
                  device: torch.device | str = "cpu", seed: int = 0, log: Any = None,
                  should_stop: Callable[[], bool] = lambda: False,
                  on_update: Callable[["Trainer", dict[str, Any]], None] | None = None,
-                 objective: Objective | None = None, dist: Any = None) -> None:
+                 objective: Objective | None = None, dist: Any = None,
+                 scenario_state: dict[str, Any] | None = None) -> None:
         self.model = model.to(device)
         # A statesim.distributed.DataParallel: shards each global batch and all-reduces the gradient.
         self.dist = dist
@@ -165,6 +166,9 @@ class Trainer:
         # Called after every optimizer update with its record (diagnostics, monitors); never changes training.
         self.on_update = on_update
         self.stop_requested = False  # an on_update callback may end training early (e.g. once a task is solved)
+        # Scenario objects whose state affects results (a solve tracker's history): each has state_dict() and
+        # load_state_dict(tree) and is checkpointed with the trainer, so a resume continues them exactly.
+        self.scenario_state = dict(scenario_state or {})
         self.objective = objective
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, config)
@@ -310,7 +314,9 @@ class Trainer:
                 "epoch_perm": self.epoch_perm, "epoch_pos": self.epoch_pos,
                 "trainer": {"step": self.step, "nonfinite_steps": self.nonfinite_steps, "norm_mean": self.norm_mean,
                             "clipped_steps": self.clipped_steps,
-                            "best_val": self.best_val, "stale_evals": self.stale_evals, "losses": list(self.losses)},
+                            "best_val": self.best_val, "stale_evals": self.stale_evals, "losses": list(self.losses),
+                            "stop_requested": self.stop_requested},
+                "scenario": {name: obj.state_dict() for name, obj in self.scenario_state.items()},
                 "best_model": self.best_state}
 
     def save(self) -> Path | None:
@@ -354,6 +360,14 @@ class Trainer:
         self.norm_mean, self.best_val, self.stale_evals = trainer["norm_mean"], trainer["best_val"], trainer["stale_evals"]
         self.losses = deque(trainer["losses"], maxlen=LOSS_WINDOW)
         self.best_state = tree["best_model"]
+        self.stop_requested = bool(trainer.get("stop_requested", False))
+        saved = tree.get("scenario") or {}
+        missing = [name for name in self.scenario_state if name not in saved]
+        if missing:
+            raise CheckpointError(f"checkpoint {info.path} holds no state for {', '.join(missing)} of job "
+                                  f"'{self.job}' (written by an older statesim); start a new run.")
+        for name, obj in self.scenario_state.items():
+            obj.load_state_dict(saved[name])
         return True
 
     # ------------------------------------------------------------------ the loop
@@ -367,6 +381,10 @@ class Trainer:
         stopped_early = False
         last_checkpoint = self.step
         while self.step < config.steps:
+            # A checkpoint written where training decided to stop (solved, early stopping) resumes as stopped.
+            if self.stop_requested or (config.early_stopping and self.stale_evals >= config.early_stopping):
+                stopped_early = True
+                break
             for record in self._train_batch(self._next_batch(data.train)):
                 if self.log is not None and (record["step"] % config.log_every == 0 or record.get("nonfinite")
                                              or record["step"] == config.steps):

@@ -102,6 +102,33 @@ class SolveTracker:
             if self.stop_when_solved:
                 trainer.stop_requested = True
 
+    def state_dict(self) -> dict[str, Any]:
+        """History and solve step, checkpointed with the trainer (a resume continues them)."""
+        return {"history": [[s, v] for s, v in self.history], "solved_at": self.solved_at}
+
+    def load_state_dict(self, tree: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.history = [(int(s), float(v)) for s, v in tree["history"]]
+        self.solved_at = tree["solved_at"]
+
+
+class _MonitorState:
+    """Checkpoints a :class:`statesim.diagnostics.GradientFlowMonitor`'s history (each measurement's fields)."""
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+
+    def state_dict(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {"history": [[step, {f.name: getattr(flow, f.name) for f in dataclasses.fields(flow)}]
+                            for step, flow in self.monitor.history]}
+
+    def load_state_dict(self, tree: dict[str, Any]) -> None:
+        from statesim.diagnostics import GradientFlow
+
+        self.monitor.history = [(int(step), GradientFlow(**fields)) for step, fields in tree["history"]]
+
 
 class LongLagParams(ScenarioParams):
     train_sequences: int = Field(4096, gt=0, description="training sequences (a fixed set)")
@@ -170,17 +197,19 @@ class _LongLag(Scenario):
                                p.stop_when_solved)
         monitor = None
         callbacks: list[Callable] = [tracker]
+        state: dict[str, Any] = {"solve_tracker": tracker}
         if p.gradient_flow_every:
             monitor = diagnostics.GradientFlowMonitor(data.test.inputs[:, :4], every=p.gradient_flow_every)
             monitor.measure(model, 0)
             callbacks.append(monitor)
+            state["gradient_flow_monitor"] = _MonitorState(monitor)
 
         def on_update(trainer: Any, record: dict[str, Any]) -> None:
             for callback in callbacks:
                 callback(trainer, record)
 
         # Validation is the tracker's job (its metric is the task's own), so the trainer gets no val split.
-        result = ctx.train(model, DataSplits(data.train), loss_fn=self.loss(), on_update=on_update)
+        result = ctx.train(model, DataSplits(data.train), loss_fn=self.loss(), on_update=on_update, state=state)
         model.eval()
         with torch.no_grad():
             test_value = self.metric(model, data.test.to(ctx.device))
