@@ -4,7 +4,9 @@ A checkpoint is a nested tree of dicts/lists whose leaves are tensors or JSON va
 optimizer and scheduler state, RNG states). Tensors go to ``NAME.safetensors`` under their tree path;
 the tree's shape and the plain values go to ``NAME.json`` with the weights file's SHA-256, the step
 and the config digest. The sidecar is published after the weights, so a sidecar always describes a
-complete weights file; loading verifies the checksum before trusting either.
+complete weights file. The sidecar carries a SHA-256 of its own content (``sidecar_sha256``) and is
+schema-checked, so a flipped bit in a learning rate or a renamed key is detected like damaged weights;
+loading verifies both checksums before trusting either file.
 """
 from __future__ import annotations
 
@@ -12,16 +14,69 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from statesim.errors import CheckpointError
 from statesim.fileio import atomic_write_bytes, atomic_write_json
 
-FORMAT = "statesim-checkpoint/1"
+FORMAT = "statesim-checkpoint/2"  # /2: the sidecar checksums itself
+#: Deepest tree a sidecar may describe (model, optimizer, RNG trees are a handful of levels deep).
+MAX_TREE_DEPTH = 64
+
+
+class _Sidecar(BaseModel):
+    """The schema of a sidecar; ``tree`` is checked by :func:`_check_tree`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    format: Literal["statesim-checkpoint/2"]
+    step: int = Field(ge=0)
+    config_digest: str
+    weights: str
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    sidecar_sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    meta: dict[str, Any]
+    tree: dict[str, Any]
+
+
+def _content_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a sidecar's content without its own checksum (canonical JSON)."""
+    body = {k: v for k, v in data.items() if k != "sidecar_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=True).encode()).hexdigest()
+
+
+def _check_tree(node: Any, depth: int = 0) -> None:
+    """Raise ValueError unless ``node`` is a well-formed skeleton of :func:`_flatten`."""
+    if depth > MAX_TREE_DEPTH:
+        raise ValueError(f"the tree nests deeper than {MAX_TREE_DEPTH} levels")
+    if not isinstance(node, dict) or len(node) not in (1, 2):
+        raise ValueError(f"a tree node must be a one-key mapping, got {type(node).__name__}")
+    if "__tensor__" in node and len(node) == 1:
+        if not isinstance(node["__tensor__"], str):
+            raise ValueError("a tensor reference must be a string")
+    elif "__dict__" in node and len(node) == 1:
+        items = node["__dict__"]
+        if not isinstance(items, list):
+            raise ValueError("a dict node must hold a list of [key, value] pairs")
+        for item in items:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], (str, int))
+                    and not isinstance(item[0], bool)):
+                raise ValueError("a dict node must hold [str or int key, value] pairs")
+            _check_tree(item[1], depth + 1)
+    elif "__list__" in node and set(node) <= {"__list__", "tuple"}:
+        if not isinstance(node["__list__"], list) or not isinstance(node.get("tuple", False), bool):
+            raise ValueError("a list node must hold a list (and a boolean 'tuple')")
+        for item in node["__list__"]:
+            _check_tree(item, depth + 1)
+    elif "__value__" in node and len(node) == 1:
+        if not (node["__value__"] is None or isinstance(node["__value__"], (bool, int, float, str))):
+            raise ValueError("a value node must hold a JSON scalar")
+    else:
+        raise ValueError(f"unknown tree node with keys {sorted(node)[:4]}")
 
 
 def _flatten(tree: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -78,24 +133,60 @@ def save_checkpoint(path: str | Path, tree: dict[str, Any], *, step: int, config
     skeleton = _flatten(tree, "", tensors)
     blob = save_safetensors(tensors)
     weights = atomic_write_bytes(path.with_suffix(".safetensors"), blob)
-    atomic_write_json(path.with_suffix(".json"), {
-        "format": FORMAT, "step": step, "config_digest": config_digest,
-        "weights": weights.name, "sha256": hashlib.sha256(blob).hexdigest(), "meta": meta or {},
-        "tree": skeleton})
+    sidecar = {"format": FORMAT, "step": step, "config_digest": config_digest,
+               "weights": weights.name, "sha256": hashlib.sha256(blob).hexdigest(), "meta": meta or {},
+               "tree": skeleton}
+    # Round-trip through JSON first, so the checksum covers exactly what a reader will parse.
+    sidecar = json.loads(json.dumps(sidecar, default=_json_value))
+    sidecar["sidecar_sha256"] = _content_digest(sidecar)
+    atomic_write_json(path.with_suffix(".json"), sidecar)
     return path.with_suffix(".json")
+
+
+def _json_value(value: Any) -> Any:
+    from statesim.fileio import _json_default
+
+    return _json_default(value)
+
+
+def _read_sidecar(sidecar: Path) -> dict[str, Any]:
+    """Parse, checksum and schema-check a sidecar; any problem is a CheckpointError naming it."""
+    def corrupt(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint sidecar {sidecar} is unreadable or corrupt ({why}). "
+                               f"Delete it or resume from another checkpoint.")
+
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise corrupt(str(exc)) from None
+    except RecursionError:
+        raise corrupt("it nests too deeply") from None
+    if not isinstance(data, dict):
+        raise corrupt(f"it holds a {type(data).__name__}, not a mapping")
+    if data.get("format") != FORMAT:
+        raise corrupt(f"format is {data.get('format')!r}, expected {FORMAT!r}; a checkpoint of an older "
+                      f"statesim cannot be verified")
+    try:
+        _Sidecar.model_validate(data)
+        _check_tree(data["tree"])
+        matches = _content_digest(data) == data["sidecar_sha256"]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise corrupt(f"`{'.'.join(map(str, first['loc']))}`: {first['msg']}") from None
+    except ValueError as exc:
+        raise corrupt(f"malformed tree: {exc}") from None
+    except RecursionError:
+        raise corrupt("it nests too deeply") from None
+    if not matches:
+        raise corrupt("its content does not match its own SHA-256 (sidecar_sha256): it was edited or damaged")
+    return data
 
 
 def read_info(sidecar: str | Path) -> CheckpointInfo:
     """Read a checkpoint's sidecar (no tensors)."""
     sidecar = Path(sidecar)
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-        return CheckpointInfo(sidecar, int(data["step"]), str(data["config_digest"]), dict(data.get("meta", {})))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint sidecar {sidecar} is unreadable or corrupt ({exc}). "
-                              f"Delete it or resume from another checkpoint.") from None
+    data = _read_sidecar(sidecar)
+    return CheckpointInfo(sidecar, data["step"], data["config_digest"], data["meta"])
 
 
 def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], CheckpointInfo]:
@@ -103,8 +194,8 @@ def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu
     sidecar = Path(sidecar)
     if sidecar.suffix == ".safetensors":
         sidecar = sidecar.with_suffix(".json")
-    info = read_info(sidecar)
-    data = json.loads(sidecar.read_text(encoding="utf-8"))
+    data = _read_sidecar(sidecar)
+    info = CheckpointInfo(sidecar, data["step"], data["config_digest"], data["meta"])
     name = data.get("weights")
     # A sidecar only ever names a sibling file: an edited one must not make us read elsewhere.
     if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
@@ -125,7 +216,7 @@ def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu
     tensors = {k: v.to(map_location) for k, v in tensors.items()}
     try:
         return _unflatten(data["tree"], tensors), info
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"checkpoint sidecar {sidecar} has a malformed tree ({type(exc).__name__}: {exc}); "
                               f"resume from another checkpoint.") from None
 

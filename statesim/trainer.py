@@ -18,10 +18,11 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from statesim.cell import State
-from statesim.checkpoint import latest_good_checkpoint, list_checkpoints, save_checkpoint
+from statesim.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from statesim.config import TrainingConfig
 from statesim.data import DataSplits, SequenceData, mse_loss
 from statesim.errors import CheckpointError, TrainingError
@@ -146,6 +147,20 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float | None, max_value
 
 
 # --------------------------------------------------------------------------- trainer
+class _TrainerCounters(BaseModel):
+    """Schema of a checkpoint's ``trainer`` entry: a mistyped value falls back like a corrupt file."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    step: int = Field(ge=0)
+    nonfinite_steps: int = Field(ge=0)
+    clipped_steps: int = Field(0, ge=0)
+    norm_mean: float | None
+    best_val: float | None
+    stale_evals: int = Field(ge=0)
+    losses: list[float]
+    stop_requested: bool = False
+
+
 class Trainer:
     """Fit a :class:`SequenceModel` to :class:`DataSplits` with (truncated) BPTT."""
 
@@ -333,16 +348,38 @@ class Trainer:
         return path
 
     def restore(self, warn: Callable[[str], None] = print) -> bool:
-        """Load the newest good checkpoint of this job, if any; refuse one from a different config."""
+        """Load the newest good checkpoint of this job, if any; refuse one from a different config.
+
+        A checkpoint that fails to verify or to apply (a tree of the wrong shape) is reported through ``warn``
+        and the previous one is tried, as for damaged weights.
+        """
         if self.checkpoint_dir is None:
             return False
-        found = latest_good_checkpoint(self.checkpoint_dir, warn)
-        if found is None:
-            return False
-        tree, info = found
-        if self.config_digest and info.config_digest != self.config_digest:
-            raise CheckpointError(f"checkpoint {info.path} was written by a different config "
-                                  f"(digest {info.config_digest}, now {self.config_digest}).")
+        touched = None
+        for sidecar in reversed(list_checkpoints(self.checkpoint_dir)):
+            try:
+                tree, info = load_checkpoint(sidecar)
+            except CheckpointError as exc:
+                warn(f"{exc} Falling back to the previous checkpoint.")
+                continue
+            if self.config_digest and info.config_digest != self.config_digest:
+                raise CheckpointError(f"checkpoint {info.path} was written by a different config "
+                                      f"(digest {info.config_digest}, now {self.config_digest}).")
+            try:
+                touched = sidecar
+                self._apply(tree, info)
+                return True
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+                warn(f"checkpoint {sidecar} cannot be restored ({type(exc).__name__}: {exc}). "
+                     f"Falling back to the previous checkpoint.")
+        if touched is not None:  # a failed apply may have changed some of the state: never train on from it
+            raise CheckpointError(f"no checkpoint in {self.checkpoint_dir} could be restored (the newest tried "
+                                  f"was {touched}); move the folder away and start a new run.")
+        return False
+
+    def _apply(self, tree: dict[str, Any], info: Any) -> None:
+        """Set every piece of training state from a verified checkpoint tree."""
+        counters = _TrainerCounters.model_validate(tree["trainer"])  # a ValidationError is a ValueError
         self.model.load_state_dict(tree["model"])
         self.optimizer.load_state_dict(tree["optimizer"])
         self.scheduler.last_epoch = tree["scheduler"]["last_epoch"]
@@ -354,13 +391,12 @@ class Trainer:
             if name in generators:
                 generators[name].set_state(gen_state.to(torch.uint8))
         self.epoch_perm, self.epoch_pos = tree["epoch_perm"], tree["epoch_pos"]
-        trainer = tree["trainer"]
-        self.step, self.nonfinite_steps = trainer["step"], trainer["nonfinite_steps"]
-        self.clipped_steps = int(trainer.get("clipped_steps", 0))
-        self.norm_mean, self.best_val, self.stale_evals = trainer["norm_mean"], trainer["best_val"], trainer["stale_evals"]
-        self.losses = deque(trainer["losses"], maxlen=LOSS_WINDOW)
+        self.step, self.nonfinite_steps = counters.step, counters.nonfinite_steps
+        self.clipped_steps = counters.clipped_steps
+        self.norm_mean, self.best_val, self.stale_evals = counters.norm_mean, counters.best_val, counters.stale_evals
+        self.losses = deque(counters.losses, maxlen=LOSS_WINDOW)
         self.best_state = tree["best_model"]
-        self.stop_requested = bool(trainer.get("stop_requested", False))
+        self.stop_requested = counters.stop_requested
         saved = tree.get("scenario") or {}
         missing = [name for name in self.scenario_state if name not in saved]
         if missing:
@@ -368,7 +404,6 @@ class Trainer:
                                   f"'{self.job}' (written by an older statesim); start a new run.")
         for name, obj in self.scenario_state.items():
             obj.load_state_dict(saved[name])
-        return True
 
     # ------------------------------------------------------------------ the loop
     def fit(self, data: DataSplits, *, resume: bool = False, progress: Any = None) -> TrainResult:
