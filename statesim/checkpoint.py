@@ -23,6 +23,7 @@ from safetensors.torch import save as save_safetensors
 
 from statesim.errors import CheckpointError
 from statesim.fileio import atomic_write_bytes, atomic_write_json
+from statesim.safepath import remove
 
 FORMAT = "statesim-checkpoint/2"  # /2: the sidecar checksums itself
 #: Deepest tree a sidecar may describe (model, optimizer, RNG trees are a handful of levels deep).
@@ -265,6 +266,18 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
         except ValueError:
             continue
     return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints, and drop weights files no sidecar describes (left by a kill)."""
+    folder = Path(folder)
+    for old in list_checkpoints(folder)[:-keep]:
+        # Sidecar first: a kill in between leaves an orphan weights file, never a sidecar without weights.
+        remove(old)
+        remove(old.with_suffix(".safetensors"))
+    for weights in folder.glob("step_*.safetensors"):
+        if not weights.with_suffix(".json").exists():
+            remove(weights)  # guarded: never through a link
 
 
 def latest_good_checkpoint(folder: str | Path, warn: Any = None) -> tuple[dict[str, Any], CheckpointInfo] | None:

@@ -12,14 +12,38 @@ from typing import Any
 
 from statesim.safepath import guard
 
+#: Temporary files are named ``.NAME.statesim-XXXX.tmp``: a resume deletes these and nothing else.
+TEMP_MARK = ".statesim-"
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it (os.umask would, briefly, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def is_own_temporary(path: Path) -> bool:
+    """True for a temporary file :func:`atomic_write_bytes` left (a write a kill interrupted)."""
+    name = path.name
+    return (name.startswith(".") and name.endswith(".tmp") and TEMP_MARK in name and path.is_file()
+            and not path.is_symlink())
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Publish ``data`` at ``path`` atomically (inside the run folder while a run is active)."""
+    """Publish ``data`` at ``path`` atomically (inside the run folder while a run is active; mode 0666 less
+    the umask, as ``open`` would give)."""
     path = guard(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600 files
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -15,8 +15,9 @@ import torch
 
 from statesim.config import RunConfig, dump_config, load_config
 from statesim.errors import ConfigError, StatesimError
-from statesim.fileio import atomic_write_json, atomic_write_text
+from statesim.fileio import atomic_write_json, atomic_write_text, is_own_temporary
 from statesim.plugin_manager import PluginHost, build_plugin_host
+from statesim.runlock import LOCK_NAME, RunLock
 from statesim.safepath import confined, refuse_symlinks, remove
 from statesim.scenario import RunContext
 from statesim.trainer import Interrupted, seed_everything
@@ -118,7 +119,23 @@ def prepare(config_file: str | Path, overrides: list[str] = (), *, host: PluginH
 def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Path | None = None,
             resume: str | Path | None = None, device: str | None = None, host: PluginHost | None = None,
             echo: Any = None) -> Path:
-    """Run a scenario file end to end; returns the run folder."""
+    """Run a scenario file end to end; returns the run folder (locked while the run lives)."""
+    held: list[RunLock] = []
+    try:
+        return _execute(config_file, overrides, out=out, resume=resume, device=device, host=host, echo=echo,
+                        held=held)
+    except OSError as exc:  # a full disk, a read-only or vanished folder: one paragraph, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        raise StatesimError(f"statesim could not read or write{where}: {exc.strerror or exc}. Free disk space or "
+                            f"fix the permissions (or choose another --out); checkpoints already written are "
+                            f"intact, so the run continues with --resume once it can write again.") from None
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _execute(config_file: str | Path, overrides: list[str], *, out: str | Path | None, resume: str | Path | None,
+             device: str | None, host: PluginHost | None, echo: Any, held: list[RunLock]) -> Path:
     echo = echo or (lambda message: print(message, file=sys.stderr))
     overrides = list(overrides) + ([f"device={device}"] if device else [])
     config, host = prepare(config_file, overrides, host=host)
@@ -131,11 +148,11 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
     if not writer:
         echo = lambda message: None  # noqa: E731 - rank 0 reports; other ranks' errors still reach stderr
     if resume is not None:
-        run_dir = _reopen_run_dir(Path(resume), config, writer)
+        run_dir = _reopen_run_dir(Path(resume), config, writer, held)
     elif not writer:
         run_dir = Path(dp.share_text(""))  # the folder rank 0 made
     else:
-        run_dir = _new_run_dir(config, config_file, out)
+        run_dir = _new_run_dir(config, config_file, out, held)
         if dp is not None:
             dp.share_text(str(run_dir))
     with confined(run_dir):  # from here on every write and delete stays inside the run folder
@@ -151,7 +168,7 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     env["seed"] = config.seed
     env["resumed"] = resumed
     env["world_size"] = dp.world_size if dp is not None else 1
-    if writer:
+    if writer and not resumed:  # a resume rewrites run.json only once it has finished
         atomic_write_json(run_dir / "run.json", env)
 
     registration = host.registry.get("scenario", config.scenario.type)
@@ -186,13 +203,16 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     return run_dir
 
 
-def _reopen_run_dir(run_dir: Path, config: RunConfig, writer: bool) -> Path:
+def _reopen_run_dir(run_dir: Path, config: RunConfig, writer: bool, held: list[RunLock]) -> Path:
     """The folder of an earlier run to continue, after checking it is that run and safe to write in."""
     saved = run_dir / "config.yaml"
     if not saved.is_file():
         raise StatesimError(f"cannot resume: {saved} does not exist. Pass the run folder of an earlier "
-                            f"`statesim run` to --resume.")
+                            f"`statesim run` to --resume (a folder killed before it wrote config.yaml "
+                            f"can be started again with --out {run_dir}).")
     refuse_symlinks(run_dir, "resume the run in")
+    if writer:
+        held.append(RunLock.acquire(run_dir))  # a live run of this folder refuses the resume
     old, _ = parse_yaml(saved.read_text(encoding="utf-8"), str(saved))
     diff = [d for d in _config_diff(old, config.resolved()) if not d.startswith(("output.", "device:"))]
     if diff:
@@ -203,18 +223,23 @@ def _reopen_run_dir(run_dir: Path, config: RunConfig, writer: bool) -> Path:
         with confined(run_dir):
             for dirpath, _, filenames in os.walk(run_dir, followlinks=False):
                 for name in filenames:
-                    if name.startswith(".") and name.endswith(".tmp"):
+                    if is_own_temporary(Path(dirpath) / name):  # a user's own hidden *.tmp files stay
                         remove(Path(dirpath) / name)
     return run_dir
 
 
-def _new_run_dir(config: RunConfig, config_file: str | Path, out: str | Path | None) -> Path:
+def _only_own_temporaries(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds nothing but statesim's lock and temporaries (a kill at its first write)."""
+    return all(p.name == LOCK_NAME or is_own_temporary(p) for p in run_dir.iterdir())
+
+
+def _new_run_dir(config: RunConfig, config_file: str | Path, out: str | Path | None, held: list[RunLock]) -> Path:
     """Create an empty run folder (``--out``, or ``output.dir/<name>-<time>``) holding the resolved config."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out) if out is not None else Path(config.output.dir) / f"{config.name}-{stamp}"
     if run_dir.exists() and not run_dir.is_dir():
         raise StatesimError(f"the run folder {run_dir} is an existing file, not a folder; choose another --out.")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and not _only_own_temporaries(run_dir):
         raise StatesimError(f"the run folder {run_dir} already exists and is not empty; choose another --out, "
                             f"or continue it with --resume {run_dir}.")
     try:
@@ -222,7 +247,15 @@ def _new_run_dir(config: RunConfig, config_file: str | Path, out: str | Path | N
     except OSError as exc:
         raise StatesimError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}. "
                             f"Choose another --out.") from None
+    held.append(RunLock.acquire(run_dir))
+    # Checked again under the lock: a second run started at the same moment finds the first one's files.
+    if not _only_own_temporaries(run_dir):
+        raise StatesimError(f"the run folder {run_dir} was filled by another run while this one started; "
+                            f"choose another --out.")
     with confined(run_dir):
+        for stale in run_dir.iterdir():
+            if is_own_temporary(stale):  # left by a kill at this folder's very first write
+                remove(stale)
         atomic_write_text(run_dir / "config.yaml", f"# resolved config of {config_file}\n" + dump_config(config))
     return run_dir
 

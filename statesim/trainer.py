@@ -22,12 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from statesim.cell import State
-from statesim.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from statesim.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from statesim.config import TrainingConfig
 from statesim.data import DataSplits, SequenceData, mse_loss
 from statesim.errors import CheckpointError, TrainingError
 from statesim.model import SequenceModel
-from statesim.safepath import remove
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -341,10 +340,7 @@ class Trainer:
         path = save_checkpoint(self.checkpoint_dir / f"step_{self.step:08d}", self.state_tree(), step=self.step,
                                config_digest=self.config_digest,
                                meta={"job": self.job, "model": getattr(self.model, "build_spec", None)})
-        for old in list_checkpoints(self.checkpoint_dir)[:-self.config.keep_checkpoints]:
-            # Sidecar first: a kill in between leaves an orphan weights file, never a sidecar without weights.
-            remove(old)
-            remove(old.with_suffix(".safetensors"))
+        prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
         return path
 
     def restore(self, warn: Callable[[str], None] = print) -> bool:
