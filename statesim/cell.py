@@ -76,7 +76,7 @@ def unflatten_state(flat: Tensor, state_spec: Mapping[str, tuple[int, ...]]) -> 
 class CellParams(BaseModel):
     """Base of every cell's parameter model: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as the core keys (config.Strict)
 
 
 class Cell(nn.Module):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, ValidationError, field_validator,
+                      model_serializer)
 
 from statesim.errors import ConfigError
 from statesim.forcing import ClampConfig
@@ -60,10 +61,10 @@ class ComponentSpec(BaseModel):
         return self._params
 
     @model_serializer(mode="wrap")
-    def _dump(self, handler: Any) -> dict[str, Any]:
+    def _dump(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
         if self._params is None:
             return handler(self)
-        return {"type": self.type, **self._params.model_dump(mode="json")}
+        return {"type": self.type, **self._params.model_dump(mode=info.mode)}
 
 
 class CellSpec(ComponentSpec):
@@ -205,8 +206,10 @@ class RunConfig(Strict):
     def digest(self) -> str:
         """Hash of the resolved config, stored in checkpoints so resume can refuse a changed run."""
         # Where a run writes and on which device it computes may change on resume; what it computes may not.
-        data = {k: v for k, v in self.resolved().items() if k not in ("output", "device")}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        # Python mode: JSON mode turns both .nan and .inf into null, so they would hash alike.
+        data = self.model_dump(mode="python", exclude={"output", "device"})
+        text = json.dumps(data, sort_keys=True, allow_nan=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- resolution
@@ -268,6 +271,19 @@ def _issues_from_validation(exc: ValidationError, model: type[BaseModel], prefix
     return issues
 
 
+def _nonfinite(data: Any, path: tuple) -> list[tuple[tuple, str]]:
+    """Key paths under ``data`` that hold a NaN or infinite float, with how it was written."""
+    import math
+
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(path, ".nan" if data != data else (".inf" if data > 0 else "-.inf"))]
+    if isinstance(data, dict):
+        return [hit for key, value in data.items() for hit in _nonfinite(value, path + (key,))]
+    if isinstance(data, (list, tuple)):
+        return [hit for index, value in enumerate(data) for hit in _nonfinite(value, path + (index,))]
+    return []
+
+
 def resolve(node: Any, path: tuple, registry: Registry, file: str, lines: Lines, issues: list[ConfigIssue]) -> None:
     """Resolve every ComponentSpec under ``node`` against ``registry``, collecting problems."""
     if isinstance(node, ComponentSpec):
@@ -277,6 +293,12 @@ def resolve(node: Any, path: tuple, registry: Registry, file: str, lines: Lines,
                                       unknown_name_message(node.kind.replace("_", "-"), node.type, list(table))))
             return
         params_model = table[node.type].record.params
+        bad = _nonfinite(node.model_extra or {}, path)
+        if bad:  # whatever base a plugin's model has: .nan/.inf are refused as in the core keys
+            issues += [ConfigIssue(file, _line(lines, loc), ".".join(map(str, loc)),
+                                   f"{value} is not allowed here (NaN and infinity are refused in every parameter). "
+                                   f"Give a finite number.") for loc, value in bad]
+            return
         try:
             node._params = params_model.model_validate(node.model_extra or {})
         except ValidationError as exc:

@@ -28,7 +28,7 @@ CellFactory = Callable[[int], Cell]
 class PluginParams(BaseModel):
     """Base of topology and initial-state parameter models: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as the core keys (config.Strict)
 
 
 @dataclass

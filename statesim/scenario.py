@@ -28,7 +28,7 @@ from statesim.trainer import LossFn, Objective, Trainer, TrainResult
 class ScenarioParams(BaseModel):
     """Base of scenario parameter models: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as the core keys (config.Strict)
 
 
 class MetricsLog:

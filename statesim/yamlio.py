@@ -8,8 +8,15 @@ import yaml
 
 from statesim.errors import ConfigError
 
-#: Documents larger than this many nodes after alias expansion are refused ("billion laughs").
-MAX_NODES = 200_000
+#: Documents larger than this many nodes after alias expansion are refused ("billion laughs"). Scenario files
+#: have hundreds; the limits keep the worst accepted file under a second and ~25 MB (docs/reliability.md).
+MAX_NODES = 20_000
+#: Scenario files are kilobytes; anything larger is refused before it is read (a 20 MB file took minutes and
+#: gigabytes to compose). 1 MiB still holds a 100x100 inline `init:` matrix.
+MAX_BYTES = 1024 * 1024
+#: Parser events (node starts, scalars, aliases, ends) allowed before composing; counted as they stream.
+MAX_EVENTS = MAX_NODES
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 Lines = dict[tuple[str | int, ...], int]
 
@@ -21,6 +28,8 @@ class _LineLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:  # `<<: *defaults` (plain YAML): merged below, explicit keys win
+            continue
         key = loader.construct_object(key_node, deep=True)
         try:
             hash(key)
@@ -76,6 +85,25 @@ def _issue(file: str, line: int | None, key: str, message: str) -> ConfigError:
     return ConfigError([ConfigIssue(file, line, key, message)])
 
 
+def _too_large(size: int) -> str:
+    return (f"the file is {size / 1e6:.1f} MB; scenario files may be at most {MAX_BYTES // (1024 * 1024)} MiB. "
+            f"Keep large data (matrices, corpora) in a data file the scenario reads")
+
+
+def _count_events(text: str) -> int | None:
+    """Stream the parser's events, stopping past MAX_EVENTS; the count, or None when the YAML is invalid."""
+    parser = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~20x faster
+    count = 0
+    try:
+        for _ in yaml.parse(text, Loader=parser):
+            count += 1
+            if count > MAX_EVENTS:
+                return count
+    except yaml.YAMLError:
+        return None  # the full loader below reports it with file, line and key
+    return count
+
+
 def load_yaml(path: str | Path) -> tuple[Any, Lines]:
     """Load one YAML document as plain data plus a map from key path to line number."""
     path = Path(path)
@@ -85,9 +113,15 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
     if path.is_dir():
         raise _issue(name, None, "", "this is a directory, not a YAML file. Name a .yaml file inside it.")
     try:
-        raw = path.read_bytes()
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise _issue(name, None, "", _too_large(size) + ".")
+        with path.open("rb") as handle:  # bounded even for a FIFO or device that reports size 0
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise _issue(name, None, "", f"the file cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+    if len(raw) > MAX_BYTES:
+        raise _issue(name, None, "", _too_large(len(raw)) + ".")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -99,6 +133,12 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
 def parse_yaml(text: str, name: str = "<string>") -> tuple[Any, Lines]:
     """Parse YAML text; syntax errors become a ConfigError naming file and line."""
     at: dict[tuple[int, int], tuple] = {}
+    if len(text) > MAX_BYTES:
+        raise _issue(name, None, "", _too_large(len(text.encode("utf-8", "replace"))) + ".")
+    events = _count_events(text)
+    if events is not None and events > MAX_EVENTS:
+        raise _issue(name, None, "", f"the document has more than {MAX_EVENTS} YAML nodes; scenario files are "
+                                     f"small. Keep large data in a data file the scenario reads; refusing to load it.")
     try:
         node = yaml.compose(text, Loader=_LineLoader)
         lines: Lines = {}

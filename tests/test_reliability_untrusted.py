@@ -74,7 +74,7 @@ def test_plain_tensor_files_still_load(tmp_path):
 
 
 def test_checkpoint_whose_weights_are_a_pickle_is_refused_and_resume_falls_back(tmp_path):
-    """The newest checkpoint's weights replaced by a payload, its sidecar's checksum forged to match."""
+    """The newest checkpoint's weights replaced by a payload, its sidecar's checksums forged to match."""
     from statesim.plugin_manager import build_plugin_host
     from statesim.run import execute
 
@@ -86,6 +86,9 @@ def test_checkpoint_whose_weights_are_a_pickle_is_refused_and_resume_falls_back(
     sidecars[-1].with_suffix(".safetensors").write_bytes(blob)
     meta = json.loads(sidecars[-1].read_text())
     meta["sha256"] = hashlib.sha256(blob).hexdigest()
+    from statesim.checkpoint import _content_digest
+
+    meta["sidecar_sha256"] = _content_digest(meta)  # the sidecar's own checksum forged too
     sidecars[-1].write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(sidecars[-1])
