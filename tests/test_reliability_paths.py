@@ -199,12 +199,14 @@ def test_a_plugin_scenario_passing_a_path_as_job_name_is_refused(tmp_path, built
 
 @pytest.mark.parametrize("hostile", ["../../ESCAPED", "/tmp/ESCAPED", "a\nb"])
 def test_export_default_path_ignores_a_hostile_sidecar_job(tmp_path, capsys, hostile):
+    from statesim.checkpoint import _content_digest
     from statesim.cli import main
 
     _, run_dir = _finished_tiny_run(tmp_path)
     for sidecar in (run_dir / "checkpoints" / "main").glob("step_*.json"):
         data = json.loads(sidecar.read_text())
         data["meta"]["job"] = hostile
+        data["sidecar_sha256"] = _content_digest(data)  # re-signed: the sidecar checksum is no secret
         sidecar.write_text(json.dumps(data))
     before = set(Path("/tmp").iterdir())
     assert main(["export", str(run_dir), "--format", "torchscript", "--verify-steps", "0"]) == 0, \
