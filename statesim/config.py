@@ -165,6 +165,10 @@ class TrainingConfig(Strict):
     keep_checkpoints: int = Field(2, gt=0, description="checkpoints kept per job (newest)")
     nonfinite: Literal["skip", "abort", "reduce_lr"] = Field(
         "abort", description="on a NaN/inf loss or gradient: skip the update, stop, or halve the lr and skip")
+    nonfinite_max_fraction: float = Field(
+        0.5, gt=0, le=1, description="'skip'/'reduce_lr': stop with an error when more than this share of the "
+                                     "last `nonfinite_window` updates were non-finite")
+    nonfinite_window: int = Field(100, ge=10, description="recent updates that `nonfinite_max_fraction` looks at")
     deterministic: bool = Field(False, description="use torch's deterministic algorithms")
 
 

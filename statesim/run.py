@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import signal
@@ -48,6 +49,29 @@ def environment(host: PluginHost) -> dict[str, Any]:
             "statesim": __version__, "git_commit": commit,
             "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in host.plugins],
             "plugin_problems": host.problems, "argv": sys.argv}
+
+
+def flag_nonfinite(data: Any, path: str = "") -> tuple[Any, dict[str, str]]:
+    """``data`` with NaN/inf floats replaced by None, and each replaced dotted path with what it held."""
+    if hasattr(data, "tolist") and not isinstance(data, (str, bytes)):  # numpy scalars/arrays, tensors
+        data = data.tolist()
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, {path or "(value)": "nan" if data != data else ("inf" if data > 0 else "-inf")}
+    flagged: dict[str, str] = {}
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out[key], found = flag_nonfinite(value, f"{path}.{key}" if path else str(key))
+            flagged.update(found)
+        return out, flagged
+    if isinstance(data, (list, tuple)):
+        items = []
+        for index, value in enumerate(data):
+            item, found = flag_nonfinite(value, f"{path}.{index}" if path else str(index))
+            items.append(item)
+            flagged.update(found)
+        return items, flagged
+    return data, flagged
 
 
 def _config_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -196,6 +220,11 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     env["train_seconds"] = {k: round(v, 3) for k, v in ctx.timings.items()}
     if ctx.decode_seconds:
         env["decode_seconds"] = {k: round(v, 3) for k, v in ctx.decode_seconds.items()}
+    results, flagged = flag_nonfinite(results)
+    if flagged:  # JSON has no NaN: write null and say which values were not finite
+        results["nonfinite_values"] = flagged
+        echo(f"warning: results with non-finite values (written as null, listed under nonfinite_values): "
+             f"{', '.join(flagged)}")
     if writer:
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_json(run_dir / "run.json", env)

@@ -123,6 +123,7 @@ class RunContext:
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
                           log=self.metrics if is_writer() else None, should_stop=self.should_stop,
                           on_update=on_update, objective=objective, dist=active(), scenario_state=state)
+        trainer.warn = self.echo
         if self.resume:
             restored = trainer.restore(warn=self.echo)
             # Records logged after the checkpoint (or before any, when none survived) are redone: drop them.

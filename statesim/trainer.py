@@ -158,6 +158,7 @@ class _TrainerCounters(BaseModel):
     stale_evals: int = Field(ge=0)
     losses: list[float]
     stop_requested: bool = False
+    recent_nonfinite: list[bool] = []
 
 
 class Trainer:
@@ -192,6 +193,9 @@ class Trainer:
         self.epoch_perm: Tensor | None = None
         self.epoch_pos = 0
         self.nonfinite_steps = 0
+        # Non-finite flags of the last nonfinite_window updates: skip/reduce_lr stop once too many pile up.
+        self.recent_nonfinite: deque[bool] = deque(maxlen=config.nonfinite_window)
+        self.warn: Callable[[str], None] = lambda message: None  # RunContext points it at the run's echo
         self.clipped_steps = 0
         self.norm_mean: float | None = None
         self.best_val: float | None = None
@@ -243,6 +247,7 @@ class Trainer:
         self.clipped_steps += int(record["clipped"])
         record["clipped_total"] = self.clipped_steps
         record["nonfinite_total"] = self.nonfinite_steps + int(not (finite_loss and math.isfinite(before)))
+        self.recent_nonfinite.append(not (finite_loss and math.isfinite(before)))
         if not (finite_loss and math.isfinite(before)):
             self.nonfinite_steps += 1
             record["nonfinite"] = True
@@ -251,6 +256,7 @@ class Trainer:
                     f"job '{self.job}': non-finite {'loss' if not finite_loss else 'gradient'} at step {self.step + 1}. "
                     f"The last good checkpoint is kept in {self.checkpoint_dir or '(no checkpoint folder)'}. "
                     f"Lower training.lr, enable training.clip.max_norm, or set training.nonfinite: skip.")
+            self._check_nonfinite_share()
             if self.config.nonfinite == "reduce_lr":
                 self.scheduler.base_lrs = [lr * 0.5 for lr in self.scheduler.base_lrs]
                 for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
@@ -265,6 +271,21 @@ class Trainer:
         if self.on_update is not None:  # right after this update, before the next chunk's forward
             self.on_update(self, record)
         return record
+
+    def _check_nonfinite_share(self) -> None:
+        """Warn as skipped updates pile up (1, 10, 100, ...); stop when too many recent ones were non-finite."""
+        config, recent = self.config, self.recent_nonfinite
+        bad = sum(recent)
+        if len(recent) >= min(config.nonfinite_window, 10) and bad > config.nonfinite_max_fraction * len(recent):
+            raise TrainingError(
+                f"job '{self.job}': {bad} of the last {len(recent)} updates (up to step {self.step + 1}) had a "
+                f"non-finite loss or gradient and were skipped (training.nonfinite: {config.nonfinite}), more than "
+                f"training.nonfinite_max_fraction = {config.nonfinite_max_fraction:g}; the run is not learning. "
+                f"The last good checkpoint is kept in {self.checkpoint_dir or '(no checkpoint folder)'}. Lower "
+                f"training.lr or enable training.clip.max_norm (or raise nonfinite_max_fraction).")
+        if str(self.nonfinite_steps).rstrip("0") == "1":  # the 1st, 10th, 100th, ...
+            self.warn(f"warning: job '{self.job}': {self.nonfinite_steps} update(s) skipped so far for a non-finite "
+                      f"loss or gradient ({bad} of the last {len(recent)}); training.nonfinite: {config.nonfinite}.")
 
     def _train_batch(self, batch: SequenceData) -> list[dict[str, Any]]:
         """All updates for one batch: one (full BPTT) or one per chunk (truncated)."""
@@ -329,7 +350,7 @@ class Trainer:
                 "trainer": {"step": self.step, "nonfinite_steps": self.nonfinite_steps, "norm_mean": self.norm_mean,
                             "clipped_steps": self.clipped_steps,
                             "best_val": self.best_val, "stale_evals": self.stale_evals, "losses": list(self.losses),
-                            "stop_requested": self.stop_requested},
+                            "stop_requested": self.stop_requested, "recent_nonfinite": list(self.recent_nonfinite)},
                 "scenario": {name: obj.state_dict() for name, obj in self.scenario_state.items()},
                 "best_model": self.best_state}
 
@@ -393,6 +414,7 @@ class Trainer:
         self.losses = deque(counters.losses, maxlen=LOSS_WINDOW)
         self.best_state = tree["best_model"]
         self.stop_requested = counters.stop_requested
+        self.recent_nonfinite = deque(counters.recent_nonfinite, maxlen=self.config.nonfinite_window)
         saved = tree.get("scenario") or {}
         missing = [name for name in self.scenario_state if name not in saved]
         if missing:

@@ -119,6 +119,56 @@ def test_reduce_lr_halves_the_rate_from_the_bad_step_on(tmp_path, monkeypatch, c
     assert tree["scheduler"]["base_lrs"] == [0.5 * TINY_LINEAR["training"]["lr"]]
 
 
+def _inject_from(monkeypatch, first_bad: int, last_bad: int | None = None) -> None:
+    """Every training update from ``first_bad`` (to ``last_bad``) sees a NaN loss."""
+    original = Trainer._loss
+
+    def loss(self, batch, outputs, t0):
+        value = original(self, batch, outputs, t0)
+        if self.model.training and first_bad <= self.step + 1 <= (last_bad or 10**9):
+            return value * float("nan")
+        return value
+
+    monkeypatch.setattr(Trainer, "_loss", loss)
+
+
+@pytest.mark.parametrize("policy", ["skip", "reduce_lr"])
+def test_skip_and_reduce_lr_stop_when_most_recent_updates_were_non_finite(tmp_path, monkeypatch, cli, policy):
+    """85-95 % of updates skipped used to exit 0 silently. From step 3 every update is NaN: warnings as the
+    count grows (1, 10), then exit 2 once more than half of the last updates were non-finite, no results.json,
+    the last checkpoint verifies."""
+    config = write_scenario(tmp_path, deep_update(TINY_LINEAR, {"training": {
+        "steps": 40, "checkpoint_every": 2, "nonfinite": policy, "nonfinite_window": 10}}), f"{policy}.yaml")
+    _inject_from(monkeypatch, 3)
+    code, err = cli("run", config, "--out", tmp_path / "faulty")
+    assert code == 2 and "Traceback" not in err, err
+    assert "1 update(s) skipped so far" in err
+    # 2 good updates then NaNs: more than 5 of the last 10 at step 10 (the window is full from step 10 on)
+    assert "job 'main': 8 of the last 10 updates (up to step 10)" in err, err
+    assert "nonfinite_max_fraction = 0.5" in err and str(tmp_path / "faulty" / "checkpoints") in err
+    assert not (tmp_path / "faulty" / "results.json").exists()
+    load_checkpoint(list_checkpoints(tmp_path / "faulty" / "checkpoints" / "main")[-1])
+
+
+def test_a_share_below_the_limit_trains_on_and_results_flag_non_finite_values(tmp_path, monkeypatch, cli):
+    """The last update alone is NaN (1 of 12, below the limit): the run finishes, results.json is strict JSON
+    (null where the final loss was NaN) and says which values were not finite."""
+    from _reliability import ROOT
+    from test_reliability_resume_matrix import QUIET, TINY
+
+    tiny = [o for o in TINY["adding.yaml"] if not o.startswith("training.steps=")]
+    sets = [a for o in tiny + QUIET + [f"training.steps={STEPS}", "training.nonfinite=skip",
+                                       "scenario.stop_when_solved=false"] for a in ("--set", o)]
+    _inject_from(monkeypatch, STEPS, STEPS)
+    code, err = cli("run", ROOT / "scenarios" / "adding.yaml", "--out", tmp_path / "faulty", *sets)
+    assert code == 0, err
+    assert "1 update(s) skipped so far" in err and "nonfinite_values" in err
+    text = (tmp_path / "faulty" / "results.json").read_text()
+    results = json.loads(text, parse_constant=lambda name: pytest.fail(f"results.json holds {name}"))
+    assert results["final_train_loss"] is None
+    assert results["nonfinite_values"] == {"final_train_loss": "nan"}
+
+
 # --------------------------------------------------------------------------- exploding gradients
 @settings(max_examples=30, deadline=None, derandomize=True)
 @given(gain=st.floats(1.0, 50.0), input_scale=st.floats(1e-3, 1e6), steps=st.integers(5, 60),
