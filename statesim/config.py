@@ -212,6 +212,11 @@ class RunConfig(Strict):
         # Where a run writes and on which device it computes may change on resume; what it computes may not.
         # Python mode: JSON mode turns both .nan and .inf into null, so they would hash alike.
         data = self.model_dump(mode="python", exclude={"output", "device"})
+        from statesim.datafiles import data_files
+
+        files = data_files(self)
+        if files:  # the contents of data files the scenario reads decide the results too
+            data["data_files"] = files
         text = json.dumps(data, sort_keys=True, allow_nan=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import torch
 
 from statesim.config import RunConfig, dump_config, load_config
+from statesim.datafiles import changed_files, data_files
 from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_json, atomic_write_text, is_own_temporary
 from statesim.plugin_manager import PluginHost, build_plugin_host
@@ -192,6 +193,7 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     env["seed"] = config.seed
     env["resumed"] = resumed
     env["world_size"] = dp.world_size if dp is not None else 1
+    env["data_files"] = data_files(config)  # resume compares them
     if writer and not resumed:  # a resume rewrites run.json only once it has finished
         atomic_write_json(run_dir / "run.json", env)
 
@@ -247,6 +249,12 @@ def _reopen_run_dir(run_dir: Path, config: RunConfig, writer: bool, held: list[R
     if diff:
         raise StatesimError("cannot resume: the scenario differs from the one in "
                             f"{saved}:\n  " + "\n  ".join(diff) + "\nRun it as a new run instead.")
+    recorded = _recorded_data_files(run_dir)
+    changed = changed_files(recorded, data_files(config)) if recorded is not None else []
+    if changed:
+        raise StatesimError("cannot resume: data files the scenario reads changed since the run started:\n  "
+                            + "\n  ".join(changed) + f"\nRestore them, or run it as a new run instead "
+                            f"(hashes recorded in {run_dir / 'run.json'}).")
     if writer:
         # Temporary files of writes a kill interrupted: never published, never read, safe to drop.
         with confined(run_dir):
@@ -255,6 +263,19 @@ def _reopen_run_dir(run_dir: Path, config: RunConfig, writer: bool, held: list[R
                     if is_own_temporary(Path(dirpath) / name):  # a user's own hidden *.tmp files stay
                         remove(Path(dirpath) / name)
     return run_dir
+
+
+def _recorded_data_files(run_dir: Path) -> dict[str, str] | None:
+    """The data-file hashes run.json recorded (None when it is missing or older than this record)."""
+    import json
+
+    try:
+        recorded = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("data_files")
+    except (OSError, ValueError, AttributeError):
+        return None  # killed before run.json was written: the checkpoint's config digest still differs
+    if not isinstance(recorded, dict):
+        return None
+    return {str(k): str(v) for k, v in recorded.items()}
 
 
 def _only_own_temporaries(run_dir: Path) -> bool:

@@ -110,3 +110,37 @@ def test_sidecar_checksum_covers_every_value(tmp_path):
     with pytest.raises(CheckpointError, match="sidecar_sha256") as info:
         load_checkpoint(sidecar)
     assert str(sidecar) in str(info.value)
+
+
+def test_resume_refuses_a_changed_data_file_naming_it(tmp_path, monkeypatch, capsys):
+    """A corpus TSV edited between the run and its --resume resumed silently with other data (or died in a
+    size-mismatch traceback when the vocabulary grew): now exit 2 naming the file, and the digest differs."""
+    import shutil
+
+    from _reliability import ROOT
+    from statesim.cli import main
+    from test_reliability_resume_matrix import QUIET, TINY
+
+    monkeypatch.setenv("STATESIM_DISABLE_PLUGIN_AUTOLOAD", "1")
+    corpus = tmp_path / "corpus.tsv"
+    shutil.copy(ROOT / "scenarios" / "data" / "de_en_sample.tsv", corpus)
+    sets = [a for o in TINY["translation_corpus.yaml"] + QUIET + [f"scenario.corpus.tsv={corpus}"]
+            for a in ("--set", o)]
+    scenario = ROOT / "scenarios" / "translation_corpus.yaml"
+    run_dir = tmp_path / "run"
+    assert main(["run", str(scenario), "--out", str(run_dir), *sets]) == 0
+    capsys.readouterr()
+    from statesim.config import load_config
+    from statesim.plugin_manager import build_plugin_host
+
+    registry = build_plugin_host(autoload=False).registry
+    before = load_config(scenario, registry, sets[1::2]).digest()
+    results = (run_dir / "results.json").read_bytes()
+    with corpus.open("a", encoding="utf-8") as handle:
+        handle.write("Neues Wort.\tNew word.\n")
+    assert load_config(scenario, registry, sets[1::2]).digest() != before
+    code = main(["run", str(scenario), "--resume", str(run_dir), *sets])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert "data files the scenario reads changed" in err and str(corpus) in err
+    assert (run_dir / "results.json").read_bytes() == results

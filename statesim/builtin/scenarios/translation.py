@@ -27,6 +27,7 @@ from statesim.registry import Registration
 from statesim.scenario import RunContext, Scenario, ScenarioParams
 from statesim.seq2seq import PairData, Vocab, corpus_bleu, detokenize, exact_match, pad_ids, tokenize
 from statesim.config import Strict
+from statesim.datafiles import DataPath
 
 Tokenizer = Literal["char", "whitespace"]
 
@@ -34,9 +35,9 @@ Tokenizer = Literal["char", "whitespace"]
 class CorpusConfig(Strict):
     """A user's parallel corpus: ``tsv`` (source<TAB>target per line) or ``source`` + ``target`` files."""
 
-    tsv: str | None = Field(None, description="path of a TSV file, one 'source<TAB>target' pair per line")
-    source: str | None = Field(None, description="path of the source-language file, one sentence per line")
-    target: str | None = Field(None, description="path of the target-language file, line-aligned with source")
+    tsv: DataPath | None = Field(None, description="path of a TSV file, one 'source<TAB>target' pair per line")
+    source: DataPath | None = Field(None, description="path of the source-language file, one sentence per line")
+    target: DataPath | None = Field(None, description="path of the target-language file, line-aligned with source")
     tokenizer: Tokenizer = Field("whitespace", description="tokenizer of both sides: char or whitespace")
     max_length: int = Field(50, gt=0, description="drop pairs with more tokens than this on either side")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="fraction of pairs for validation")

@@ -1,0 +1,85 @@
+"""Data files a scenario reads (a corpus TSV): named in the config, hashed into its digest.
+
+A params field typed :data:`DataPath` is a path the scenario reads. :func:`data_files` finds every such
+field in a resolved config and returns each file's SHA-256, which :meth:`statesim.config.RunConfig.digest`
+includes and ``run.json`` records, so a resume refuses a changed file by name instead of training on
+different data (or failing deep inside with a size mismatch when a vocabulary grew).
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+from pydantic import BaseModel
+
+
+class DataFile:
+    """Marker in a field's metadata: the string is the path of a data file the scenario reads."""
+
+
+#: A params field holding the path of a data file the scenario reads (relative to the working directory).
+DataPath = Annotated[str, DataFile()]
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes ("missing" when it cannot be read); cached by path, mtime and size."""
+    try:
+        stat = Path(path).stat()
+        return _sha256(path, stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return "missing"
+
+
+def _marked(metadata: list[Any], annotation: Any) -> bool:
+    """True when a field is a :data:`DataPath` (also inside ``Optional``/unions)."""
+    if any(isinstance(m, DataFile) for m in metadata):
+        return True
+    extra = getattr(annotation, "__metadata__", ())
+    return any(isinstance(m, DataFile) for m in extra) or any(_marked([], arg) for arg in get_args(annotation))
+
+
+def _paths(node: Any) -> list[str]:
+    from statesim.config import ComponentSpec
+
+    if isinstance(node, ComponentSpec):
+        return _paths(node._params) if node._params is not None else []
+    if isinstance(node, BaseModel):
+        found = []
+        for name, field in type(node).model_fields.items():
+            value = getattr(node, name)
+            if isinstance(value, str) and _marked(field.metadata, field.annotation):
+                found.append(value)
+            else:
+                found += _paths(value)
+        return found
+    if isinstance(node, (list, tuple)):
+        return [p for item in node for p in _paths(item)]
+    if isinstance(node, dict):
+        return [p for item in node.values() for p in _paths(item)]
+    return []
+
+
+def data_files(config: BaseModel) -> dict[str, str]:
+    """Every data file named in ``config`` (a resolved RunConfig) with its SHA-256."""
+    return {path: file_sha256(path) for path in sorted(set(_paths(config)))}
+
+
+def changed_files(recorded: dict[str, str], current: dict[str, str]) -> list[str]:
+    """One line per data file whose hash differs between ``recorded`` and ``current``."""
+    lines = []
+    for path in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(path, "(not used)"), current.get(path, "(not used)")
+        if old != new:
+            lines.append(f"{path}: sha256 {old[:16]} -> {new[:16]}")
+    return lines
