@@ -158,7 +158,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from statesim.safepath import confined
 
     host = _host(args)
-    sidecar_in, run_dir = find_checkpoint(args.run_dir, args.job)
+    sidecar_in, run_dir = find_checkpoint(args.run_dir, args.job,
+                                          warn=lambda message: print(f"warning: {message}", file=sys.stderr))
     model, info = load_model(sidecar_in, weights=args.weights, registry=host.registry)
     job = export_job_name(sidecar_in, info.meta)
     if args.out:

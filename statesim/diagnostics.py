@@ -325,10 +325,27 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return records
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue
+        if _is_record(record):  # valid JSON that is not a training record (a list, a string step) is skipped
+            records.append(record)
     return records
+
+
+#: Keys of a metrics record that hold numbers; anything else there makes the line unusable. An update record
+#: (one with grad_norm) has loss and grad_norm_clipped too.
+_NUMERIC_KEYS = ("loss", "grad_norm", "grad_norm_clipped", "lr", "clipped_total", "nonfinite_total", "val_loss")
+
+
+def _is_record(record: Any) -> bool:
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    return (isinstance(record, dict) and isinstance(record.get("job", "main"), str)
+            and isinstance(record.get("step"), int) and not isinstance(record.get("step"), bool)
+            and all(number(record[key]) for key in _NUMERIC_KEYS if key in record)
+            and ("grad_norm" not in record or ("loss" in record and "grad_norm_clipped" in record)))
 
 
 def training_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

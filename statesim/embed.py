@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -66,11 +66,13 @@ def _jobs(run_dir: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and list_checkpoints(p)) if root.is_dir() else []
 
 
-def find_checkpoint(path: str | Path, job: str | None = None) -> tuple[Path, Path | None]:
+def find_checkpoint(path: str | Path, job: str | None = None,
+                    warn: Callable[[str], None] | None = None) -> tuple[Path, Path | None]:
     """The checkpoint sidecar ``path`` names and the run folder it belongs to (None when not in one).
 
     ``path`` is a run folder (its newest verified checkpoint of ``job`` is chosen: by default the only
-    job, or ``main``), a job's checkpoint folder, or a checkpoint's ``.json``/``.safetensors`` file.
+    job, or ``main``), a job's checkpoint folder, or a checkpoint's ``.json``/``.safetensors`` file. A corrupt
+    newer checkpoint passed over is reported through ``warn`` (default: an :class:`OlderCheckpointWarning`).
     """
     path = Path(path)
     if not path.exists():
@@ -82,7 +84,7 @@ def find_checkpoint(path: str | Path, job: str | None = None) -> tuple[Path, Pat
         return sidecar, run_dir
     if list_checkpoints(path):  # a job's checkpoint folder
         run_dir = next((p for p in path.parents if (p / "config.yaml").is_file()), None)
-        return _newest_good(path), run_dir
+        return _newest_good(path, warn), run_dir
     jobs = _jobs(path)
     if not jobs:
         raise CheckpointError(f"{path} holds no checkpoints (expected {path}/checkpoints/<job>/step_*.json). "
@@ -97,11 +99,24 @@ def find_checkpoint(path: str | Path, job: str | None = None) -> tuple[Path, Pat
                              f"job=... (CLI: --job).")
     if job not in jobs:
         raise EmbedError(f"the run {path} has no checkpoints for job '{job}'; its jobs are: {', '.join(jobs)}.")
-    return _newest_good(path / "checkpoints" / job), path
+    return _newest_good(path / "checkpoints" / job, warn), path
 
 
-def _newest_good(folder: Path) -> Path:
-    found = latest_good_checkpoint(folder)
+class OlderCheckpointWarning(UserWarning):
+    """The newest checkpoint of a job is corrupt; an older one is used instead."""
+
+
+def _newest_good(folder: Path, warn: Callable[[str], None] | None = None) -> Path:
+    import warnings
+
+    def report(message: str) -> None:
+        message = message.replace("Falling back to the previous checkpoint.", "Using an older checkpoint.")
+        if warn is not None:
+            warn(message)
+        else:  # stacklevel 4: the caller of load/load_model/find_checkpoint, not this module
+            warnings.warn(message, OlderCheckpointWarning, stacklevel=4)
+
+    found = latest_good_checkpoint(folder, report)
     if found is None:
         raise CheckpointError(f"no checkpoint in {folder} verifies (each is missing, truncated or corrupt).")
     return found[1].path
@@ -136,6 +151,49 @@ def _model_config(data: Any, registry: Registry, where: str) -> Any:
     return config
 
 
+def _stored_spec(spec: Any, sidecar: Path) -> dict[str, Any] | None:
+    """The sidecar's ``meta.model`` (config and sizes), type-checked: it is data from a file."""
+    if spec is None:
+        return None
+    sizes_ok = isinstance(spec, dict) and isinstance(spec.get("model"), dict) and all(
+        isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) and spec[k] > 0
+        for k in ("input_size",)) and (spec.get("output_size") is None or (
+            isinstance(spec["output_size"], int) and not isinstance(spec["output_size"], bool)
+            and spec["output_size"] > 0))
+    if not sizes_ok:
+        raise CheckpointError(f"the checkpoint sidecar {sidecar} describes its model wrongly (meta.model must be "
+                              f"{{model: {{...}}, input_size: N, output_size: N or null}}); it was edited or "
+                              f"damaged. Use another checkpoint of the run.")
+    return spec
+
+
+def _build_checked(registry: Registry, config: Any, input_size: int, output_size: int | None,
+                   tree: dict[str, Any], sidecar: Path) -> SequenceModel:
+    """Build the model a checkpoint describes, first without memory (meta device) to check it matches the
+    checkpoint's tensors: a sidecar edited to say ``input_size: 10**12`` must not allocate terabytes."""
+    stored = tree.get("model")
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"the checkpoint {sidecar} holds no model weights.")
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_model(registry, config, input_size, output_size)
+                      .state_dict().items()}
+    except (NotImplementedError, RuntimeError):
+        shapes = None  # a cell whose construction needs real numbers: the guarded build below still checks
+    if shapes is not None:
+        wrong = [k for k in sorted(set(shapes) | set(stored)) if k not in shapes or k not in stored
+                 or not isinstance(stored[k], torch.Tensor) or tuple(stored[k].shape) != shapes[k]]
+        if wrong:
+            raise CheckpointError(f"the weights in {sidecar} do not fit the model its metadata describes "
+                                  f"(first mismatch: {wrong[0]}); the sidecar was edited or belongs to another "
+                                  f"model. Use another checkpoint of the run.")
+    try:
+        return build_model(registry, config, input_size, output_size)
+    except (RuntimeError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"the model described by {sidecar} cannot be built ({first}).") from None
+
+
 def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto", registry: Registry | None = None,
                input_size: int | None = None, output_size: int | None = None,
                device: str | torch.device = "cpu") -> tuple[SequenceModel, CheckpointInfo]:
@@ -152,7 +210,7 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
         registry = build_plugin_host().registry
     sidecar, run_dir = find_checkpoint(path, job)
     tree, info = load_checkpoint(sidecar, map_location="cpu")
-    spec = info.meta.get("model")
+    spec = _stored_spec(info.meta.get("model"), sidecar)
     run_yaml = _run_yaml(run_dir)
     if spec is not None:
         config = _model_config(spec["model"], registry, f"{sidecar} (stored model)")
@@ -166,7 +224,7 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     else:
         raise EmbedError(f"cannot tell which model the checkpoint {sidecar} holds: it records no model and no "
                          f"run folder with a config.yaml `model:` section encloses it.")
-    model = build_model(registry, config, int(input_size), output_size)
+    model = _build_checked(registry, config, int(input_size), output_size, tree, sidecar)
 
     best = tree.get("best_model")
     if weights == "best" and best is None:

@@ -256,6 +256,9 @@ def test_load_errors(lstm_run, builtin_host, tmp_path):
     old = copy / "checkpoints" / "main" / sidecar.name
     data = json.loads(old.read_text())
     data["meta"].pop("model")
+    from statesim.checkpoint import _content_digest
+
+    data["sidecar_sha256"] = _content_digest(data)  # as such a checkpoint would have been written
     old.write_text(json.dumps(data))
     shutil.copy(sidecar.with_suffix(".safetensors"), bad)
     with pytest.raises(EmbedError, match="input_size"):
