@@ -21,6 +21,7 @@ import pluggy
 
 from statesim import hookspecs
 from statesim.errors import PluginError
+from statesim.pluginwatch import watch_import
 from statesim.registry import Provided, Registration, Registry
 
 ENTRY_POINT_GROUP = "statesim"
@@ -169,7 +170,9 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
                 continue
             taken[entry_point.name] = f"distribution {dist or 'unknown'} {version or ''}".strip()
             try:
-                plugin = entry_point.load()
+                with watch_import(where, f"skip it with {BLOCK_ENV}={entry_point.name} (or --block-plugin "
+                                         f"{entry_point.name})."):
+                    plugin = entry_point.load()
             except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
                 problem(f"{where} failed to import: {type(exc).__name__}: {exc}. "
                         f"Fix or uninstall it, or skip it with {BLOCK_ENV}={entry_point.name}.")

@@ -112,3 +112,26 @@ def test_embed_load_and_export_warn_when_the_newest_checkpoint_is_corrupt(tmp_pa
     assert model.source == sidecars[-2]
     code, err = cli("export", run_dir, "--format", "torchscript", "--verify-steps", "0")
     assert code == 0 and str(weights) in err and "older checkpoint" in err, err
+
+
+@pytest.mark.parametrize("command", ["plugins", "validate"])
+def test_a_plugin_that_hangs_at_import_is_named_then_given_up_on(tmp_path, command):
+    """`statesim plugins`/`validate` hung forever, naming nothing, on a plugin that blocks at import. The
+    watchdog names it after STATESIM_PLUGIN_IMPORT_WARN seconds and interrupts the import after
+    STATESIM_PLUGIN_IMPORT_TIMEOUT; the command then finishes, reporting the plugin as broken."""
+    import subprocess
+
+    from _reliability import ROOT, cli_env, statesim_cmd
+    from test_reliability_untrusted import _fake_distribution
+
+    site = tmp_path / "site"
+    _fake_distribution(site, "hang-dist", "hang", "import time\ntime.sleep(3600)\n")
+    env = cli_env(PYTHONPATH=str(site), STATESIM_PLUGIN_IMPORT_WARN="0.5",
+                  STATESIM_PLUGIN_IMPORT_TIMEOUT="3")
+    env.pop("STATESIM_DISABLE_PLUGIN_AUTOLOAD")
+    args = [command] + ([str(write_scenario(tmp_path, TINY_LINEAR))] if command == "validate" else [])
+    done = subprocess.run(statesim_cmd(*args), env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "still importing plugin 'hang' (distribution hang-dist 1.2) after 0.5 s" in done.stderr
+    assert "STATESIM_BLOCK_PLUGINS=hang" in done.stderr and "Traceback" not in done.stderr
+    assert "failed to import: ImportTimedOut: its import did not finish within 3 s" in done.stdout + done.stderr
