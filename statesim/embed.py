@@ -81,6 +81,11 @@ def find_checkpoint(path: str | Path, job: str | None = None,
     if path.is_file():
         sidecar = path.with_suffix(".json")
         run_dir = next((p for p in sidecar.parents if (p / "config.yaml").is_file()), None)
+        if not (path.suffix in (".json", ".safetensors") and sidecar.stem.startswith("step_")):
+            # results.json, config.yaml...: say what to pass, rather than calling the file a corrupt checkpoint
+            hint = f"the run folder {run_dir}" if run_dir is not None else "a run folder"
+            raise CheckpointError(f"{path} is not a checkpoint (those are checkpoints/<job>/step_N.json with "
+                                  f"their .safetensors). Pass {hint} or one of its checkpoint files.")
         return sidecar, run_dir
     if list_checkpoints(path):  # a job's checkpoint folder
         run_dir = next((p for p in path.parents if (p / "config.yaml").is_file()), None)

@@ -135,3 +135,13 @@ def test_a_plugin_that_hangs_at_import_is_named_then_given_up_on(tmp_path, comma
     assert "still importing plugin 'hang' (distribution hang-dist 1.2) after 0.5 s" in done.stderr
     assert "STATESIM_BLOCK_PLUGINS=hang" in done.stderr and "Traceback" not in done.stderr
     assert "failed to import: ImportTimedOut: its import did not finish within 3 s" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("name", ["results.json", "run.json", "config.yaml"])
+def test_export_of_a_file_that_is_no_checkpoint_names_what_to_pass(finished_run, cli, name):
+    """`statesim export RUN/results.json` called it a corrupt checkpoint and advised deleting it."""
+    before = (finished_run / name).read_bytes()
+    code, err = cli("export", finished_run / name, "--format", "torchscript", "--verify-steps", "0")
+    assert code == 2 and "Traceback" not in err, err
+    assert "is not a checkpoint" in err and f"Pass the run folder {finished_run}" in err
+    assert "Delete" not in err and (finished_run / name).read_bytes() == before
