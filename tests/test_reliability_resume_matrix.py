@@ -48,6 +48,12 @@ TINY = {
                         "scenario.channels=2", "scenario.features=4", "scenario.embed_size=4",
                         "scenario.beam_size=2", "model.cell.hidden_size=8", "training.steps=6",
                         "training.batch_size=8", "training.eval_every=3", "training.checkpoint_every=2"],
+    "salamander.yaml": ["training.steps=6", "training.checkpoint_every=2", "scenario.train_trajectories=2",
+                        "scenario.val_trajectories=1", "scenario.test_trajectories=1",
+                        "scenario.trajectory_seconds=[6, 8]", "scenario.eval_seconds=16", "scenario.measure_seconds=8",
+                        "scenario.ablation_seconds=3", "scenario.steer_seconds=12", "model.cell.hidden_size=4",
+                        "scenario.eval_levels=[0.5, 4.0]", "scenario.turn_conditions=[[4.5, 3.5]]",
+                        "scenario.ablation_drives=[4.0]", "scenario.forced_units=2"],
 }
 #: Named kill points: which write (by what it publishes) the child dies inside.
 KILL_POINTS = ("first_checkpoint", "halfway", "results")
@@ -116,7 +122,8 @@ MATRIX = textwrap.dedent("""
     print(json.dumps(report))
 """)
 
-SLOW = {"translation.yaml", "translation_corpus.yaml", "captioning.yaml", "initial_state_effect.yaml"}
+SLOW = {"translation.yaml", "translation_corpus.yaml", "captioning.yaml", "initial_state_effect.yaml",
+        "salamander.yaml"}
 
 
 @pytest.mark.parametrize("scenario", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
