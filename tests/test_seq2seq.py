@@ -16,8 +16,8 @@ from statesim.engine import unroll
 from statesim.errors import ShapeError
 from statesim.model import InitialContext
 from statesim.plugin_manager import build_plugin_host
-from statesim.seq2seq import (BOS, EOS, PairData, Vocab, beam_decode, corpus_bleu, decoder_logits, detokenize,
-                              exact_match, greedy_decode, pad_ids, tokenize)
+from statesim.builtin.seq2seq import (BOS, EOS, PairData, Vocab, beam_decode, corpus_bleu, decoder_logits,
+                                      detokenize, exact_match, greedy_decode, pad_ids, tokenize)
 
 _HOST = build_plugin_host()
 CELLS = _HOST.registry.names("cell")
@@ -60,6 +60,22 @@ def test_bleu_against_a_hand_computed_value():
     assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(expected, abs=1e-6)
     assert corpus_bleu(["a b c d"], ["a b c d"]) == pytest.approx(100)
     assert exact_match(["a  b", "c"], ["a b", "d"]) == 0.5
+
+
+def test_sacrebleu_is_an_extra_and_its_absence_names_it(monkeypatch):
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    from statesim.errors import StatesimError
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("sacrebleu") for d in project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("sacrebleu") for d in extras["seq2seq"]) and any(d.startswith("sacrebleu") for d in extras["dev"])
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import sacrebleu now raises ImportError
+    with pytest.raises(StatesimError, match=r"statesim\[seq2seq\]"):
+        corpus_bleu(["a b"], ["a b"])
 
 
 # --------------------------------------------------------------------------- decoding

@@ -49,6 +49,16 @@ def test_corpus_reading_errors(tmp_path):
         CorpusConfig(tsv="a.tsv", source="b.txt")
 
 
+@pytest.mark.parametrize("name", ["translation", "captioning"])
+def test_a_missing_sacrebleu_stops_the_scenario_before_training(tmp_path, monkeypatch, name):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)
+    with pytest.raises(StatesimError, match=r"pip install 'statesim\[seq2seq\]'"):
+        run(tmp_path, name, ["training.steps=1"])
+    assert not (tmp_path / name / "checkpoints").exists()
+
+
 def test_captions_describe_the_drawn_pixels():
     """Independent check of the generator: colours named are the colours drawn, in the named order."""
     rng = np.random.default_rng(1)

@@ -32,7 +32,7 @@ from statesim.forcing import Forcing
 from statesim.hookimpl import hookimpl
 from statesim.model import CellFactory, InitialContext, InitialState, PluginParams, Topology
 from statesim.registry import Registration, Registry
-from statesim.seq2seq import (PairData, beam_decode, decoder_logits, greedy_decode, sequence_cross_entropy)
+from statesim.builtin.seq2seq import (PairData, beam_decode, decoder_logits, greedy_decode, sequence_cross_entropy)
 
 
 @dataclass

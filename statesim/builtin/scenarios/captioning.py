@@ -26,8 +26,8 @@ from statesim.hookimpl import hookimpl
 from statesim.model import SequenceModel
 from statesim.registry import Registration
 from statesim.scenario import RunContext, Scenario, ScenarioParams
-from statesim.seq2seq import (Vocab, beam_decode, corpus_bleu, decoder_logits, exact_match, greedy_decode, pad_ids,
-                              sequence_cross_entropy)
+from statesim.builtin.seq2seq import (Vocab, beam_decode, corpus_bleu, decoder_logits, exact_match, greedy_decode,
+                                      pad_ids, require_sacrebleu, sequence_cross_entropy)
 
 COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 0.9, 0.2), "blue": (0.2, 0.35, 1.0), "yellow": (1.0, 0.9, 0.1)}
 SHAPES = ("circle", "square", "triangle")
@@ -165,6 +165,7 @@ class Captioning(Scenario):
     Params = CaptioningParams
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        require_sacrebleu("captioning")  # before training, not after it
         p = self.params
         seed = ctx.config.seed
         train, _, vocab = make_dataset(p.train_images, seed)

@@ -25,7 +25,8 @@ from statesim.errors import StatesimError
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 from statesim.scenario import RunContext, Scenario, ScenarioParams
-from statesim.seq2seq import PairData, Vocab, corpus_bleu, detokenize, exact_match, pad_ids, tokenize
+from statesim.builtin.seq2seq import (PairData, Vocab, corpus_bleu, detokenize, exact_match, pad_ids, require_sacrebleu,
+                                      tokenize)
 from statesim.config import Strict
 from statesim.datafiles import DataPath
 
@@ -153,6 +154,7 @@ class Translation(Scenario):
     Params = TranslationParams
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        require_sacrebleu("translation")  # before training, not after it
         p = self.params
         if p.corpus is None:
             train, val, test = generated_pairs(p, ctx.config.seed)

@@ -1,11 +1,12 @@
-"""Sequence-to-sequence support shared by the translation and captioning scenarios.
+"""Sequence-to-sequence support shared by the translation and captioning scenarios (built-in, not core).
 
 * token vocabularies and the two tokenizers (``char``, ``whitespace``);
 * :class:`PairData`, a source/target batch the shared trainer can shuffle (``select``/``to``/``len``);
 * decoding with feedback of the model's own predictions, one tick at a time through a prepared
   :class:`statesim.engine.Stepper` (greedy, beam search) or :func:`statesim.engine.unroll` (teacher forcing),
   for any :class:`~statesim.cell.Cell` (a decoder cell, a stack seen as one cell, an attention cell);
-* metrics: exact-sequence accuracy and corpus BLEU (sacrebleu).
+* metrics: exact-sequence accuracy and corpus BLEU (sacrebleu, the ``seq2seq`` extra:
+  ``pip install 'statesim[seq2seq]'``).
 
 Decoding functions take a decoder ``cell``, its start ``state``, an ``embed`` (token ids -> inputs) and a
 ``head`` (outputs -> logits), so a captioner (CNN + LSTM) and an encoder-decoder share them.
@@ -13,7 +14,7 @@ Decoding functions take a decoder ``cell``, its start ``state``, an ``embed`` (t
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -243,8 +244,22 @@ def exact_match(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     return sum(" ".join(h.split()) == " ".join(r.split()) for h, r in zip(hypotheses, references)) / len(references)
 
 
+class MissingExtraError(StatesimError):
+    """An optional dependency a scenario needs is not installed."""
+
+
+def require_sacrebleu(scenario: str) -> Any:
+    """The sacrebleu module, or a MissingExtraError naming the extra that installs it."""
+    try:
+        import sacrebleu
+    except ImportError:
+        raise MissingExtraError(f"the {scenario} scenario reports BLEU with sacrebleu, which is not installed. "
+                                f"Install the seq2seq extra: pip install 'statesim[seq2seq]' (or pip install "
+                                f"sacrebleu).") from None
+    return sacrebleu
+
+
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (0-100) by sacrebleu with its defaults (13a tokenisation, exp smoothing)."""
-    import sacrebleu
-
+    sacrebleu = require_sacrebleu("translation or captioning")
     return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
