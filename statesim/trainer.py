@@ -438,6 +438,7 @@ class Trainer:
             if self.stop_requested or (config.early_stopping and self.stale_evals >= config.early_stopping):
                 stopped_early = True
                 break
+            before = self.step  # one batch may make several updates (truncated BPTT)
             for record in self._train_batch(self._next_batch(data.train)):
                 if self.log is not None and (record["step"] % config.log_every == 0 or record.get("nonfinite")
                                              or record["step"] == config.steps):
@@ -446,7 +447,9 @@ class Trainer:
                     progress(self.step, record["loss"])
                 if self.stop_requested:
                     stopped_early = True
-            if data.val is not None and (self.step // config.eval_every > (self.step - 1) // config.eval_every
+            # Validate when this batch's updates crossed a multiple of eval_every, not only when the last update
+            # landed on one: truncated BPTT steps over most multiples, which would stretch early stopping.
+            if data.val is not None and (self.step // config.eval_every > before // config.eval_every
                                          or self.step >= config.steps):
                 val = self.evaluate(data.val)
                 if self.log is not None:

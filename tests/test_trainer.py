@@ -186,6 +186,19 @@ def test_truncated_bptt_counts_one_update_per_chunk():
     assert result.steps == 7 and [r["step"] for r in records] == list(range(1, 8))
 
 
+def test_truncated_bptt_validates_whenever_an_eval_every_boundary_is_crossed():
+    """Four updates per batch jump over most multiples of eval_every; each crossing still validates."""
+    records: list[dict] = []
+    x = torch.randn(20, 2, 2, dtype=DT)
+    data = DataSplits(SequenceData(x, x.clone()), SequenceData(x[:, :1], x[:, :1].clone()))
+    trainer = _trainer(_vanilla_model(), log=records.append, steps=24, batch_size=2, lr=0.01, eval_every=3,
+                       bptt={"mode": "truncated", "k1": 5})
+    trainer.fit(data)
+    validated = [r["step"] for r in records if "val_loss" in r]
+    # a batch ends at steps 4, 8, ..., 24; it crosses a multiple of 3 when floor(end/3) > floor((end-4)/3)
+    assert validated == [end for end in range(4, 25, 4) if end // 3 > (end - 4) // 3] == [4, 8, 12, 16, 20, 24]
+
+
 # --------------------------------------------------------------------------- clipping
 def _reference_grads(model, data):
     """Gradients of the trainer's default loss (masked MSE) on a copy of the model."""
