@@ -139,3 +139,22 @@ def test_params_model_has_the_paper_defaults():
     assert p.phi_body == pytest.approx(2 * math.pi / 8) and p.phi_contra == pytest.approx(math.pi)
     assert (p.body.nu_gain, p.body.nu_offset, p.body.R_gain, p.body.R_offset) == (0.2, 0.3, 0.065, 0.196)
     assert (p.limb.d_low, p.limb.d_high, p.limb.R_gain, p.limb.R_offset) == (1.0, 3.0, 0.131, 0.131)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_behaviour_simulate_leaves_the_callers_cpg_as_it_was(dtype):
+    """simulate integrates in float64 on its own copy: the caller's CPG keeps its dtype and its values."""
+    from statesim.builtin.salamander.behaviour import simulate as simulate_behaviour
+
+    cpg = SalamanderCPG(2).to(dtype)
+    before = {k: v.clone() for k, v in cpg.state_dict().items()}
+    drives = torch.full((20, 2, 2), 3.0)
+    out = simulate_behaviour(cpg, drives)
+    assert out.dtype == torch.float32
+    after = cpg.state_dict()
+    assert set(after) == set(before)
+    for key, value in after.items():
+        assert value.dtype == before[key].dtype and torch.equal(value, before[key]), key
+    # the same numbers as integrating a float64 CPG directly
+    reference = simulate_behaviour(SalamanderCPG(2).double(), drives)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)

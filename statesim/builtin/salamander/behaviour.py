@@ -1,6 +1,7 @@
 """"Observed behaviour": drive schedules and CPG trajectories that the salamander scenario learns from."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -87,15 +88,16 @@ def canonical_state(cpg: SalamanderCPG, batch_size: int, *, phases: str, gen: to
 @torch.no_grad()
 def simulate(cpg: SalamanderCPG, drives: Tensor, state: State | None = None, *, phases: str = "canonical",
              gen: torch.Generator | None = None, forcing=None) -> Tensor:
-    """CPG outputs ``[T, B, O]`` for drives ``[T, B, 2]`` (in float64 for accuracy, returned as float32)."""
-    cpg64 = cpg.double()
+    """CPG outputs ``[T, B, O]`` for drives ``[T, B, 2]`` (in float64 for accuracy, returned as float32).
+
+    The integration runs on a float64 copy, so the caller's CPG keeps its dtype and values.
+    """
+    cpg64 = copy.deepcopy(cpg).double()
     gen = gen or torch.Generator().manual_seed(0)
     if state is None:
         state = canonical_state(cpg64, drives.shape[1], phases=phases, gen=gen)
     state = {k: v.double() for k, v in state.items()}
-    out = unroll(cpg64, drives.double(), state, forcing=forcing).outputs
-    cpg.float()
-    return out.float()
+    return unroll(cpg64, drives.double(), state, forcing=forcing).outputs.float()
 
 
 def mirror(drives: Tensor, outputs: Tensor, segments: int) -> tuple[Tensor, Tensor]:
