@@ -6,6 +6,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from statesim.errors import ShapeError
+
 
 @dataclass
 class SequenceData:
@@ -20,10 +22,11 @@ class SequenceData:
 
     def __post_init__(self) -> None:
         if self.inputs.dim() != 3:
-            raise ValueError(f"inputs must be [T, N, F], got shape {list(self.inputs.shape)}")
+            raise ShapeError(f"SequenceData: inputs must be [T, N, F] (time, sequences, features), got shape "
+                             f"{list(self.inputs.shape)}; add the missing dimension (x.unsqueeze(-1) for one feature).")
         if self.targets.shape[:2] != self.inputs.shape[:2]:
-            raise ValueError(f"targets {list(self.targets.shape)} must share [T, N] with inputs "
-                             f"{list(self.inputs.shape)}")
+            raise ShapeError(f"SequenceData: targets {list(self.targets.shape)} must share [T, N] with inputs "
+                             f"{list(self.inputs.shape)}; build both time-major from the same sequences.")
 
     def __len__(self) -> int:
         return self.inputs.shape[1]

@@ -35,3 +35,18 @@ class ShapeError(StatesimError, ValueError):
 
 class TrainingError(StatesimError):
     """Training had to stop (non-finite loss under the abort policy, for instance)."""
+
+
+class ForcingError(StatesimError, ValueError):
+    """A clamp names a target the model does not have, or units outside the target's width."""
+
+
+class UnknownNameError(StatesimError, KeyError):
+    """A name that no plugin registered (a KeyError too, for lookups that expect one)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole paragraph
+        return str(self.args[0]) if self.args else ""
+
+
+class NotSteppableError(StatesimError, TypeError):
+    """A model asked to advance one tick although its topology needs the whole sequence."""

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from statesim.cell import State
+from statesim.errors import ForcingError
 
 #: A value is a constant, one value per unit, a tensor broadcastable to ``[steps, B, units]`` (or
 #: ``[B, units]``/``[units]``), or a schedule ``t -> value`` of the global step index.
@@ -67,7 +68,9 @@ class Clamp:
         units = list(self.units)
         bad = [u for u in units if not -width <= u < width]
         if bad:
-            raise ValueError(f"forcing of '{self.target}': units {bad} out of range for width {width}")
+            raise ForcingError(f"forcing of '{self.target}': units {bad} out of range for width {width} (a unit "
+                               f"indexes the target's flattened per-sample shape, 0..{width - 1}); fix the clamp's "
+                               f"units.")
         return torch.as_tensor(units, dtype=torch.long)
 
 
@@ -86,12 +89,13 @@ class Forcing:
         return any(c.target != "input" for c in self.clamps)
 
     def check(self, state_parts: Iterable[str]) -> None:
-        """Raise a ValueError naming the valid targets when a clamp names an unknown one."""
+        """Raise a ForcingError naming the valid targets when a clamp names an unknown one."""
         valid = ["input", *state_parts]
         for clamp in self.clamps:
             if clamp.target not in valid:
-                raise ValueError(f"forcing target '{clamp.target}' is not 'input' or a state part of this model; "
-                                 f"valid targets: {valid}")
+                raise ForcingError(f"forcing target '{clamp.target}' is not 'input' or a state part of this model; "
+                                   f"valid targets: {valid}. Fix the clamp's target (a stack's parts are named "
+                                   f"like layer1.h).")
 
     def apply_to_inputs(self, inputs: Tensor, t0: int = 0) -> Tensor:
         """Apply every input clamp to a whole sequence ``[T, B, F]`` starting at global step ``t0``."""

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from statesim import fastpath
 from statesim.cell import Cell, State, device_and_dtype
 from statesim.engine import Trajectory, lengths_to_mask
+from statesim.errors import NotSteppableError
 from statesim.forcing import Forcing
 from statesim.registry import Registry
 
@@ -167,7 +168,7 @@ class SequenceModel(nn.Module):
         """The cell that advances this model one tick; raises for topologies that need the whole sequence."""
         cell = self.topology.as_cell()
         if cell is None:
-            raise TypeError(f"{type(self.topology).__name__} needs the whole sequence and cannot be stepped "
+            raise NotSteppableError(f"{type(self.topology).__name__} needs the whole sequence and cannot be stepped "
                             f"one tick at a time; use a unidirectional or stacked topology.")
         return cell
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from statesim.errors import PluginError
+from statesim.errors import PluginError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ class Registry:
         return sorted(self.entries.get(kind, {}))
 
     def get(self, kind: str, name: str) -> Provided:
-        """The record for ``name``; a KeyError carrying a did-you-mean when unknown."""
+        """The record for ``name``; an UnknownNameError (a KeyError) carrying a did-you-mean when unknown."""
         table = self.entries.get(kind, {})
         if name not in table:
-            raise KeyError(unknown_name_message(kind, name, list(table)))
+            raise UnknownNameError(unknown_name_message(kind, name, list(table)))
         return table[name]
 
 

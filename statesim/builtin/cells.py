@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from statesim.builtin import numpy_kernels
 from statesim.cell import Cell, CellParams, NumpyStep, State
+from statesim.errors import ShapeError
 from statesim.fastpath import FusedForm, LinearForm
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
@@ -64,7 +65,8 @@ class LinearCell(Cell):
             if name in init:
                 value = torch.tensor(init[name], dtype=torch.get_default_dtype())
                 if tuple(value.shape) != shape:
-                    raise ValueError(f"linear cell: init.{name} has shape {list(value.shape)}, expected {list(shape)}")
+                    raise ShapeError(f"linear cell: init.{name} has shape {list(value.shape)}, expected {list(shape)} "
+                                     f"(from input_size, hidden_size and output_size); fix model.cell.init.{name}.")
             elif name == "D":
                 value = torch.randn(shape) / math.sqrt(hidden_size)
                 radius = torch.linalg.eigvals(value).abs().max().clamp_min(1e-6)

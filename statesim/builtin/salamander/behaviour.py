@@ -11,6 +11,7 @@ from torch import Tensor
 from statesim.builtin.salamander.cpg import SalamanderCPG
 from statesim.cell import State
 from statesim.engine import unroll
+from statesim.errors import StatesimError
 
 
 @dataclass
@@ -50,7 +51,9 @@ def _level(gen: torch.Generator, recipe: DriveRecipe) -> float:
         value = _uniform(gen, low, high)
         if all(abs(value - h) > recipe.held_out_width for h in recipe.held_out):
             return value
-    raise ValueError("the held-out drive bands cover the whole drive range")
+    raise StatesimError(f"salamander drives: the held-out bands (drives {list(recipe.held_out)} +- "
+                        f"{recipe.held_out_width}) cover the whole drive range {recipe.drive_range}, so no training "
+                        f"plateau can be drawn; hold out fewer or narrower drive bands.")
 
 
 def drive_schedule(gen: torch.Generator, steps: int, dt: float, recipe: DriveRecipe) -> Tensor:
