@@ -198,7 +198,9 @@ class RunConfig(Strict):
     scenario: ScenarioSpec = Field(..., description="the scenario plugin and its parameters")
     model: ModelConfig | None = Field(None, description="the model, for scenarios that train one")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="shared trainer settings")
-    forcing: list[ClampConfig] = Field(default_factory=list, description="clamps applied when evaluating")
+    forcing: list[ClampConfig] = Field(default_factory=list, description="clamps applied when evaluating, by "
+                                       "scenarios that steer their model (salamander); checked against the "
+                                       "model's input and state parts when it is built, before training")
     seed: int = Field(0, ge=0, lt=2**63, description="seed of torch, numpy and random")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where to compute; 'auto' picks cuda if present")
     output: OutputConfig = Field(default_factory=OutputConfig, description="run-folder settings")

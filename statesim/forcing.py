@@ -16,6 +16,7 @@ forcing signal can itself be optimised (optimal control, input inference).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence, Union
 
@@ -156,6 +157,23 @@ class ClampConfig(BaseModel):
         if self.stop is not None and self.stop <= self.start:
             raise ValueError("'stop' must be greater than 'start'")
         return self
+
+    def problems(self, input_size: int, state_spec: dict[str, tuple[int, ...]]) -> list[tuple[str, str]]:
+        """``(key, message)`` for each way this clamp does not fit a model of these sizes (none: it fits)."""
+        widths = {"input": input_size, **{part: math.prod(shape) for part, shape in state_spec.items()}}
+        if self.target not in widths:
+            return [("target", f"'{self.target}' is not 'input' or a state part of the model; valid targets: "
+                               f"{', '.join(widths)}.")]
+        width, found = widths[self.target], []
+        bad = [u for u in self.units or [] if not -width <= u < width]
+        if bad:
+            found.append(("units", f"units {bad} are out of range for '{self.target}', which has {width} units "
+                                   f"(0..{width - 1})."))
+        count = len(self.units) if self.units is not None else width
+        if isinstance(self.value, list) and len(self.value) not in (1, count):
+            found.append(("value", f"{len(self.value)} values for {count} clamped units of '{self.target}'; give "
+                                   f"one value, or one per unit."))
+        return found
 
     def to_clamp(self) -> Clamp:
         """The runtime clamp this config describes."""

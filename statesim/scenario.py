@@ -101,7 +101,20 @@ class RunContext:
                                            "model: {cell: {type: lstm, hidden_size: 64}}.")])
         # build_model records the config and sizes (model.build_spec); every checkpoint stores them, so
         # `statesim diagnose` and `statesim.embed` rebuild any job of a finished run from its checkpoint alone.
-        return build_model(self.host.registry, config, input_size, output_size).to(self.device)
+        model = build_model(self.host.registry, config, input_size, output_size).to(self.device)
+        if config is self.config.model:
+            self.check_forcing(model)
+        return model
+
+    def check_forcing(self, model: SequenceModel) -> None:
+        """The file's ``forcing:`` clamps must fit the model it builds: checked now, not after training."""
+        from statesim.config import ConfigIssue
+
+        issues = [ConfigIssue(self.config.name or "scenario", None, f"forcing.{index}.{key}", message)
+                  for index, clamp in enumerate(self.config.forcing)
+                  for key, message in clamp.problems(model.input_size, model.state_spec)]
+        if issues:
+            raise ConfigError(issues)
 
     def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
               training: TrainingConfig | None = None,

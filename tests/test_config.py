@@ -225,3 +225,23 @@ def test_a_sweep_file_given_to_run_points_to_statesim_sweep(builtin_host):
         load_config(sweep_file, builtin_host.registry)
     assert f"statesim sweep {sweep_file}" in str(caught.value)
     assert "Did you mean 'seed'" not in str(caught.value)
+
+
+def test_forcing_clamps_are_checked_against_the_model_when_it_is_built(tmp_path, builtin_host):
+    """A clamp that cannot fit the model fails when the model is built, before any training."""
+    from statesim.run import execute
+
+    path = _write(tmp_path, "scenario: {type: linear_system, steps: 20}\n"
+                            "model: {cell: {type: lstm, hidden_size: 3}}\n"
+                            "training: {steps: 5}\n"
+                            "forcing:\n"
+                            "  - {target: hh, value: 0.0}\n"
+                            "  - {target: c, units: [3], value: 1.0}\n"
+                            "  - {target: input, units: [0], value: [1.0, 2.0]}\n"
+                            "  - {target: h, units: [0, 2], start: 3, stop: 5, value: 0.5}\n")
+    with pytest.raises(ConfigError) as info:
+        execute(path, ["output.progress=false"], out=tmp_path / "run", host=builtin_host)
+    keys = [issue.key for issue in info.value.issues]
+    assert keys == ["forcing.0.target", "forcing.1.units", "forcing.2.value"]
+    assert "valid targets: input, h, c" in str(info.value) and "(0..2)" in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before training
