@@ -114,13 +114,17 @@ def _export_onnx(module: SingleStep, examples: tuple[Tensor, ...], inputs: list[
 
 def _initial_state(model: SequenceModel) -> dict[str, Any]:
     """The policy's state for one agent when it is fixed (zeros, learned), else a note to draw it yourself."""
-    with torch.no_grad():
-        first, second = model.initial(1), model.initial(1)
     policy = type(model.initial_state).__name__
-    if all(torch.equal(first[k], second[k]) for k in first):
-        return {"policy": policy, "values": {k: v[0].tolist() for k, v in first.items()}}
-    return {"policy": policy, "values": None,
-            "note": "the initial-state policy is random; draw a state per episode (or use zeros)"}
+    if not model.initial_state.deterministic:
+        return {"policy": policy, "values": None,
+                "note": "the initial-state policy is random; draw a state per episode (or use zeros)"}
+    try:
+        with torch.no_grad():
+            state = model.initial(1)
+    except StatesimError as exc:  # it needs what a host gives per episode (an encoding, the sequence)
+        return {"policy": policy, "values": None,
+                "note": f"the initial state depends on each episode's context; compute it per episode ({exc})"}
+    return {"policy": policy, "values": {k: v[0].tolist() for k, v in state.items()}}
 
 
 def export_model(model: SequenceModel, path: str | Path, fmt: Literal["torchscript", "onnx"], *,

@@ -48,6 +48,10 @@ class InitialState(nn.Module):
     """Base of initial-state policies: ``forward(batch_size, ...) -> State`` for every named part."""
 
     Params: ClassVar[type[BaseModel]] = PluginParams
+    #: Whether the policy gives the same state every time it is called with the same context (no random
+    #: draw): an export can then ship the state itself. Declared, never probed; a policy whose randomness
+    #: depends on its parameters overrides this with a property.
+    deterministic: ClassVar[bool] = False
 
     def __init__(self, state_spec: dict[str, tuple[int, ...]]) -> None:
         super().__init__()

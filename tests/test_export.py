@@ -114,3 +114,30 @@ def test_cli_export_errors(gru_run, capsys, tmp_path):
     assert "no checkpoints for job 'nope'" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) != 0
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_sidecar_initial_state_follows_the_declaration_without_probing(builtin_host, tmp_path):
+    """The export reads InitialState.deterministic; it never calls a policy twice to find out."""
+    from statesim.builtin.initial_states import Zeros
+    from statesim.builtin.state_policies import Warmup
+
+    calls = []
+
+    class Counted(Zeros):
+        def forward(self, batch_size, **kwargs):
+            calls.append(batch_size)
+            return super().forward(batch_size, **kwargs)
+
+    class Drawn(Counted):
+        deterministic = False
+
+    model = make_model(builtin_host.registry, CELLS["gru"])
+    model.initial_state = Counted(model.state_spec)
+    meta = json.loads(export_model(model, tmp_path / "a.pt", "torchscript").read_text())
+    assert calls == [1] and meta["initial_state"]["values"]["h"] == [0.0] * CELLS["gru"]["hidden_size"]
+    model.initial_state = Drawn(model.state_spec)
+    meta = json.loads(export_model(model, tmp_path / "b.pt", "torchscript").read_text())
+    assert calls == [1] and meta["initial_state"]["values"] is None and "random" in meta["initial_state"]["note"]
+    spec = model.state_spec
+    assert Warmup(spec, start="zeros", prefix="zeros").deterministic
+    assert not Warmup(spec, start="random").deterministic and not Warmup(spec, prefix="noise").deterministic

@@ -21,6 +21,7 @@ class Zeros(InitialState):
     """``h_0 = 0`` for every state part."""
 
     Params = ZerosParams
+    deterministic = True
 
     def forward(self, batch_size: int, *, device, dtype, context: InitialContext | None = None) -> State:
         return {name: torch.zeros((batch_size, *shape), device=device, dtype=dtype)
@@ -63,6 +64,7 @@ class Learned(InitialState):
     """A trainable initial state, one vector per state part, shared by all sequences."""
 
     Params = LearnedParams
+    deterministic = True
 
     def __init__(self, state_spec) -> None:
         super().__init__(state_spec)

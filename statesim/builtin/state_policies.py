@@ -50,6 +50,11 @@ class Warmup(InitialState):
         self.steps, self.start, self.scale = steps, start, scale
         self.prefix, self.noise_scale, self.grad = prefix, noise_scale, grad
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        """No random start and no noise prefix: the same prefix always reaches the same state."""
+        return self.start == "zeros" and self.prefix != "noise"
+
     def _prefix(self, batch_size: int, device, dtype, context: InitialContext) -> Tensor:
         width = context.topology.input_size
         if self.prefix == "given":
@@ -93,6 +98,7 @@ class Encoded(InitialState):
     """The state is another module's output: ``h_0 = act(W s + b)`` for an encoding ``s`` (or ``s`` itself)."""
 
     Params = EncodedParams
+    deterministic = True  # a function of the encoding
 
     def __init__(self, state_spec, encoded_size: int | None = None, activation: str = "tanh",
                  normalize: bool = True) -> None:
