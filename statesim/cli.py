@@ -99,26 +99,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List every plugin and what it registers."""
+    from statesim.kinds import KINDS
+
     host = _host(args)
-    kinds = {"cell": "cells", "topology": "topologies", "initial_state": "initial states", "scenario": "scenarios"}
-    for info in [None, *host.plugins]:
-        if info is None:
-            continue
+    for info in host.plugins:
         origin = "built-in" if info.distribution is None else f"{info.distribution} {info.version}"
         print(f"{info.name}  ({origin})")
-        for kind, names in host.provided_by(info.name).items():
-            if names:
-                entries = ", ".join(f"{n}" for n in names)
-                print(f"    {kinds[kind]}: {entries}")
+        provided = host.provided_by(info.name)
+        for kind in KINDS:
+            if provided.get(kind.name):
+                print(f"    {kind.plural}: {', '.join(provided[kind.name])}")
     for problem in host.problems:
         print(f"problem: {problem}")
     if args.verbose:
         print()
-        for kind, label in kinds.items():
-            for name in host.registry.names(kind):
-                provided = host.registry.get(kind, name)
-                print(f"{label[:-1] if not label.endswith('ies') else label[:-3] + 'y'} {name}: "
-                      f"{provided.record.description}  [{provided.plugin}]")
+        for kind in KINDS:
+            for name in host.registry.names(kind.name):
+                entry = host.registry.get(kind.name, name)
+                print(f"{kind.label} {name}: {entry.record.description}  [{entry.plugin}]")
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, ValidationError, field_validator,
                       model_serializer)
 
+from statesim import kinds
 from statesim.errors import ConfigError
 from statesim.forcing import ClampConfig
 from statesim.registry import Registry, did_you_mean, unknown_name_message
@@ -68,21 +69,21 @@ class ComponentSpec(BaseModel):
 
 
 class CellSpec(ComponentSpec):
-    kind: ClassVar[str] = "cell"
+    kind: ClassVar[str] = kinds.CELL.name
 
 
 class TopologySpec(ComponentSpec):
-    kind: ClassVar[str] = "topology"
+    kind: ClassVar[str] = kinds.TOPOLOGY.name
     type: str = "unidirectional"
 
 
 class InitialStateSpec(ComponentSpec):
-    kind: ClassVar[str] = "initial_state"
+    kind: ClassVar[str] = kinds.INITIAL_STATE.name
     type: str = "zeros"
 
 
 class ScenarioSpec(ComponentSpec):
-    kind: ClassVar[str] = "scenario"
+    kind: ClassVar[str] = kinds.SCENARIO.name
 
 
 class ModelConfig(Strict):

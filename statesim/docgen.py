@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from statesim.config import ComponentSpec, RunConfig
-from statesim.hookspecs import REGISTRATION_HOOKS
+from statesim.kinds import BY_NAME, KINDS
 from statesim.plugin_manager import PluginHost, build_plugin_host
 from statesim.yamlio import dump_yaml
 
@@ -46,12 +46,8 @@ keys are that plugin's own parameters, listed in the sections after the core one
 *required* has no default.
 """
 
-KIND_TITLES = {"cell": "Cells", "topology": "Topologies", "initial_state": "Initial-state policies",
-               "scenario": "Scenarios"}
-
-
 def _kind_title(kind: str) -> str:
-    return KIND_TITLES.get(kind, kind.replace("_", " ").capitalize() + "s")
+    return BY_NAME[kind].title if kind in BY_NAME else kind.replace("_", " ").capitalize() + "s"
 
 
 def _anchor(*parts: str) -> str:
@@ -219,7 +215,7 @@ class _Writer:
 
 
 def _plugin_sections(writer: _Writer, host: PluginHost) -> None:
-    for kind in [*REGISTRATION_HOOKS, *(k for k in host.registry.entries if k not in REGISTRATION_HOOKS)]:
+    for kind in [*BY_NAME, *(k for k in host.registry.entries if k not in BY_NAME)]:
         names = host.registry.names(kind)
         if not names:
             continue

@@ -4,6 +4,10 @@ A plugin is a module (or object) with functions marked ``@statesim.hookimpl``. B
 ``statesim.builtin`` implement these very hooks; third-party ones are found through the ``statesim``
 entry-point group. Each registration hook is called on every plugin and the results of all plugins
 are merged by :mod:`statesim.plugin_manager`; a name provided twice is an error naming both providers.
+Which hook registers which kind, and the base class its records' classes subclass, is the table in
+:mod:`statesim.kinds`. The manager calls each hook through pluggy's hook caller, so ``tryfirst`` and
+``trylast`` order the merge (a ``tryfirst`` plugin's names are merged before the others') and pluggy's
+tracing (``STATESIM_TRACE_HOOKS=1``) shows every call.
 
 Example plugin module::
 
@@ -82,12 +86,3 @@ def statesim_sweep_executors() -> "dict[str, Callable[[int | None], Executor]]":
     ``statesim sweep --executor NAME`` picks one (see :class:`statesim.sweep.Executor`); a name provided
     twice is an error. Called on the process-wide manager of :mod:`statesim.extensions`.
     """
-
-
-#: Registration hooks by the kind of thing they register, in the order they are listed to users.
-REGISTRATION_HOOKS: dict[str, str] = {
-    "cell": "statesim_cells",
-    "topology": "statesim_topologies",
-    "initial_state": "statesim_initial_states",
-    "scenario": "statesim_scenarios",
-}

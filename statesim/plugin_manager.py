@@ -4,29 +4,35 @@ Environment variables:
 
 * ``STATESIM_DISABLE_PLUGIN_AUTOLOAD=1``: load no entry points (built-ins only).
 * ``STATESIM_BLOCK_PLUGINS=a,b``: skip the named plugins (entry-point names or built-in module names).
+* ``STATESIM_TRACE_HOOKS=1``: print pluggy's trace of every hook call (which plugin, what it returned).
 
 A plugin that fails to import, has a misspelled or mis-typed hook, or registers a name that is
-already taken is reported (``PluginHost.problems``) with its name and distribution, and everything
-else still loads; with ``strict=True`` the first such problem raises instead.
+already taken is reported (``PluginHost.problems``: :class:`PluginProblem` records of name, distribution,
+version, what went wrong and the fix), and everything else still loads; with ``strict=True`` the first
+such problem raises instead. Names are merged in load order, so the first provider of a name keeps it;
+a plugin whose registration hook is marked ``tryfirst`` (``trylast``) is merged before (after) the rest.
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from types import ModuleType
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pluggy
 
 from statesim import hookspecs
 from statesim.errors import PluginError
+from statesim.kinds import KINDS, Kind
 from statesim.pluginwatch import watch_import
-from statesim.registry import Provided, Registration, Registry
+from statesim.registry import NameClashError, Provided, Registration, Registry
 
 ENTRY_POINT_GROUP = "statesim"
 AUTOLOAD_ENV = "STATESIM_DISABLE_PLUGIN_AUTOLOAD"
 BLOCK_ENV = "STATESIM_BLOCK_PLUGINS"
+TRACE_ENV = "STATESIM_TRACE_HOOKS"
 
 #: Built-in plugins, registered through the same hooks as any third-party plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -56,6 +62,37 @@ class PluginInfo:
     version: str | None
 
 
+@dataclass(frozen=True)
+class PluginProblem:
+    """A plugin that could not be (fully) loaded: who, what went wrong, and how to fix it.
+
+    ``str()`` renders the one paragraph statesim prints; ``needle in problem`` searches that paragraph.
+    """
+
+    name: str
+    distribution: str | None
+    version: str | None
+    what: str
+    fix: str
+
+    @property
+    def where(self) -> str:
+        """``plugin 'NAME' (distribution DIST VERSION)``."""
+        dist = " ".join(part for part in (self.distribution or "unknown", self.version or "") if part)
+        return f"plugin '{self.name}' (distribution {dist})"
+
+    def __str__(self) -> str:
+        return f"{self.where} {self.what}. {self.fix}"
+
+    def __contains__(self, needle: str) -> bool:
+        return needle in str(self)
+
+    def to_json(self) -> dict[str, str | None]:
+        """The record as plain data (run.json)."""
+        return {"name": self.name, "distribution": self.distribution, "version": self.version, "what": self.what,
+                "fix": self.fix, "message": str(self)}
+
+
 @dataclass
 class PluginHost:
     """The plugin manager of one run, the merged registry, and the problems met while loading."""
@@ -63,7 +100,7 @@ class PluginHost:
     manager: pluggy.PluginManager
     registry: Registry
     plugins: list[PluginInfo] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    problems: list[PluginProblem] = field(default_factory=list)
 
     def provided_by(self, plugin: str) -> dict[str, list[str]]:
         """Names registered by one plugin, per kind."""
@@ -98,57 +135,103 @@ def _unmarked_hooks(manager: pluggy.PluginManager, plugin: object) -> list[str]:
     return [n for n in names if manager.parse_hookimpl_opts(plugin, n) is None]
 
 
-#: The base class each registration hook's classes must subclass (module, class), imported only when checked.
-_BASES: dict[str, tuple[str, str]] = {
-    "statesim_cells": ("statesim.cell", "Cell"),
-    "statesim_topologies": ("statesim.model", "Topology"),
-    "statesim_initial_states": ("statesim.model", "InitialState"),
-    "statesim_scenarios": ("statesim.scenario", "Scenario"),
-}
-
-
-def _check_record(hook_name: str, record: Registration) -> None:
+def _check_record(kind: Kind, record: Registration) -> None:
     """A record's class must subclass its kind's base class and its params must be a pydantic model."""
     from pydantic import BaseModel
 
-    if hook_name in _BASES:
-        module, name = _BASES[hook_name]
-        base = getattr(import_module(module), name)
-        if not (isinstance(record.cls, type) and issubclass(record.cls, base)):
-            raise TypeError(f"{hook_name} registered '{record.name}' with {record.cls!r}, which is not a subclass "
-                            f"of statesim.{name}")
+    if not (isinstance(record.cls, type) and issubclass(record.cls, kind.base_class())):
+        raise TypeError(f"{kind.hook} registered '{record.name}' with {record.cls!r}, which is not a subclass "
+                        f"of {kind.base_name}")
     if not (isinstance(record.params, type) and issubclass(record.params, BaseModel)):
-        raise TypeError(f"{hook_name} registered '{record.name}' with params {record.params!r}, which is not a "
+        raise TypeError(f"{kind.hook} registered '{record.name}' with params {record.params!r}, which is not a "
                         f"pydantic model class")
 
 
-def _call_hook(manager: pluggy.PluginManager, plugin: object, hook_name: str) -> list[Registration]:
-    """Call one registration hook of a single plugin and check what it returned."""
-    impls = [impl for impl in getattr(manager.hook, hook_name).get_hookimpls() if impl.plugin is plugin]
+def _others(manager: pluggy.PluginManager, plugin: object) -> list[object]:
+    return [other for other in manager.get_plugins() if other is not plugin]
+
+
+def _call_hook(manager: pluggy.PluginManager, plugin: object, kind: Kind) -> list[Registration]:
+    """Call one registration hook of a single plugin through pluggy's caller and check what it returned.
+
+    One plugin at a time, so a failure is that plugin's alone and every record is attributed to it;
+    through pluggy's caller (not the bare function), so hook-call monitoring and tracing see the call.
+    """
+    caller = manager.subset_hook_caller(kind.hook, remove_plugins=_others(manager, plugin))
     records: list[Registration] = []
-    for impl in impls:
-        result = impl.function()
+    for result in caller():
         for record in result or []:
             if not isinstance(record, Registration):
-                raise TypeError(f"hook {hook_name} returned {type(record).__name__}, expected statesim.Registration")
-            _check_record(hook_name, record)
+                raise TypeError(f"hook {kind.hook} returned {type(record).__name__}, expected statesim.Registration")
+            _check_record(kind, record)
             records.append(record)
     return records
+
+
+def _priority(manager: pluggy.PluginManager, plugin: object) -> int:
+    """0 for a plugin with a ``tryfirst`` registration hook, 2 when all of them are ``trylast``, else 1."""
+    impls = [impl for kind in KINDS for impl in getattr(manager.hook, kind.hook).get_hookimpls()
+             if impl.plugin is plugin]
+    if any(impl.tryfirst for impl in impls):
+        return 0
+    return 2 if impls and all(impl.trylast for impl in impls) else 1
+
+
+def _tracing(manager: pluggy.PluginManager) -> None:
+    """``STATESIM_TRACE_HOOKS=1``: pluggy's own tracing of every hook call, on stderr."""
+    if os.environ.get(TRACE_ENV, "").strip().lower() in {"1", "true", "yes"}:
+        manager.trace.root.setwriter(lambda text: sys.stderr.write(text))
+        manager.enable_tracing()
+
+
+def _load_entry_points(manager: pluggy.PluginManager, blocked: set[str], problem: Callable[..., None],
+                       loaded: list[tuple[object, PluginInfo]]) -> None:
+    """Import and register every entry point not blocked; report the ones that fail."""
+    taken: dict[str, str] = {}
+    for entry_point, dist, version in _entry_points():
+        if entry_point.name in blocked:
+            continue
+        info = PluginInfo(entry_point.name, dist, version)
+        if entry_point.name in taken or entry_point.name in BUILTIN_PLUGINS:
+            problem(info, f"was not loaded: the plugin name '{entry_point.name}' is already used by "
+                          f"{taken.get(entry_point.name, 'a built-in plugin')}", "Uninstall one of the two distributions.")
+            continue
+        taken[entry_point.name] = f"distribution {dist or 'unknown'} {version or ''}".strip()
+        skip = f"Skip it with {BLOCK_ENV}={entry_point.name}."
+        where = PluginProblem(info.name, dist, version, "", "").where
+        try:
+            with watch_import(where, f"skip it with {BLOCK_ENV}={entry_point.name} (or --block-plugin "
+                                     f"{entry_point.name})."):
+                plugin = entry_point.load()
+        except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
+            problem(info, f"failed to import: {type(exc).__name__}: {exc}", f"Fix or uninstall it, or s{skip[1:]}")
+            continue
+        try:
+            manager.register(plugin, name=entry_point.name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            problem(info, f"has an invalid hook: {' '.join(str(exc).split())}", skip)
+            continue
+        for attr in _unmarked_hooks(manager, plugin):
+            problem(info, f"defines {attr}() without the @statesim.hookimpl marker, so statesim ignores it",
+                    "Decorate it with @statesim.hookimpl.")
+        loaded.append((plugin, info))
 
 
 def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = (), strict: bool = False) -> PluginHost:
     """Load built-in and installed plugins into a new :class:`PluginHost` (never a global one)."""
     manager = pluggy.PluginManager("statesim")
     manager.add_hookspecs(hookspecs)
+    _tracing(manager)
     blocked = set(block) | _blocked_from_env()
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in {"1", "true", "yes"}
     host = PluginHost(manager, Registry())
 
-    def problem(message: str) -> None:
+    def problem(info: PluginInfo, what: str, fix: str) -> None:
+        record = PluginProblem(info.name, info.distribution, info.version, what, fix)
         if strict:
-            raise PluginError(message + " (--strict-plugins is on, so statesim stops here.)")
-        host.problems.append(message)
+            raise PluginError(f"{record} (--strict-plugins is on, so statesim stops here.)")
+        host.problems.append(record)
 
     loaded: list[tuple[object, PluginInfo]] = []
     for module_name in BUILTIN_PLUGINS:
@@ -157,36 +240,10 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
         module = import_module(module_name)
         manager.register(module, name=module_name)
         loaded.append((module, PluginInfo(module_name, None, None)))
-
     if autoload:
-        taken: dict[str, str] = {}
-        for entry_point, dist, version in _entry_points():
-            if entry_point.name in blocked:
-                continue
-            where = f"plugin '{entry_point.name}' (distribution {dist or 'unknown'} {version or ''})".replace(" )", ")")
-            if entry_point.name in taken or entry_point.name in BUILTIN_PLUGINS:
-                problem(f"{where} was not loaded: the plugin name '{entry_point.name}' is already used by "
-                        f"{taken.get(entry_point.name, 'a built-in plugin')}. Uninstall one of the two distributions.")
-                continue
-            taken[entry_point.name] = f"distribution {dist or 'unknown'} {version or ''}".strip()
-            try:
-                with watch_import(where, f"skip it with {BLOCK_ENV}={entry_point.name} (or --block-plugin "
-                                         f"{entry_point.name})."):
-                    plugin = entry_point.load()
-            except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
-                problem(f"{where} failed to import: {type(exc).__name__}: {exc}. "
-                        f"Fix or uninstall it, or skip it with {BLOCK_ENV}={entry_point.name}.")
-                continue
-            try:
-                manager.register(plugin, name=entry_point.name)
-            except (ValueError, pluggy.PluginValidationError) as exc:
-                problem(f"{where} has an invalid hook: {' '.join(str(exc).split())}. Skip it with {BLOCK_ENV}={entry_point.name}.")
-                continue
-            for attr in _unmarked_hooks(manager, plugin):
-                problem(f"{where} defines {attr}() without the @statesim.hookimpl marker, so statesim ignores it. "
-                        f"Decorate it with @statesim.hookimpl.")
-            loaded.append((plugin, PluginInfo(entry_point.name, dist, version)))
+        _load_entry_points(manager, blocked, problem, loaded)
 
+    hooks = ", ".join(n for n in sorted(dir(hookspecs)) if n.startswith("statesim_"))
     while True:  # check_pending stops at the first bad plugin; report every one
         try:
             manager.check_pending()
@@ -196,37 +253,42 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
             info = next((i for p, i in loaded if p is bad), None)
             if info is None or info.distribution is None:
                 raise
-            problem(f"plugin '{info.name}' (distribution {info.distribution} {info.version or ''}) implements a "
-                    f"hook that statesim does not define: {exc}. Check the spelling of its statesim_* functions "
-                    f"(hooks: {', '.join(n for n in sorted(dir(hookspecs)) if n.startswith('statesim_'))}).".replace(" )", ")"))
+            problem(info, f"implements a hook that statesim does not define: {exc}",
+                    f"Check the spelling of its statesim_* functions (hooks: {hooks}).")
             manager.unregister(bad)
             loaded = [(p, i) for p, i in loaded if p is not bad]
 
-    for plugin, info in loaded:
-        try:
-            records = {kind: _call_hook(manager, plugin, hook) for kind, hook in hookspecs.REGISTRATION_HOOKS.items()}
-        except Exception as exc:
-            if info.distribution is None:
-                raise
-            dist = f"{info.distribution} {info.version or ''}".strip()
-            problem(f"plugin '{info.name}' (distribution {dist}) raised while registering: "
-                    f"{type(exc).__name__}: {exc}. Skip it with {BLOCK_ENV}={info.name}.")
-            manager.unregister(plugin)
-            continue
-        staged = Registry({kind: dict(table) for kind, table in host.registry.entries.items()})
-        try:
-            for kind, kind_records in records.items():
-                for record in kind_records:
-                    staged.add(kind, Provided(record, info.name, info.distribution, info.version))
-        except PluginError as exc:
-            if info.distribution is None:
-                raise
-            problem(str(exc) + f" Plugin '{info.name}' was not loaded.")
-            manager.unregister(plugin)
-            continue
-        host.registry = staged
-        host.plugins.append(info)
+    # Merge in load order (built-ins first), except that tryfirst/trylast plugins move to the front/back.
+    order = sorted(range(len(loaded)), key=lambda index: (_priority(manager, loaded[index][0]), index))
+    for plugin, info in (loaded[index] for index in order):
+        _merge(host, plugin, info, problem)
     return host
+
+
+def _merge(host: PluginHost, plugin: object, info: PluginInfo, problem: Callable[..., None]) -> None:
+    """Add one plugin's registrations of every kind to the host's registry, all or none of them."""
+    skip = f"Skip it with {BLOCK_ENV}={info.name}."
+    try:
+        records = {kind.name: _call_hook(host.manager, plugin, kind) for kind in KINDS}
+    except Exception as exc:
+        if info.distribution is None:
+            raise
+        problem(info, f"raised while registering: {type(exc).__name__}: {exc}", skip)
+        host.manager.unregister(plugin)
+        return
+    staged = Registry({kind: dict(table) for kind, table in host.registry.entries.items()})
+    try:
+        for kind, kind_records in records.items():
+            for record in kind_records:
+                staged.add(kind, Provided(record, info.name, info.distribution, info.version))
+    except NameClashError as exc:
+        if info.distribution is None:
+            raise
+        problem(info, f"was refused: {exc.what}", f"{exc.fix} Plugin '{info.name}' was not loaded.")
+        host.manager.unregister(plugin)
+        return
+    host.registry = staged
+    host.plugins.append(info)
 
 
 def plugin_modules() -> tuple[ModuleType, ...]:

@@ -9,6 +9,14 @@ from pydantic import BaseModel
 from statesim.errors import PluginError, UnknownNameError
 
 
+class NameClashError(PluginError):
+    """A name of one kind registered by two plugins: what happened and how to fix it, kept apart."""
+
+    def __init__(self, what: str, fix: str) -> None:
+        self.what, self.fix = what, fix
+        super().__init__(f"{what}. {fix}")
+
+
 @dataclass(frozen=True)
 class Registration:
     """One named thing a plugin provides: its class and the pydantic model of its YAML parameters."""
@@ -36,16 +44,17 @@ class Registry:
     entries: dict[str, dict[str, Provided]] = field(default_factory=dict)
 
     def add(self, kind: str, provided: Provided) -> None:
-        """Add one record; a name already taken raises a PluginError naming both providers."""
+        """Add one record; a name already taken raises a NameClashError naming both providers."""
         table = self.entries.setdefault(kind, {})
         name = provided.record.name
         if name in table:
             first = table[name]
-            raise PluginError(
+            raise NameClashError(
                 f"The {kind} name '{name}' is registered twice: by plugin '{first.plugin}' "
                 f"(distribution {first.distribution or 'statesim (built-in)'}) and by plugin '{provided.plugin}' "
-                f"(distribution {provided.distribution or 'statesim (built-in)'}). Uninstall or block one of them "
-                f"(STATESIM_BLOCK_PLUGINS={provided.plugin}), or rename the second one.")
+                f"(distribution {provided.distribution or 'statesim (built-in)'})",
+                f"Uninstall or block one of them (STATESIM_BLOCK_PLUGINS={provided.plugin}), or rename the second "
+                f"one.")
         table[name] = provided
 
     def names(self, kind: str) -> list[str]:

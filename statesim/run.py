@@ -49,7 +49,8 @@ def environment(host: PluginHost) -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
             "statesim": __version__, "git_commit": commit,
             "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in host.plugins],
-            "plugin_problems": host.problems, "argv": sys.argv}
+            "plugin_problems": [str(p) for p in host.problems],
+            "plugin_problem_records": [p.to_json() for p in host.problems], "argv": sys.argv}
 
 
 def flag_nonfinite(data: Any, path: str = "") -> tuple[Any, dict[str, str]]:

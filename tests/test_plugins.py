@@ -253,6 +253,59 @@ def test_two_distributions_with_the_same_plugin_name_are_both_named(site):
     assert "twin_a_cell" in host.registry.names("cell") and "twin_b_cell" not in host.registry.names("cell")
 
 
+def test_plugin_problems_are_structured_records(site):
+    _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise RuntimeError('boom')\n"})
+    _write_dist(site, "clash-dist", "0.9", {"clash": "clash_mod"}, {"clash_mod": GOOD_CELL.replace("{name}", "lstm")})
+    host = build_plugin_host()
+    by_name = {p.name: p for p in host.problems}
+    broken, clash = by_name["broken"], by_name["clash"]
+    assert (broken.distribution, broken.version) == ("broken-dist", "0.3")
+    assert broken.what == "failed to import: RuntimeError: boom"
+    assert broken.fix == "Fix or uninstall it, or skip it with STATESIM_BLOCK_PLUGINS=broken."
+    assert str(broken) == f"plugin 'broken' (distribution broken-dist 0.3) {broken.what}. {broken.fix}"
+    assert (clash.distribution, clash.version) == ("clash-dist", "0.9") and "'lstm' is registered twice" in clash.what
+    assert clash.fix.startswith("Uninstall or block one of them (STATESIM_BLOCK_PLUGINS=clash)")
+    assert set(broken.to_json()) == {"name", "distribution", "version", "what", "fix", "message"}
+
+
+def test_tryfirst_moves_a_plugin_to_the_front_of_the_merge(site):
+    """Two plugins register the same name: load order decides, unless one hook is marked tryfirst."""
+    first = GOOD_CELL.replace("{name}", "gain")
+    eager = GOOD_CELL.replace("{name}", "gain").replace("@hookimpl\n    def statesim_cells",
+                                                         "@hookimpl(tryfirst=True)\n    def statesim_cells")
+    assert eager != first
+    _write_dist(site, "a-cells", "1.0", {"a_plugin": "a_cells"}, {"a_cells": first})
+    _write_dist(site, "z-cells", "1.0", {"z_plugin": "z_cells"}, {"z_cells": eager})
+    host = build_plugin_host()
+    assert host.registry.get("cell", "gain").plugin == "z_plugin"
+    assert [p.name for p in host.problems] == ["a_plugin"]
+
+
+def test_hooks_are_called_through_pluggy_so_its_tracing_sees_them(site, monkeypatch, capsys):
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
+    monkeypatch.setenv("STATESIM_TRACE_HOOKS", "1")
+    build_plugin_host()
+    trace = capsys.readouterr().err
+    for kind in ("statesim_cells", "statesim_topologies", "statesim_initial_states", "statesim_scenarios"):
+        assert f"{kind} [hook]" in trace
+    assert "finish statesim_cells -->" in trace and "'gain'" in trace
+
+
+def test_one_table_of_kinds_drives_hooks_bases_config_and_listing():
+    import inspect
+
+    from statesim import hookspecs
+    from statesim.config import ComponentSpec
+    from statesim.kinds import BY_NAME, KINDS
+
+    specs = {name for name, f in vars(hookspecs).items() if name.startswith("statesim_") and inspect.isfunction(f)}
+    assert {kind.hook for kind in KINDS} <= specs
+    assert {cls.kind for cls in ComponentSpec.__subclasses__()} == set(BY_NAME)
+    assert [kind.base_class().__name__ for kind in KINDS] == ["Cell", "Topology", "InitialState", "Scenario"]
+    host = build_plugin_host(autoload=False)
+    assert set(host.registry.entries) == set(BY_NAME)
+
+
 # --------------------------------------------------------------------------- turning plugins off
 def test_autoload_env_var_block_env_var_and_block_flag(site, monkeypatch, capsys):
     _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise RuntimeError('boom')\n"})
