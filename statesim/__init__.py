@@ -17,6 +17,7 @@ _EXPORTS = {
     "hookimpl": "statesim.hookimpl", "Registration": "statesim.registry",
     "Topology": "statesim.model", "InitialState": "statesim.model", "InitialContext": "statesim.model",
     "PluginParams": "statesim.model", "SequenceModel": "statesim.model", "build_model": "statesim.model",
+    "Encoder": "statesim.model", "EncoderParams": "statesim.model", "Memory": "statesim.model",
     "Scenario": "statesim.scenario", "ScenarioParams": "statesim.scenario", "RunContext": "statesim.scenario",
     "SequenceData": "statesim.data", "DataSplits": "statesim.data",
     "Trainer": "statesim.trainer", "build_plugin_host": "statesim.plugin_manager",

@@ -11,22 +11,40 @@ from statesim.errors import ShapeError
 
 @dataclass
 class SequenceData:
-    """A set of sequences, time-major: ``inputs [T, N, F]``, ``targets [T, N, O]`` (or ``[T, N]`` class ids).
+    """A set of sequences, time-major: ``inputs [T, N, F]`` (or ``[T, N]`` token ids for a model with an input
+    embedding), ``targets [T, N, O]`` (or ``[T, N]`` class ids).
 
     ``lengths [N]`` marks padded sequences; steps at ``t >= lengths[n]`` are ignored by losses.
+    ``condition`` is what a model's conditioning encoder reads once per sequence (a source sentence
+    ``[S, N]`` of ids or ``[S, N, F]``, an image ``[1, N, C, H, W]``: the sequences on dim 1), with its own
+    ``condition_lengths [N]``; ``prefix [K, N, F]`` holds the steps before each sequence, for initial-state
+    policies that warm up on them. Both travel with their sequences through ``select`` and ``to``.
     """
 
     inputs: Tensor
     targets: Tensor
     lengths: Tensor | None = None
+    condition: Tensor | None = None
+    condition_lengths: Tensor | None = None
+    prefix: Tensor | None = None
+    #: ``select`` drops the steps past the longest selected sequence (padded token data; a batch of short
+    #: sentences then runs short).
+    trim: bool = False
 
     def __post_init__(self) -> None:
-        if self.inputs.dim() != 3:
-            raise ShapeError(f"SequenceData: inputs must be [T, N, F] (time, sequences, features), got shape "
-                             f"{list(self.inputs.shape)}; add the missing dimension (x.unsqueeze(-1) for one feature).")
+        ids = self.inputs.dim() == 2 and not self.inputs.is_floating_point()
+        if self.inputs.dim() != 3 and not ids:
+            raise ShapeError(f"SequenceData: inputs must be [T, N, F] (time, sequences, features) or [T, N] token "
+                             f"ids, got shape {list(self.inputs.shape)}; add the missing dimension "
+                             f"(x.unsqueeze(-1) for one feature).")
         if self.targets.shape[:2] != self.inputs.shape[:2]:
             raise ShapeError(f"SequenceData: targets {list(self.targets.shape)} must share [T, N] with inputs "
                              f"{list(self.inputs.shape)}; build both time-major from the same sequences.")
+        for name in ("condition", "prefix"):
+            value = getattr(self, name)
+            if value is not None and (value.dim() < 2 or value.shape[1] != self.inputs.shape[1]):
+                raise ShapeError(f"SequenceData: {name} {list(value.shape)} must hold the {self.inputs.shape[1]} "
+                                 f"sequences on dim 1, as inputs {list(self.inputs.shape)} do.")
 
     def __len__(self) -> int:
         return self.inputs.shape[1]
@@ -36,18 +54,32 @@ class SequenceData:
         return self.inputs.shape[0]
 
     def select(self, index: Tensor | slice) -> "SequenceData":
-        """The sequences at ``index`` (along N)."""
-        return SequenceData(self.inputs[:, index], self.targets[:, index],
-                            None if self.lengths is None else self.lengths[index])
+        """The sequences at ``index`` (along N); a condition with lengths is trimmed to its longest member."""
+        condition, condition_lengths = self.condition, self.condition_lengths
+        if condition is not None:
+            condition = condition[:, index]
+            if condition_lengths is not None:
+                condition_lengths = condition_lengths[index]
+                condition = condition[:max(int(condition_lengths.max()), 1)] if len(condition_lengths) else condition
+        lengths = None if self.lengths is None else self.lengths[index]
+        steps = self.steps
+        if self.trim and lengths is not None and len(lengths):
+            steps = max(int(lengths.max()), 1)
+        return SequenceData(self.inputs[:steps, index], self.targets[:steps, index], lengths, condition,
+                            condition_lengths, None if self.prefix is None else self.prefix[:, index], self.trim)
 
     def window(self, start: int, stop: int) -> "SequenceData":
-        """Time steps ``[start, stop)`` of every sequence (lengths shifted accordingly)."""
+        """Time steps ``[start, stop)`` of every sequence (lengths shifted accordingly; condition and prefix kept)."""
         lengths = None if self.lengths is None else (self.lengths - start).clamp(0, stop - start)
-        return SequenceData(self.inputs[start:stop], self.targets[start:stop], lengths)
+        return replace(self, inputs=self.inputs[start:stop], targets=self.targets[start:stop], lengths=lengths)
 
     def to(self, device: torch.device | str) -> "SequenceData":
-        return replace(self, inputs=self.inputs.to(device), targets=self.targets.to(device),
-                       lengths=None if self.lengths is None else self.lengths.to(device))
+        def move(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value.to(device)
+
+        return replace(self, inputs=self.inputs.to(device), targets=self.targets.to(device), lengths=move(self.lengths),
+                       condition=move(self.condition), condition_lengths=move(self.condition_lengths),
+                       prefix=move(self.prefix))
 
     def mask(self) -> Tensor:
         """Boolean ``[T, N]``: True at real (non-padded) steps."""

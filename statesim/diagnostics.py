@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -292,12 +292,16 @@ def bptt_horizon(model: Any, data: Any, training: Any, loss_fn: Callable[[Tensor
         leaf: Tensor | None = None
 
         def select(self, index: Tensor | slice) -> SequenceData:
-            inputs = self.inputs[:, index].detach().clone().requires_grad_(True)
+            picked = SequenceData.select(self, index)
+            inputs = picked.inputs.detach().clone().requires_grad_(True)
             _LeafBatches.leaf = inputs
-            return SequenceData(inputs, self.targets[:, index], None if self.lengths is None else self.lengths[index])
+            return replace(picked, inputs=inputs)
 
-    targets = data.targets.to(torch.float64) if data.targets.is_floating_point() else data.targets
-    source = _LeafBatches(data.inputs.detach().to(torch.float64), targets, data.lengths)
+    def f64(value: Tensor | None) -> Tensor | None:
+        return value.to(torch.float64) if value is not None and value.is_floating_point() else value
+
+    source = _LeafBatches(f64(data.inputs.detach()), f64(data.targets), data.lengths, f64(data.condition),
+                          data.condition_lengths, f64(data.prefix))
     truncated = training.bptt.mode == "truncated"
     k1 = (training.bptt.k1 or data.steps) if truncated else data.steps
     updates = math.ceil(data.steps / k1)

@@ -7,8 +7,8 @@ gradient of the whole global batch. Clipping, the non-finite check and the optim
 global gradient, identically on every rank, so the parameters stay equal without further broadcasts.
 
 Why an explicit all-reduce rather than ``DistributedDataParallel``: the trainer's call patterns include
-scenario objectives that call submodules directly (encode/decode, not ``model.forward``), truncated BPTT
-whose later chunks leave a learned initial state without a gradient, and a non-finite loss that skips the
+truncated BPTT whose later chunks leave a learned initial state without a gradient, conditioned models
+whose encoder is called once per chunk, and a non-finite loss that skips the
 backward pass; DDP's reducer deadlocks or raises on each of these (or needs ``find_unused_parameters``).
 The all-reduce after ``backward()`` computes what DDP computes (one flattened bucket per dtype, without
 overlapping communication with the backward pass) and works for all of them.

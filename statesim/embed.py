@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from statesim import engine
 from statesim.cell import Cell, device_and_dtype
 from statesim.checkpoint import CheckpointInfo, latest_good_checkpoint, list_checkpoints, load_checkpoint
-from statesim.errors import CheckpointError, StatesimError
+from statesim.errors import CheckpointError, NotSteppableError, StatesimError
 from statesim.forcing import Clamp, Forcing, ForcingValue
-from statesim.model import InitialState, SequenceModel, build_model
+from statesim.model import InitialState, Memory, SequenceModel, build_model
 from statesim.registry import Registry
 
 __all__ = ["EmbedError", "EmbeddedModel", "StateSnapshot", "load", "load_model", "find_checkpoint"]
@@ -165,15 +165,20 @@ def _stored_spec(spec: Any, sidecar: Path) -> dict[str, Any] | None:
         for k in ("input_size",)) and (spec.get("output_size") is None or (
             isinstance(spec["output_size"], int) and not isinstance(spec["output_size"], bool)
             and spec["output_size"] > 0))
-    if not sizes_ok:
+    vocab = spec.get("input_vocab") if isinstance(spec, dict) else None
+    encoder = spec.get("encoder") if isinstance(spec, dict) else None
+    extras_ok = (vocab is None or (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0)) and (
+        encoder is None or (isinstance(encoder, dict) and isinstance(encoder.get("type"), str)))
+    if not (sizes_ok and extras_ok):
         raise CheckpointError(f"the checkpoint sidecar {sidecar} describes its model wrongly (meta.model must be "
-                              f"{{model: {{...}}, input_size: N, output_size: N or null}}); it was edited or "
-                              f"damaged. Use another checkpoint of the run.")
+                              f"{{model: {{...}}, input_size: N, output_size: N or null}}, optionally with "
+                              f"input_vocab: N and encoder: {{type: NAME, ...}}); it was edited or damaged. Use "
+                              f"another checkpoint of the run.")
     return spec
 
 
 def _build_checked(registry: Registry, config: Any, input_size: int, output_size: int | None,
-                   tree: dict[str, Any], sidecar: Path) -> SequenceModel:
+                   tree: dict[str, Any], sidecar: Path, **extra: Any) -> SequenceModel:
     """Build the model a checkpoint describes, first without memory (meta device) to check it matches the
     checkpoint's tensors: a sidecar edited to say ``input_size: 10**12`` must not allocate terabytes."""
     stored = tree.get("model")
@@ -181,8 +186,8 @@ def _build_checked(registry: Registry, config: Any, input_size: int, output_size
         raise CheckpointError(f"the checkpoint {sidecar} holds no model weights.")
     try:
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_model(registry, config, input_size, output_size)
-                      .state_dict().items()}
+            described = build_model(registry, config, input_size, output_size, **extra)
+            shapes = {k: tuple(v.shape) for k, v in described.state_dict().items()}
     except (NotImplementedError, RuntimeError):
         shapes = None  # a cell whose construction needs real numbers: the guarded build below still checks
     if shapes is not None:
@@ -193,7 +198,7 @@ def _build_checked(registry: Registry, config: Any, input_size: int, output_size
                                   f"(first mismatch: {wrong[0]}); the sidecar was edited or belongs to another "
                                   f"model. Use another checkpoint of the run.")
     try:
-        return build_model(registry, config, input_size, output_size)
+        return build_model(registry, config, input_size, output_size, **extra)
     except (RuntimeError, MemoryError, ValueError, TypeError, OverflowError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"the model described by {sidecar} cannot be built ({first}).") from None
@@ -229,7 +234,8 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     else:
         raise EmbedError(f"cannot tell which model the checkpoint {sidecar} holds: it records no model and no "
                          f"run folder with a config.yaml `model:` section encloses it.")
-    model = _build_checked(registry, config, int(input_size), output_size, tree, sidecar)
+    extra = {k: spec[k] for k in ("input_vocab", "encoder") if spec is not None and spec.get(k) is not None}
+    model = _build_checked(registry, config, int(input_size), output_size, tree, sidecar, **extra)
 
     best = tree.get("best_model")
     if weights == "best" and best is None:
@@ -273,17 +279,26 @@ class EmbeddedModel:
     def __init__(self, model: SequenceModel, *, batch_size: int = 1, fast: bool = True,
                  registry: Registry | None = None, source: Path | None = None) -> None:
         self.model = model
-        self.cell: Cell = model.step_cell()
+        #: The memory of the condition the agents were reset with (a conditioned model; None otherwise).
+        self.memory: Memory | None = None
+        try:
+            self.cell: Cell | None = model.step_cell()
+        except NotSteppableError:
+            if model.encoder is None:
+                raise
+            self.cell = None  # an attending model is stepped once reset(condition=...) gave it a memory
+        #: Token-id inputs ``[B]`` are embedded by the model before each step.
+        self.tokens = model.embed is not None
         self.source = source
         self._registry = registry
         self._lock = threading.Lock()
         self.device, self.dtype = device_and_dtype(model)
         self._np_dtype = np.dtype(str(self.dtype).removeprefix("torch."))
         self.input_size, self.output_size = model.input_size, model.output_size
-        self.state_spec: dict[str, tuple[int, ...]] = dict(self.cell.state_spec)
+        self.state_spec: dict[str, tuple[int, ...]] = dict(model.state_spec)
         self._fast_requested = fast
         self._clamps: dict[int, Clamp] = {}
-        self._stepper = engine.Stepper(self.cell)
+        self._stepper = engine.Stepper(self.cell) if self.cell is not None else None
         self._next_handle = 0
         self._t = 0
         self._batch = 0
@@ -291,7 +306,10 @@ class EmbeddedModel:
         self._kernel = self._numpy_kernel = None
         self._head = self._numpy_head = None
         self.refresh()
-        self.reset(batch_size=batch_size)
+        if model.encoder is None:
+            self.reset(batch_size=batch_size)
+        else:  # a conditioned model starts from its condition's memory: reset(condition=...) before stepping
+            self._batch = int(batch_size)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -325,7 +343,7 @@ class EmbeddedModel:
             self._tracks_grad = any(p.requires_grad for p in self.model.parameters())
             self._head_module = self.model.head
             kernel = None
-            if self._fast_requested and self.device.type == "cpu":
+            if self._fast_requested and self.device.type == "cpu" and self.cell is not None and not self.tokens:
                 kernel = self.cell.numpy_step()
             head: Any = None
             if kernel is not None and self.model.head is not None:
@@ -384,8 +402,14 @@ class EmbeddedModel:
     def _initial(self, batch_size: int, initial_state: Any) -> dict[str, Any]:
         device, dtype = self.device, self.dtype
         if initial_state is None or initial_state == "model":
-            with torch.no_grad():
-                values = self.model.initial(batch_size)
+            try:
+                with torch.no_grad():
+                    values = self.model.initial(batch_size, memory=self.memory)
+            except StatesimError as exc:
+                if self.model.encoder is None or self.memory is not None:
+                    raise
+                raise EmbedError(f"this model's initial state comes from its condition: reset(batch_size, "
+                                 f"condition=...) with what it is conditioned on ({exc})") from None
         elif isinstance(initial_state, InitialState):
             with torch.no_grad():
                 values = initial_state(batch_size, device=device, dtype=dtype)
@@ -426,15 +450,30 @@ class EmbeddedModel:
         return entry.cls.from_params(self.state_spec, params).to(self.device)
 
     def reset(self, batch_size: int | None = None, initial_state: Any = None, *,
-              agents: Sequence[int] | np.ndarray | None = None) -> None:
+              agents: Sequence[int] | np.ndarray | None = None, condition: Any = None,
+              condition_lengths: Any = None) -> None:
         """Start over: a fresh state from ``initial_state`` and the step counter at 0.
 
         ``initial_state``: None (the model's own policy), a registered policy name (``"zeros"``,
         ``"random"``) or ``{"type": "random", "scale": 0.5}``, an :class:`InitialState`, a
         :class:`StateSnapshot`, or ``{part: values}``. With ``agents``, only those rows are reset (an
-        episode ended for some agents) and the step counter keeps running.
+        episode ended for some agents) and the step counter keeps running. ``condition`` (a conditioned
+        model: one per agent, on dim 1, e.g. a source sentence ``[S, B]``) is encoded once; its memory
+        starts the state and, for an attending model, is read at every step.
         """
         with self._lock:
+            if condition is not None:
+                if agents is not None:
+                    raise EmbedError("reset(condition=...) conditions every agent; reset all of them at once.")
+                condition = torch.as_tensor(np.asarray(condition) if not isinstance(condition, Tensor) else condition)
+                lengths = None if condition_lengths is None else torch.as_tensor(np.asarray(condition_lengths))
+                with torch.no_grad():
+                    self.memory = self.model.encode(condition.to(self.device), lengths)
+                    self.cell = self.model.step_cell(self.memory)
+                self._prepare()
+                batch_size = int(self.memory.encoded.shape[0])
+            if self.cell is None:
+                raise EmbedError("this model reads its condition's memory at every step: reset(condition=...) first.")
             if agents is not None:
                 if batch_size is not None and batch_size != self._batch:
                     raise EmbedError("reset(agents=...) keeps the batch; do not pass a different batch_size.")
@@ -550,8 +589,9 @@ class EmbeddedModel:
             self._prepare()
 
     def _prepare(self) -> None:
-        """A stepper holding the clamps in force now and scheduled (called when they change)."""
-        self._stepper = engine.Stepper(self.cell, forcing=Forcing(list(self._clamps.values())))
+        """A stepper holding the clamps in force now and scheduled (called when they or the cell change)."""
+        if self.cell is not None:
+            self._stepper = engine.Stepper(self.cell, forcing=Forcing(list(self._clamps.values())))
 
     @property
     def forcing(self) -> Forcing:
@@ -568,7 +608,20 @@ class EmbeddedModel:
             self._prepare()
 
     # ------------------------------------------------------------------ stepping
+    def _as_tokens(self, x: Any) -> tuple[Tensor, bool, bool]:
+        is_tensor = isinstance(x, Tensor)
+        ids = torch.as_tensor(x.detach() if is_tensor else np.asarray(x), device=self.device)
+        single = ids.dim() == 0
+        ids = ids.reshape(1) if single else ids
+        if ids.dim() != 1 or ids.shape[0] != self._batch or ids.is_floating_point():
+            raise EmbedError(f"this model reads token ids: step expects x of shape [{self._batch}] (one integer id "
+                             f"per agent), got {list(ids.shape)} of {ids.dtype}.")
+        with torch.no_grad():
+            return self.model.read_in(ids.long()), is_tensor, single
+
     def _as_batch(self, x: Any) -> tuple[Any, bool, bool]:
+        if self.tokens:
+            return self._as_tokens(x)
         is_tensor = isinstance(x, Tensor)
         if is_tensor:
             if x.requires_grad:
@@ -595,6 +648,9 @@ class EmbeddedModel:
         NumPy (or anything array-like) in gives NumPy out; a torch tensor in gives a tensor out.
         """
         with self._lock:
+            if not self._state:
+                raise EmbedError("this model is conditioned: reset(condition=...) with what the agents are "
+                                 "conditioned on (a source sentence, an image) before the first step.")
             x, is_tensor, single = self._as_batch(x)
             if self._clamps:
                 self._drop_expired()

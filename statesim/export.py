@@ -52,12 +52,13 @@ class SingleStep(nn.Module):
         super().__init__()
         self.cell = model.step_cell()
         self.head = model.head  # registered here so tracing sees its parameters; applied through read_out
-        self._read_out = model.read_out
+        self.embed = model.embed  # token-id inputs x [batch] are embedded inside the step (read_in)
+        self._read_in, self._read_out = model.read_in, model.read_out
         self._stepper = Stepper(self.cell)
         self.parts = list(self.cell.state_spec)
 
     def forward(self, x: Tensor, *state: Tensor) -> tuple[Tensor, ...]:
-        y, new_state = self._stepper.tick(x, dict(zip(self.parts, state)))
+        y, new_state = self._stepper.tick(self._read_in(x), dict(zip(self.parts, state)))
         return (self._read_out(y), *[new_state[part] for part in self.parts])
 
 
@@ -65,11 +66,18 @@ def _names(parts: list[str]) -> tuple[list[str], list[str]]:
     return ["x", *[f"state.{p}" for p in parts]], ["y", *[f"next_state.{p}" for p in parts]]
 
 
+def _inputs(model: SequenceModel, shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """Random inputs of ``shape + [input_size]``, or token ids of ``shape`` for a model that embeds them."""
+    if model.embed is not None:
+        return torch.randint(0, model.embed.num_embeddings, shape, generator=gen)
+    return torch.randn(*shape, model.input_size, generator=gen, dtype=dtype)
+
+
 def _examples(model: SequenceModel, batch: int) -> tuple[Tensor, ...]:
     dtype = device_and_dtype(model)[1]
     gen = torch.Generator().manual_seed(0)
     spec = model.step_cell().state_spec
-    return (torch.randn(batch, model.input_size, generator=gen, dtype=dtype),
+    return (_inputs(model, (batch,), gen, dtype),
             *[torch.randn(batch, *shape, generator=gen, dtype=dtype) for shape in spec.values()])
 
 
@@ -147,12 +155,14 @@ def export_model(model: SequenceModel, path: str | Path, fmt: Literal["torchscri
             blob = _export_onnx(module, examples, inputs, outputs, opset)
         y = module(*examples)[0]
     atomic_write_bytes(path, blob)
-    dtype = str(examples[0].dtype).removeprefix("torch.")
+    dtype = str(device_and_dtype(model)[1]).removeprefix("torch.")
+    x_input = ({"name": "x", "shape": ["batch"], "dtype": "int64", "token_ids": model.embed.num_embeddings}
+               if model.embed is not None else {"name": "x", "shape": ["batch", model.input_size], "dtype": dtype})
     spec = module.cell.state_spec
     sidecar = {
         "format": FORMAT, "runtime": fmt, "file": path.name,
         "signature": "(x, " + ", ".join(inputs[1:]) + ") -> (y, " + ", ".join(outputs[1:]) + ")",
-        "inputs": [{"name": "x", "shape": ["batch", model.input_size], "dtype": dtype}]
+        "inputs": [x_input]
                   + [{"name": n, "state_part": p, "shape": ["batch", *spec[p]], "dtype": dtype}
                      for n, p in zip(inputs[1:], module.parts)],
         "outputs": [{"name": "y", "shape": ["batch", int(y.shape[-1])], "dtype": dtype}]
@@ -224,7 +234,7 @@ def verify_export(sidecar: str | Path, model: SequenceModel, *, steps: int = 100
     runner = ExportedStep(sidecar)
     gen = torch.Generator().manual_seed(seed)
     dtype = device_and_dtype(model)[1]
-    inputs = torch.randn(steps, batch_size, model.input_size, generator=gen, dtype=dtype)
+    inputs = _inputs(model, (steps, batch_size), gen, dtype)
     spec = model.step_cell().state_spec
     state0 = {p: 0.5 * torch.randn(batch_size, *s, generator=gen, dtype=dtype) for p, s in spec.items()}
     with torch.no_grad():

@@ -86,3 +86,14 @@ def statesim_sweep_executors() -> "dict[str, Callable[[int | None], Executor]]":
     ``statesim sweep --executor NAME`` picks one (see :class:`statesim.sweep.Executor`); a name provided
     twice is an error. Called on the process-wide manager of :mod:`statesim.extensions`.
     """
+
+
+@hookspec
+def statesim_encoders() -> list[Registration]:
+    """Return the conditioning encoders this plugin provides (what a model reads once per sequence).
+
+    Each record's ``cls`` subclasses :class:`statesim.Encoder`: it reads a sequence's condition (a source
+    sentence, an image) and returns a :class:`statesim.Memory`. A scenario names one when it builds its
+    model (``build_model(..., encoder={type: NAME, ...})``) and the model's ``build_spec`` records it, so
+    checkpoints rebuild. Results of all plugins are merged.
+    """

@@ -41,8 +41,10 @@ INITIAL_STATE = Kind("initial_state", "statesim_initial_states", "statesim.model
                      "initial states", "Initial-state policies", "model.initial_state")
 SCENARIO = Kind("scenario", "statesim_scenarios", "statesim.scenario:Scenario", "scenario", "scenarios",
                 "Scenarios", "scenario")
+ENCODER = Kind("encoder", "statesim_encoders", "statesim.model:Encoder", "encoder", "encoders",
+               "Conditioning encoders", "(chosen by the scenario, stored with the model)")
 
 #: Every kind, in the order they are listed to users.
-KINDS: tuple[Kind, ...] = (CELL, TOPOLOGY, INITIAL_STATE, SCENARIO)
+KINDS: tuple[Kind, ...] = (CELL, TOPOLOGY, INITIAL_STATE, SCENARIO, ENCODER)
 BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
 BY_HOOK: dict[str, Kind] = {kind.hook: kind for kind in KINDS}

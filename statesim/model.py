@@ -5,7 +5,13 @@ The three extension points besides cells are plugins too:
 * a :class:`Topology` wires cells over time (unidirectional, stacked, bidirectional, ...) and runs
   them through the engine; one that can be stepped tick by tick offers :meth:`Topology.as_cell`;
 * an :class:`InitialState` policy gives the state at ``t = 0`` for each named state part;
-* the head maps the topology's output to the target size (``y = W h + b``) or is left out.
+* the head maps the topology's output to the target size (``y = W h + b``) or is left out;
+* an optional input embedding maps token ids to the topology's inputs;
+* an optional conditioning :class:`Encoder` (also a plugin kind) reads what the sequence is conditioned on
+  (a source sentence, an image) once per sequence and leaves a :class:`Memory`. The memory reaches the
+  initial-state policy (``InitialContext.encoded``/``memory``) and the topology
+  (:meth:`Topology.condition`, e.g. attention), so an encoder-decoder or a captioner is one
+  :class:`SequenceModel`, trained by the one trainer and rebuilt from its ``build_spec``.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from torch import Tensor, nn
 from statesim import fastpath
 from statesim.cell import Cell, State, device_and_dtype
 from statesim.engine import Trajectory, lengths_to_mask
-from statesim.errors import NotSteppableError
+from statesim.errors import NotSteppableError, StatesimError
 from statesim.forcing import Forcing
 from statesim.registry import Registry
 
@@ -33,6 +39,22 @@ class PluginParams(BaseModel):
 
 
 @dataclass
+class Memory:
+    """What a conditioning encoder leaves the model: a summary ``encoded [B, E]`` and, for attention,
+    per-step ``outputs [S, B, H]`` with their ``lengths [B]``."""
+
+    encoded: Tensor
+    outputs: Tensor | None = None
+    lengths: Tensor | None = None
+
+    def repeat(self, k: int) -> "Memory":
+        """Each batch row repeated ``k`` times in place (rows ``b*k .. b*k+k-1`` are copies of ``b``)."""
+        return Memory(self.encoded.repeat_interleave(k, dim=0),
+                      None if self.outputs is None else self.outputs.repeat_interleave(k, dim=1),
+                      None if self.lengths is None else self.lengths.repeat_interleave(k))
+
+
+@dataclass
 class InitialContext:
     """What an initial-state policy may use: the sequence about to run, an encoding, the topology."""
 
@@ -42,6 +64,8 @@ class InitialContext:
     topology: "Topology | None" = None
     #: Steps that precede the sequence ``[K, B, F]`` (for policies that warm the system up on them).
     prefix: Tensor | None = None
+    #: The conditioning encoder's whole memory (``encoded`` is its summary).
+    memory: Memory | None = None
 
 
 class InitialState(nn.Module):
@@ -96,6 +120,19 @@ class Topology(nn.Module):
         """A cell that steps this topology one tick (None when it needs the whole sequence)."""
         return None
 
+    def condition(self, memory: Memory | None) -> "Topology":
+        """This topology reading a conditioning encoder's ``memory`` (attention); itself when it reads none."""
+        return self
+
+    @classmethod
+    def encoder_spec(cls, params: BaseModel) -> Any:
+        """The ``TopologySpec`` of the sequence encoder this topology's parameters name (None: none).
+
+        A model built with a conditioning encoder that runs a topology (``encoder: {type: sequence}``) runs
+        this one; ``encoder_decoder`` names it as ``topology.encoder``.
+        """
+        return None
+
     @classmethod
     def from_params(cls, input_size: int, cell_factory: CellFactory, params: BaseModel) -> "Topology":
         """Build from validated YAML parameters."""
@@ -112,6 +149,40 @@ class Topology(nn.Module):
         return cls.from_params(input_size, cell_factory, params)
 
 
+class EncoderParams(PluginParams):
+    """Base of conditioning-encoder parameters (written by the scenario that builds the model)."""
+
+
+class Encoder(nn.Module):
+    """Base of conditioning encoders: read a sequence's condition once, return its :class:`Memory`.
+
+    ``forward(condition, lengths)`` gets the condition with the sequences on dim 1 (``[S, B, ...]`` or
+    ``[1, B, C, H, W]``) and their lengths (or None).
+    """
+
+    Params: ClassVar[type[BaseModel]] = EncoderParams
+
+    @property
+    def encoded_size(self) -> int:
+        """Size E of ``Memory.encoded``."""
+        raise NotImplementedError
+
+    @property
+    def memory_size(self) -> int | None:
+        """Size H of ``Memory.outputs`` per step (None when the memory has no steps to attend to)."""
+        return None
+
+    def forward(self, condition: Tensor, lengths: Tensor | None = None) -> Memory:
+        """The memory of ``condition``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, params: BaseModel, registry: Registry, cell_factory: CellFactory,
+                    topology_spec: Any) -> "Encoder":
+        """Build from validated parameters; ``topology_spec`` is the model topology's :meth:`Topology.encoder_spec`."""
+        return cls(**dict(params))
+
+
 class SequenceModel(nn.Module):
     """A topology, its initial-state policy and an optional output head: what trainers and embedders use."""
 
@@ -120,15 +191,21 @@ class SequenceModel(nn.Module):
     fast_path: str | None = None
     compile_steps: bool | None = None
 
-    def __init__(self, topology: Topology, initial_state: InitialState, head: nn.Module | None = None) -> None:
+    def __init__(self, topology: Topology, initial_state: InitialState, head: nn.Module | None = None, *,
+                 embed: nn.Module | None = None, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.topology, self.initial_state, self.head = topology, initial_state, head
+        #: Token ids -> the topology's inputs (None: the inputs are features already).
+        self.embed = embed
+        #: Reads each sequence's condition into a Memory (None: an unconditioned model).
+        self.encoder = encoder
         #: How :func:`build_model` made this model (resolved model config and sizes, plain JSON data);
         #: trainers store it in checkpoints so a checkpoint alone can rebuild the model (statesim.embed).
         self.build_spec: dict[str, Any] | None = None
 
     @property
     def input_size(self) -> int:
+        """Features per step the topology reads (the embedding size for a model with an input embedding)."""
         return self.topology.input_size
 
     @property
@@ -139,12 +216,25 @@ class SequenceModel(nn.Module):
     def state_spec(self) -> dict[str, tuple[int, ...]]:
         return self.topology.state_spec
 
+    def encode(self, condition: Tensor, lengths: Tensor | None = None) -> Memory:
+        """The conditioning encoder's memory of ``condition`` (sequences on dim 1)."""
+        if self.encoder is None:
+            raise StatesimError("this model has no conditioning encoder, so it takes no condition; build it with "
+                                "build_model(..., encoder={type: ...}) or leave the condition out.")
+        return self.encoder(condition, lengths)
+
     def initial(self, batch_size: int, *, inputs: Tensor | None = None, lengths: Tensor | None = None,
-                encoded: Tensor | None = None, prefix: Tensor | None = None) -> State:
-        """The state at ``t = 0`` from the model's initial-state policy."""
+                encoded: Tensor | None = None, prefix: Tensor | None = None, memory: Memory | None = None) -> State:
+        """The state at ``t = 0`` from the model's initial-state policy (which sees the memory's summary)."""
         device, dtype = device_and_dtype(self)  # also for a model without parameters (salamander_cpg)
-        context = InitialContext(inputs, lengths, encoded, self.topology, prefix)
+        if encoded is None and memory is not None:
+            encoded = memory.encoded
+        context = InitialContext(inputs, lengths, encoded, self.topology, prefix, memory)
         return self.initial_state(batch_size, device=device, dtype=dtype, context=context)
+
+    def read_in(self, inputs: Tensor) -> Tensor:
+        """Apply the input embedding (token ids ``[...]`` -> ``[..., input_size]``), if any."""
+        return inputs if self.embed is None else self.embed(inputs)
 
     def read_out(self, outputs: Tensor) -> Tensor:
         """Apply the output head (to ``[..., O]``)."""
@@ -152,48 +242,151 @@ class SequenceModel(nn.Module):
 
     def forward(self, inputs: Tensor, state: State | None = None, *, lengths: Tensor | None = None,
                 forcing: Forcing | None = None, return_states: bool = False, t0: int = 0,
-                encoded: Tensor | None = None, prefix: Tensor | None = None) -> Trajectory:
-        """Unroll over ``inputs [T, B, F]``; outputs pass through the head.
+                encoded: Tensor | None = None, prefix: Tensor | None = None, condition: Tensor | None = None,
+                condition_lengths: Tensor | None = None, memory: Memory | None = None,
+                sampling: float = 0.0) -> Trajectory:
+        """Unroll over ``inputs [T, B, F]`` (or token ids ``[T, B]``); outputs pass through the head.
 
-        ``encoded`` and ``prefix`` reach the initial-state policy (see :class:`InitialContext`).
+        ``condition`` (encoded here) or an already encoded ``memory`` conditions the run: its summary reaches
+        the initial-state policy and the memory the topology. ``encoded`` and ``prefix`` reach the policy
+        directly (see :class:`InitialContext`). ``sampling > 0`` (scheduled sampling, token inputs only):
+        with that probability per sequence and step, the input is the model's own previous prediction.
         """
+        if memory is None and condition is not None:
+            memory = self.encode(condition, condition_lengths)
         if state is None:
-            state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded, prefix=prefix)
+            state = self.initial(inputs.shape[1], inputs=inputs, lengths=lengths, encoded=encoded, prefix=prefix,
+                                 memory=memory)
+        if sampling > 0:
+            if forcing:
+                raise StatesimError("scheduled sampling steps the model on its own predictions; it takes no forcing. "
+                                    "Leave sampling at 0 when forcing.")
+            traj = self._sampled(inputs, state, lengths, memory, sampling, t0)
+            return traj if return_states else Trajectory(traj.outputs, traj.final_state, None)
         decisions = self.__dict__.setdefault("engine_decisions", {})  # which path ran, and why (for the run log)
         with fastpath.scope(self.fast_path, self.compile_steps, decisions):
-            traj = self.topology(inputs, state, lengths=lengths, forcing=forcing, return_states=return_states, t0=t0)
+            traj = self.topology.condition(memory)(self.read_in(inputs), state, lengths=lengths, forcing=forcing,
+                                                   return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)
         if lengths is not None and self.head is not None:
             mask = lengths_to_mask(torch.as_tensor(lengths, device=inputs.device), inputs.shape[0])
             outputs = outputs * mask.unsqueeze(-1).to(outputs.dtype)
         return Trajectory(outputs, traj.final_state, traj.states)
 
-    def step_cell(self) -> Cell:
-        """The cell that advances this model one tick; raises for topologies that need the whole sequence."""
-        cell = self.topology.as_cell()
+    def _sampled(self, inputs: Tensor, state: State, lengths: Tensor | None, memory: Memory | None,
+                 sampling: float, t0: int) -> Trajectory:
+        if self.embed is None or inputs.is_floating_point():
+            raise StatesimError("scheduled sampling feeds back predicted tokens, so it needs a model with an input "
+                                "embedding (build_model(..., input_vocab=N)) and token-id inputs.")
+        return fed_back(self.step_cell(memory), state, self.read_in, self.read_out, inputs, lengths,
+                        sampling=sampling, t0=t0)
+
+    def step_cell(self, memory: Memory | None = None) -> Cell:
+        """The cell that advances this model one tick (bound to ``memory`` for a topology that attends).
+
+        Raises a NotSteppableError for topologies that need the whole sequence, or a memory not given.
+        """
+        cell = self.topology.condition(memory).as_cell()
         if cell is None:
+            if self.encoder is not None and memory is None:
+                raise NotSteppableError(f"{type(self.topology).__name__} reads the conditioning encoder's memory at "
+                                        f"every step; pass it: model.step_cell(model.encode(condition, lengths)).")
             raise NotSteppableError(f"{type(self.topology).__name__} needs the whole sequence and cannot be stepped "
-                            f"one tick at a time; use a unidirectional or stacked topology.")
+                                    f"one tick at a time; use a unidirectional or stacked topology.")
         return cell
 
 
-def build_model(registry: Registry, config: Any, input_size: int, output_size: int | None = None) -> SequenceModel:
-    """Build a :class:`SequenceModel` from a resolved ``ModelConfig`` and the data's sizes."""
+def fed_back(cell: Cell, state: State, embed: Callable[[Tensor], Tensor], head: Callable[[Tensor], Tensor],
+             tokens: Tensor, lengths: Tensor | None = None, *, sampling: float,
+             generator: torch.Generator | None = None, t0: int = 0) -> Trajectory:
+    """Scheduled sampling (Bengio et al. 2015): logits ``[T, B, V]`` and the states of a decoder reading
+    ``tokens [T, B]``, where each step's input is, with probability ``sampling`` per sequence, the embedding
+    of its own previous argmax instead; stepped by one prepared engine stepper, since each input depends on
+    the last output. Padded steps (``t >= lengths``) keep the state, as the engine's unroll does."""
+    from statesim.engine import Stepper
+
+    stepper = Stepper(cell)
+    logits, previous, states = [], None, []
+    for t in range(tokens.shape[0]):
+        current = tokens[t]
+        if previous is not None:
+            coin = torch.rand(current.shape, generator=generator, device="cpu").to(current.device) < sampling
+            current = torch.where(coin, previous.argmax(-1).detach(), current)
+        y, new_state = stepper.step(embed(current), state, t0 + t)
+        if lengths is not None:
+            keep = t < lengths.to(current.device)
+            new_state = {k: torch.where(keep.view(-1, *([1] * (v.dim() - 1))), v, state[k])
+                         for k, v in new_state.items()}
+        state = new_state
+        states.append(state)
+        previous = head(y)
+        logits.append(previous)
+    return Trajectory(torch.stack(logits), state, {k: torch.stack([s[k] for s in states]) for k in state})
+
+
+def _filled(params: BaseModel, field: str, value: int | None) -> BaseModel:
+    """``params`` with ``field`` set to ``value`` when the model declares it and leaves it unset."""
+    if value is not None and field in type(params).model_fields and getattr(params, field) is None:
+        return params.model_copy(update={field: value})
+    return params
+
+
+def build_encoder(registry: Registry, spec: dict[str, Any], topology_spec: Any, cell_factory: CellFactory) -> Encoder:
+    """A registered conditioning encoder from ``{type: NAME, ...params}`` (plain data, as build_spec stores it)."""
+    from pydantic import ValidationError
+
+    spec = dict(spec)
+    name = spec.pop("type", None)
+    entry = registry.get("encoder", str(name)).record
+    try:
+        params = entry.params.model_validate(spec)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise StatesimError(f"conditioning encoder '{name}': {'.'.join(map(str, first['loc']))}: {first['msg']}. "
+                            f"Fix the encoder description the scenario passes to build_model.") from None
+    return entry.cls.from_config(params, registry, cell_factory, topology_spec)
+
+
+def build_model(registry: Registry, config: Any, input_size: int, output_size: int | None = None, *,
+                input_vocab: int | None = None, encoder: dict[str, Any] | None = None) -> SequenceModel:
+    """Build a :class:`SequenceModel` from a resolved ``ModelConfig`` and the data's sizes.
+
+    ``input_vocab``: the inputs are token ids, embedded to ``input_size`` features. ``encoder``: the
+    conditioning encoder, ``{type: NAME, ...params}`` of a registered one. A topology whose parameters
+    declare ``memory_size`` and an initial-state policy whose parameters declare ``encoded_size`` get the
+    encoder's sizes when they leave them unset, so the learned maps always bridge encoder and model.
+    """
     cell_entry = registry.get("cell", config.cell.type).record
 
     def make_cell(size: int) -> Cell:
         return cell_entry.cls.from_params(size, config.cell.params)
 
     topology_entry = registry.get("topology", config.topology.type).record
-    topology = topology_entry.cls.from_config(input_size, make_cell, config.topology.params, registry)
+    topology_params = config.topology.params
+    conditioning = None
+    if encoder is not None:
+        conditioning = build_encoder(registry, encoder, topology_entry.cls.encoder_spec(topology_params), make_cell)
+        topology_params = _filled(topology_params, "memory_size", conditioning.memory_size)
+    elif topology_entry.cls.encoder_spec(topology_params) is not None:
+        raise StatesimError(f"model.topology '{config.topology.type}' reads a source through an encoder, but this "
+                            f"scenario gives its model nothing to encode; use it in a scenario with a source "
+                            f"(translation), or choose another topology.")
+    topology = topology_entry.cls.from_config(input_size, make_cell, topology_params, registry)
     policy_entry = registry.get("initial_state", config.initial_state.type).record
-    policy = policy_entry.cls.from_params(topology.state_spec, config.initial_state.params)
+    policy_params = _filled(config.initial_state.params, "encoded_size",
+                            conditioning.encoded_size if conditioning is not None else None)
+    policy = policy_entry.cls.from_params(topology.state_spec, policy_params)
     head: nn.Module | None = None
     wants_head = config.head == "linear" or (
         config.head == "auto" and output_size is not None and output_size != topology.output_size)
     if wants_head:
         head = nn.Linear(topology.output_size, output_size or topology.output_size, bias=config.head_bias)
-    model = SequenceModel(topology, policy, head)
+    embed = nn.Embedding(input_vocab, input_size) if input_vocab else None
+    model = SequenceModel(topology, policy, head, embed=embed, encoder=conditioning)
     model.fast_path, model.compile_steps = getattr(config, "fast_path", None), getattr(config, "compile", None)
     model.build_spec = {"model": config.model_dump(mode="json"), "input_size": input_size, "output_size": output_size}
+    if input_vocab:
+        model.build_spec["input_vocab"] = input_vocab
+    if encoder is not None:
+        model.build_spec["encoder"] = dict(encoder)
     return model

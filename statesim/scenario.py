@@ -22,7 +22,7 @@ from statesim.fileio import atomic_write_text, save_figure
 from statesim.model import SequenceModel, build_model
 from statesim.safepath import guard, name_problem
 from statesim.plugin_manager import PluginHost
-from statesim.trainer import LossFn, Objective, Trainer, TrainResult
+from statesim.trainer import LossFn, Sampling, Trainer, TrainResult
 
 
 class ScenarioParams(BaseModel):
@@ -90,8 +90,13 @@ class RunContext:
                                 f"{self.run_dir}; use a relative path without '..' (or pass it on the command line).")
         return target
 
-    def build_model(self, config: ModelConfig | None, input_size: int, output_size: int | None) -> SequenceModel:
-        """Build a model from config (the run's ``model:`` when ``config`` is None)."""
+    def build_model(self, config: ModelConfig | None, input_size: int, output_size: int | None, *,
+                    input_vocab: int | None = None, encoder: dict[str, Any] | None = None) -> SequenceModel:
+        """Build a model from config (the run's ``model:`` when ``config`` is None).
+
+        ``input_vocab``: the inputs are token ids; ``encoder``: the model's conditioning encoder,
+        ``{type: NAME, ...params}`` (see :func:`statesim.model.build_model`).
+        """
         config = config or self.config.model
         if config is None:
             from statesim.config import ConfigIssue
@@ -101,7 +106,8 @@ class RunContext:
                                            "model: {cell: {type: lstm, hidden_size: 64}}.")])
         # build_model records the config and sizes (model.build_spec); every checkpoint stores them, so
         # `statesim diagnose` and `statesim.embed` rebuild any job of a finished run from its checkpoint alone.
-        model = build_model(self.host.registry, config, input_size, output_size).to(self.device)
+        model = build_model(self.host.registry, config, input_size, output_size, input_vocab=input_vocab,
+                            encoder=encoder).to(self.device)
         if config is self.config.model:
             self.check_forcing(model)
         return model
@@ -119,10 +125,10 @@ class RunContext:
     def train(self, model: SequenceModel, data: DataSplits, *, job: str = "main", loss_fn: LossFn = mse_loss,
               training: TrainingConfig | None = None,
               on_update: Callable[[Trainer, dict[str, Any]], None] | None = None,
-              objective: Objective | None = None, state: dict[str, Any] | None = None) -> TrainResult:
+              sampling: Sampling | None = None, state: dict[str, Any] | None = None) -> TrainResult:
         """Train ``model`` with the shared trainer; checkpoints under ``checkpoints/<job>/``.
 
-        ``objective(model, batch, step) -> loss`` replaces ``loss_fn`` for data that is not SequenceData.
+        ``sampling(step)``: the scheduled-sampling ratio at each update (token-input models).
         ``state`` names scenario objects (``state_dict()``/``load_state_dict()``) checkpointed with the job.
         """
         from statesim.distributed import active, is_writer
@@ -135,7 +141,7 @@ class RunContext:
         trainer = Trainer(model, training, loss_fn=loss_fn, job=job, checkpoint_dir=self.run_dir / "checkpoints" / job,
                           config_digest=self.config.digest(), device=self.device, seed=self.config.seed,
                           log=self.metrics if is_writer() else None, should_stop=self.should_stop,
-                          on_update=on_update, objective=objective, dist=active(), scenario_state=state)
+                          on_update=on_update, sampling=sampling, dist=active(), scenario_state=state)
         trainer.warn = self.echo
         if self.resume:
             restored = trainer.restore(warn=self.echo)

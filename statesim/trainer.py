@@ -5,6 +5,11 @@ each batch in chunks of ``k1`` steps, carrying the state across chunks; each chu
 update whose graph starts ``k2 - k1`` steps before the chunk (``k2 >= k1``) from a detached state, so
 gradients never reach further back than ``k2`` steps; a shorter last chunk reaches back the same
 ``k2 - k1`` steps. ``steps`` always counts optimizer updates.
+
+A conditioned model (one with a conditioning encoder, e.g. an encoder-decoder) trains the same way: the
+batch's ``condition`` is encoded once per graph (per chunk under truncated BPTT, so every update reaches
+the encoder through the memory its chunk reads), and a deterministic initial state is recomputed in every
+graph that starts at ``t = 0``; with ``k1 = k2 = T`` truncated BPTT is full BPTT.
 """
 from __future__ import annotations
 
@@ -29,14 +34,13 @@ from statesim.errors import CheckpointError, TrainingError
 from statesim.model import SequenceModel
 
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: Scheduled sampling: the probability, at optimizer update ``step``, that a training step reads the model's
+#: own previous prediction instead of the given token (a function of the step, so a resume continues it).
+Sampling = Callable[[int], float]
 
 #: Recent losses kept in memory and in checkpoints; the whole trace lives in metrics.jsonl, so memory and
 #: checkpoint size stay flat however long a run is.
 LOSS_WINDOW = 256
-#: A scenario-supplied ``(model, batch, step) -> loss`` for tasks whose batches are not ``SequenceData``
-#: (source/target pairs, images with captions): the batch only needs ``select``, ``to`` and ``len``, and the
-#: objective runs the model as the task needs (encode then decode, scheduled sampling at ``step``).
-Objective = Callable[[nn.Module, Any, int], Tensor]
 
 
 class Interrupted(Exception):
@@ -169,7 +173,7 @@ class Trainer:
                  device: torch.device | str = "cpu", seed: int = 0, log: Any = None,
                  should_stop: Callable[[], bool] = lambda: False,
                  on_update: Callable[["Trainer", dict[str, Any]], None] | None = None,
-                 objective: Objective | None = None, dist: Any = None,
+                 sampling: Sampling | None = None, dist: Any = None,
                  scenario_state: dict[str, Any] | None = None) -> None:
         self.model = model.to(device)
         # A statesim.distributed.DataParallel: shards each global batch and all-reduces the gradient.
@@ -184,7 +188,7 @@ class Trainer:
         # Scenario objects whose state affects results (a solve tracker's history): each has state_dict() and
         # load_state_dict(tree) and is checkpointed with the trainer, so a resume continues them exactly.
         self.scenario_state = dict(scenario_state or {})
-        self.objective = objective
+        self.sampling = sampling
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(self.params, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
@@ -287,22 +291,34 @@ class Trainer:
             self.warn(f"warning: job '{self.job}': {self.nonfinite_steps} update(s) skipped so far for a non-finite "
                       f"loss or gradient ({bad} of the last {len(recent)}); training.nonfinite: {config.nonfinite}.")
 
+    def _sampling(self) -> float:
+        return self.sampling(self.step) if self.sampling is not None and self.model.training else 0.0
+
+    def _initial(self, batch: SequenceData, memory: Any) -> State:
+        return self.model.initial(len(batch), inputs=batch.inputs, lengths=batch.lengths, prefix=batch.prefix,
+                                  memory=memory)
+
+    def _encode(self, batch: SequenceData) -> Any:
+        """The conditioning memory of a batch (None for an unconditioned model)."""
+        return None if batch.condition is None else self.model.encode(batch.condition, batch.condition_lengths)
+
     def _train_batch(self, batch: SequenceData) -> list[dict[str, Any]]:
         """All updates for one batch: one (full BPTT) or one per chunk (truncated)."""
         self.model.train()
         bptt = self.config.bptt
-        if self.objective is not None:
-            if bptt.mode != "full":
-                raise TrainingError(f"job '{self.job}': this scenario trains with its own objective, which needs "
-                                    f"training.bptt.mode: full (truncated BPTT walks SequenceData in time chunks).")
-            return [self._update(self.objective(self.model, batch, self.step))]
         if bptt.mode == "full":
-            traj = self.model(batch.inputs, lengths=batch.lengths)
+            traj = self.model(batch.inputs, lengths=batch.lengths, prefix=batch.prefix, condition=batch.condition,
+                              condition_lengths=batch.condition_lengths, sampling=self._sampling())
             return [self._update(self._loss(batch, traj.outputs, 0))]
         k1 = bptt.k1 or batch.steps
         k2 = max(bptt.k2 or k1, k1)
-        state = self.model.initial(len(batch), inputs=batch.inputs, lengths=batch.lengths)
-        history: dict[int, State] = {0: detach_state(state)}  # detached state entering each step
+        # A deterministic initial state is recomputed inside each graph that starts at t = 0, so the gradient
+        # reaches the policy (and the encoder through it), as in full BPTT; a random one is drawn once per batch.
+        fresh = self.model.initial_state.deterministic
+        history: dict[int, State] = {}  # detached state entering each step
+        if not fresh:
+            with torch.no_grad():
+                history[0] = detach_state(self._initial(batch, self._encode(batch)))
         records = []
         for start in range(0, batch.steps, k1):
             if self.step >= self.config.steps or self.stop_requested:
@@ -310,8 +326,10 @@ class Trainer:
             stop = min(start + k1, batch.steps)
             begin = max(start + k1 - k2, 0)  # k2 - k1 steps before the chunk (a short last chunk too)
             chunk = batch.window(begin, stop)
-            traj = self.model(chunk.inputs, history[begin], lengths=chunk.lengths, t0=begin,
-                              return_states=k2 > k1)
+            memory = self._encode(batch)  # each update's graph reaches the encoder through its own encoding
+            entering = self._initial(batch, memory) if begin == 0 and fresh else history[begin]
+            traj = self.model(chunk.inputs, entering, lengths=chunk.lengths, t0=begin, return_states=k2 > k1,
+                              memory=memory, sampling=self._sampling())
             outputs = traj.outputs[start - begin:]
             target = batch.window(start, stop)
             records.append(self._update(self._loss(target, outputs, start)))
@@ -330,11 +348,9 @@ class Trainer:
         total, count = 0.0, 0
         for start in range(0, len(data), max(self.config.batch_size, 256)):
             batch = data.select(slice(start, start + max(self.config.batch_size, 256))).to(self.device)
-            if self.objective is not None:
-                total += float(self.objective(self.model, batch, self.step)) * len(batch)
-            else:
-                traj = self.model(batch.inputs, lengths=batch.lengths)
-                total += float(self._loss(batch, traj.outputs, 0)) * len(batch)
+            traj = self.model(batch.inputs, lengths=batch.lengths, prefix=batch.prefix, condition=batch.condition,
+                              condition_lengths=batch.condition_lengths)
+            total += float(self._loss(batch, traj.outputs, 0)) * len(batch)
             count += len(batch)
         return total / max(count, 1)
 

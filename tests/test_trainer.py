@@ -452,3 +452,64 @@ def test_resume_continues_exactly(tmp_path):
         for part in opt_a["state"][key]:
             assert torch.equal(opt_a["state"][key][part], opt_b["state"][key][part])
     assert straight.scheduler.last_epoch == second.scheduler.last_epoch == 8
+
+
+# --------------------------------------------------------------------------- conditioned models (encoder-decoder)
+def _conditioned(attention="additive", vocab=None, seed=0):
+    """An encoder-decoder SequenceModel (source features or ids through the 'sequence' encoder), float64."""
+    from statesim.config import validate_data
+    from statesim.model import build_model
+    from statesim.plugin_manager import build_plugin_host
+
+    registry = build_plugin_host(autoload=False).registry
+    config = validate_data({"scenario": {"type": "moving_average"},
+                            "model": {"cell": {"type": "gru", "hidden_size": 4}, "initial_state": {"type": "encoded"},
+                                      "topology": {"type": "encoder_decoder", "encoder": {"type": "bidirectional"},
+                                                   "attention": attention, "attention_size": 3}}},
+                           registry).model
+    torch.manual_seed(seed)
+    return build_model(registry, config, 2, 2, input_vocab=vocab,
+                       encoder={"type": "sequence", "vocab": None, "size": 3}).to(DT)
+
+
+def _conditioned_data(steps=6, n=3):
+    gen = torch.Generator().manual_seed(4)
+    return SequenceData(torch.randn(steps, n, 2, generator=gen, dtype=DT), torch.randn(steps, n, 2, generator=gen, dtype=DT),
+                        torch.tensor([6, 4, 5]), torch.randn(5, n, 3, generator=gen, dtype=DT), torch.tensor([5, 2, 4]))
+
+
+@pytest.mark.parametrize("attention", ["none", "additive"])
+def test_truncated_bptt_with_one_chunk_equals_full_bptt_for_an_encoder_decoder(attention):
+    """k1 = k2 = T: the same gradient for every parameter, the encoder's and the initial-state map's included."""
+    grads = {}
+    for mode in ("full", "truncated"):
+        model = _conditioned(attention)
+        trainer = _trainer(model, steps=1, batch_size=3, lr=0.01, bptt={"mode": mode, "k1": 6 if mode == "truncated" else None})
+        seen = _capture_grads(trainer)
+        trainer.fit(DataSplits(_conditioned_data()))
+        grads[mode] = seen[0]
+    names = [n for n, p in _conditioned(attention).named_parameters()]
+    assert any(n.startswith("encoder.") for n in names) and any(n.startswith("initial_state.") for n in names)
+    for name, a, b in zip(names, grads["full"], grads["truncated"]):
+        assert a.abs().sum() > 0, name  # every parameter, encoder and policy included, receives a gradient
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+
+
+@pytest.mark.parametrize("k1, k2", [(2, 2), (2, 3), (4, 6)])
+def test_truncated_bptt_cuts_an_encoder_decoder_where_documented(k1, k2):
+    """||dL_u/dx_t|| through the real trainer: non-zero exactly on the k2 steps update u's graph spans."""
+    from statesim.diagnostics import bptt_horizon
+    from statesim.data import mse_loss
+
+    data = _conditioned_data(steps=8)
+    data = SequenceData(data.inputs, data.targets, None, data.condition, data.condition_lengths)
+    training = TrainingConfig(bptt={"mode": "truncated", "k1": k1, "k2": k2})
+    rows = bptt_horizon(_conditioned("additive"), data, training, mse_loss)
+    assert rows.shape == (math.ceil(8 / k1), 8)
+    for u, row in enumerate(rows):
+        start, stop = u * k1, min(u * k1 + k1, 8)
+        begin = max(start + k1 - k2, 0)
+        inside = torch.zeros(8, dtype=torch.bool)
+        inside[begin:stop] = True
+        assert torch.all(row[~inside] == 0), (u, row)
+        assert torch.all(row[begin:stop] > 0), (u, row)

@@ -1,27 +1,30 @@
 """Sequence-to-sequence support shared by the translation and captioning scenarios (built-in, not core).
 
 * token vocabularies and the two tokenizers (``char``, ``whitespace``);
-* :class:`PairData`, a source/target batch the shared trainer can shuffle (``select``/``to``/``len``);
-* decoding with feedback of the model's own predictions, one tick at a time through a prepared
-  :class:`statesim.engine.Stepper` (greedy, beam search) or :func:`statesim.engine.unroll` (teacher forcing),
-  for any :class:`~statesim.cell.Cell` (a decoder cell, a stack seen as one cell, an attention cell);
+* :func:`token_pairs`: source/target id pairs as the trainer's :class:`~statesim.data.SequenceData` (the
+  decoder reads ``<bos>`` + the shifted target, the source is the model's condition);
+* decoding with feedback of the model's own predictions, one tick at a time through
+  a prepared :class:`statesim.engine.Stepper` (greedy, beam search), for any :class:`~statesim.cell.Cell` (a decoder cell,
+  a stack seen as one cell, an attention cell); :func:`generate` runs them on a conditioned
+  :class:`~statesim.model.SequenceModel`;
 * metrics: exact-sequence accuracy and corpus BLEU (sacrebleu, the ``seq2seq`` extra:
   ``pip install 'statesim[seq2seq]'``).
 
 Decoding functions take a decoder ``cell``, its start ``state``, an ``embed`` (token ids -> inputs) and a
-``head`` (outputs -> logits), so a captioner (CNN + LSTM) and an encoder-decoder share them.
+``head`` (outputs -> logits), so every conditioned model (an encoder-decoder, a captioner) shares them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from statesim.cell import Cell, State
-from statesim.engine import Stepper, lengths_to_mask, unroll
+from statesim.data import SequenceData
+from statesim.engine import Stepper, unroll
 from statesim.errors import StatesimError
+from statesim.model import SequenceModel, fed_back
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -84,36 +87,16 @@ def pad_ids(sequences: Sequence[Sequence[int]], *, bos: bool = False, eos: bool 
 
 
 # --------------------------------------------------------------------------- data
-@dataclass
-class PairData:
-    """Source/target pairs, time-major. ``source`` is ``[S, N]`` ids or ``[S, N, F]`` features (or any
-    tensor with N on dim 1, e.g. images ``[1, N, C, H, W]``); ``target`` is ``[T, N]`` ids ending in <eos>."""
+def decoder_inputs(target: Tensor) -> Tensor:
+    """``<bos>`` followed by the target ``[T, N]`` shifted right: what a teacher-forced decoder reads."""
+    return torch.cat([torch.full_like(target[:1], BOS), target[:-1]], dim=0)
 
-    source: Tensor
-    source_lengths: Tensor
-    target: Tensor
-    target_lengths: Tensor
 
-    def __len__(self) -> int:
-        return self.target.shape[1]
-
-    def select(self, index: Tensor | slice) -> "PairData":
-        """The pairs at ``index`` (trimmed to their longest member)."""
-        s_len, t_len = self.source_lengths[index], self.target_lengths[index]
-        s_max, t_max = max(int(s_len.max()), 1), max(int(t_len.max()), 1)
-        return PairData(self.source[:s_max, index], s_len, self.target[:t_max, index], t_len)
-
-    def to(self, device: torch.device | str) -> "PairData":
-        return replace(self, source=self.source.to(device), source_lengths=self.source_lengths.to(device),
-                       target=self.target.to(device), target_lengths=self.target_lengths.to(device))
-
-    def decoder_inputs(self) -> Tensor:
-        """``<bos>`` followed by the target shifted right: what a teacher-forced decoder reads."""
-        return torch.cat([torch.full_like(self.target[:1], BOS), self.target[:-1]], dim=0)
-
-    def mask(self) -> Tensor:
-        """``[T, N]`` True at real target steps."""
-        return lengths_to_mask(self.target_lengths.to(self.target.device), self.target.shape[0])
+def token_pairs(condition: Tensor, condition_lengths: Tensor | None, target: Tensor,
+                target_lengths: Tensor) -> SequenceData:
+    """Training data of a conditioned token decoder: reads ``<bos>`` + shifted ``target [T, N]`` (ids ending in
+    ``<eos>``), predicts ``target``, conditioned on ``condition`` (a source ``[S, N]``, images ``[1, N, ...]``)."""
+    return SequenceData(decoder_inputs(target), target, target_lengths, condition, condition_lengths, trim=True)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -126,31 +109,12 @@ def decoder_logits(cell: Cell, state: State, embed: Embed, head: Head, decoder_i
                    generator: torch.Generator | None = None) -> Tensor:
     """Logits ``[T, B, V]`` of a decoder reading the gold previous tokens (teacher forcing).
 
-    With ``sampling > 0`` (scheduled sampling, Bengio et al. 2015) each step's input is, with that
-    probability per sequence, the embedding of the model's own previous prediction instead of the gold
-    token; the engine is then stepped one tick at a time, since each input depends on the last output.
+    With ``sampling > 0`` (scheduled sampling) each step's input is, with that probability per sequence,
+    the model's own previous prediction (:func:`statesim.model.fed_back`).
     """
     if sampling <= 0:
         return head(unroll(cell, embed(decoder_inputs), state, lengths=lengths).outputs)
-    logits = []
-    previous = None
-    stepper = Stepper(cell)
-    for t in range(decoder_inputs.shape[0]):
-        tokens = decoder_inputs[t]
-        if previous is not None:
-            coin = torch.rand(tokens.shape, generator=generator, device="cpu").to(tokens.device) < sampling
-            tokens = torch.where(coin, previous.argmax(-1).detach(), tokens)
-        y, state = stepper.step(embed(tokens), state, t)
-        previous = head(y)
-        logits.append(previous)
-    return torch.stack(logits)
-
-
-def sequence_cross_entropy(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
-    """Mean token cross-entropy over unmasked steps."""
-    losses = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-    weight = mask.flatten().to(logits.dtype)
-    return (losses * weight).sum() / weight.sum().clamp_min(1)
+    return fed_back(cell, state, embed, head, decoder_inputs, lengths, sampling=sampling, generator=generator).outputs
 
 
 def _to_list(tokens: Tensor) -> list[list[int]]:
@@ -234,6 +198,18 @@ def beam_decode(make_cell: Callable[[int], Cell], state: State, embed: Embed, he
     ranked = scores / ((5 + lengths) / 6) ** length_penalty if length_penalty else scores
     best = ranked.argmax(dim=1)
     return [hyps[b * k + int(best[b])] for b in range(batch)], scores.gather(1, best.unsqueeze(1)).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model: SequenceModel, condition: Tensor, lengths: Tensor | None = None, *, beam_size: int = 1,
+             max_len: int = 50, length_penalty: float = 0.0) -> list[list[int]]:
+    """Token ids a conditioned model generates for each condition: greedy (``beam_size`` 1) or beam search."""
+    memory = model.encode(condition, lengths)
+    state = model.initial(memory.encoded.shape[0], memory=memory)
+    if beam_size <= 1:
+        return greedy_decode(model.step_cell(memory), state, model.read_in, model.read_out, max_len=max_len)[0]
+    return beam_decode(lambda k: model.step_cell(memory.repeat(k)), state, model.read_in, model.read_out,
+                       beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)[0]
 
 
 # --------------------------------------------------------------------------- metrics

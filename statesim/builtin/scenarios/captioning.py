@@ -3,15 +3,16 @@
 Synthetic 32x32 images hold one or two coloured shapes (circle, square, triangle in red, green, blue or
 yellow). Two shapes sit side by side or one above the other, and the caption names the left (or top) one
 first: ``a red circle left of a blue square``, ``a green triangle above a yellow circle``; one shape is
-``a blue square``. A small CNN encodes the image; the ``encoded`` initial-state policy turns that encoding
-into the LSTM decoder's state (``h_0``, ``c_0``), and the decoder generates the caption word by word.
+``a blue square``. A small CNN (the model's conditioning encoder ``cnn``) encodes the image; the
+``encoded`` initial-state policy turns that encoding into the LSTM decoder's state (``h_0``, ``c_0``), and
+the decoder generates the caption word by word. The model is one :class:`~statesim.model.SequenceModel`,
+trained by the shared trainer and rebuilt from its checkpoint like any other.
 Reported on held-out images: caption exact match and BLEU (greedy and beam), and a PNG grid of test
 images with generated and true captions.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,15 +20,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from statesim.builtin.encoder_decoder import build_policy
-from statesim.data import DataSplits
-from statesim.engine import lengths_to_mask
+from statesim.builtin.seq2seq import (Vocab, corpus_bleu, exact_match, generate, pad_ids, require_sacrebleu,
+                                      token_pairs)
+from statesim.data import DataSplits, SequenceData, cross_entropy_loss
 from statesim.hookimpl import hookimpl
-from statesim.model import SequenceModel
+from statesim.model import Encoder, EncoderParams, Memory
 from statesim.registry import Registration
 from statesim.scenario import RunContext, Scenario, ScenarioParams
-from statesim.builtin.seq2seq import (Vocab, beam_decode, corpus_bleu, decoder_logits, exact_match, greedy_decode,
-                                      pad_ids, require_sacrebleu, sequence_cross_entropy)
 
 COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 0.9, 0.2), "blue": (0.2, 0.35, 1.0), "yellow": (1.0, 0.9, 0.1)}
 SHAPES = ("circle", "square", "triangle")
@@ -69,42 +68,31 @@ def make_image(rng: np.random.Generator) -> tuple[np.ndarray, str]:
     return image, f"a {c1} {s1} {relation} a {c2} {s2}"
 
 
-@dataclass
-class CaptionData:
-    """Images ``[N, 3, 32, 32]`` with caption ids ``[T, N]`` (ending in <eos>) and lengths."""
-
-    images: Tensor
-    captions: Tensor
-    lengths: Tensor
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def select(self, index: Tensor | slice) -> "CaptionData":
-        lengths = self.lengths[index]
-        return CaptionData(self.images[index], self.captions[:int(lengths.max()), index], lengths)
-
-    def to(self, device: torch.device | str) -> "CaptionData":
-        return replace(self, images=self.images.to(device), captions=self.captions.to(device),
-                       lengths=self.lengths.to(device))
-
-
-def make_dataset(count: int, seed: int, vocab: Vocab | None = None) -> tuple[CaptionData, list[str], Vocab]:
-    """``count`` random images, their captions as ids, the caption strings and the vocabulary."""
+def make_dataset(count: int, seed: int, vocab: Vocab | None = None) -> tuple[SequenceData, list[str], Vocab]:
+    """``count`` random images (the condition, ``[1, N, 3, 32, 32]``) with their captions as ids, the caption
+    strings and the vocabulary."""
     rng = np.random.default_rng(seed)
     pictures, texts = zip(*(make_image(rng) for _ in range(count)))
     vocab = vocab or Vocab.from_sequences(t.split() for t in texts)
     ids, lengths = pad_ids([vocab.encode(t.split()) for t in texts], eos=True)
     images = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).contiguous()
-    return CaptionData(images, ids, lengths), list(texts), vocab
+    return token_pairs(images.unsqueeze(0), None, ids, lengths), list(texts), vocab
 
 
-class CNNEncoder(nn.Module):
+class CNNParams(EncoderParams):
+    channels: int = Field(16, gt=0, description="channels of the first conv layer (doubled after)")
+    features: int = Field(64, gt=0, description="size of the image encoding")
+
+
+class CNNEncoder(Encoder):
     """Three conv-batchnorm-ReLU-pool blocks (32 -> 4 pixels) and a linear layer to ``features``."""
 
-    def __init__(self, channels: int, features: int) -> None:
+    Params = CNNParams
+
+    def __init__(self, channels: int = 16, features: int = 64) -> None:
         super().__init__()
         c = channels
+        self.features = features
         # Batch norm: the images are mostly black, and without it the CNN's features start nearly equal for
         # every image, so the decoder first learns the caption prior and the image is ignored for long.
         self.net = nn.Sequential(
@@ -113,39 +101,24 @@ class CNNEncoder(nn.Module):
             nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(2 * c * 16, features))
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
+    @classmethod
+    def from_config(cls, params: Any, registry: Any, cell_factory: Any, topology_spec: Any) -> "CNNEncoder":
+        if topology_spec is not None:
+            from statesim.errors import StatesimError
 
+            raise StatesimError("the 'cnn' encoder summarises an image into one vector; the model's topology "
+                                "expects a source sequence to encode. Use a decoder topology (unidirectional or "
+                                "stacked).")
+        return cls(params.channels, params.features)
 
-class Captioner(nn.Module):
-    """CNN encoder, word embeddings, and a decoder SequenceModel whose initial state is the image encoding."""
+    @property
+    def encoded_size(self) -> int:
+        return self.features
 
-    def __init__(self, cnn: CNNEncoder, decoder: SequenceModel, vocab_size: int, embed_size: int) -> None:
-        super().__init__()
-        self.cnn, self.decoder = cnn, decoder
-        self.embed = nn.Embedding(vocab_size, embed_size)
-
-    def start(self, images: Tensor) -> dict[str, Tensor]:
-        """The decoder's initial state: the CNN's encoding through the model's initial-state policy."""
-        return self.decoder.initial(images.shape[0], encoded=self.cnn(images))
-
-    def loss(self, batch: CaptionData) -> Tensor:
-        """Teacher-forced caption cross-entropy."""
-        inputs = torch.cat([torch.full_like(batch.captions[:1], 1), batch.captions[:-1]])  # <bos> + shifted
-        logits = decoder_logits(self.decoder.step_cell(), self.start(batch.images), self.embed,
-                                self.decoder.read_out, inputs, batch.lengths)
-        mask = lengths_to_mask(batch.lengths.to(batch.captions.device), batch.captions.shape[0])
-        return sequence_cross_entropy(logits, batch.captions, mask)
-
-    @torch.no_grad()
-    def caption(self, images: Tensor, *, beam_size: int, max_len: int) -> list[list[int]]:
-        """Token ids of generated captions."""
-        state = self.start(images)
-        if beam_size <= 1:
-            return greedy_decode(self.decoder.step_cell(), state, self.embed, self.decoder.read_out,
-                                 max_len=max_len)[0]
-        return beam_decode(lambda k: self.decoder.step_cell(), state, self.embed, self.decoder.read_out,
-                           beam_size=beam_size, max_len=max_len)[0]
+    def forward(self, condition: Tensor, lengths: Tensor | None = None) -> Memory:
+        """Images ``[1, B, 3, H, W]`` (or ``[B, 3, H, W]``) -> their encodings."""
+        images = condition[0] if condition.dim() == 5 else condition
+        return Memory(self.net(images))
 
 
 class CaptioningParams(ScenarioParams):
@@ -171,12 +144,11 @@ class Captioning(Scenario):
         train, _, vocab = make_dataset(p.train_images, seed)
         val = make_dataset(p.val_images, seed + 1, vocab)[0] if p.val_images else None
         test, test_texts, _ = make_dataset(p.test_images, seed + 2, vocab)
-        decoder = ctx.build_model(None, p.embed_size, len(vocab))
-        # The policy sees the CNN's encoding; an unset encoded_size is the CNN's feature size.
-        decoder.initial_state = build_policy(ctx.host.registry, ctx.config.model.initial_state, decoder.state_spec,
-                                             p.features)
-        model = Captioner(CNNEncoder(p.channels, p.features), decoder, len(vocab), p.embed_size).to(ctx.device)
-        trained = ctx.train(model, DataSplits(train, val, test), objective=lambda m, batch, step: m.loss(batch))
+        # The model reads caption words and is conditioned on the image; the encoded policy's unset
+        # encoded_size is the CNN's feature size.
+        model = ctx.build_model(None, p.embed_size, len(vocab), input_vocab=len(vocab),
+                                encoder={"type": "cnn", "channels": p.channels, "features": p.features})
+        trained = ctx.train(model, DataSplits(train, val, test), loss_fn=cross_entropy_loss)
         model.eval()
         max_len = int(test.lengths.max()) + 3
         results: dict[str, Any] = {"data": {"train": p.train_images, "test": p.test_images, "vocab": len(vocab)},
@@ -187,14 +159,15 @@ class Captioning(Scenario):
             started = time.perf_counter()
             hyps = []
             for start in range(0, len(test), 256):
-                ids = model.caption(test.images[start:start + 256].to(ctx.device), beam_size=beam, max_len=max_len)
+                images = test.condition[:, start:start + 256].to(ctx.device)
+                ids = generate(model, images, beam_size=beam, max_len=max_len)
                 hyps += [" ".join(vocab.decode(row)) for row in ids]
             generated[name] = hyps
             results[name] = {"exact_match": exact_match(hyps, test_texts), "bleu": corpus_bleu(hyps, test_texts)}
             ctx.decode_seconds[name] = time.perf_counter() - started  # a wall time: run.json, not results.json
         results["examples"] = [{"true": t, "greedy": g} for t, g in zip(test_texts[:8], generated["greedy"])]
         if ctx.plots_enabled:
-            self._grid(ctx, test.images, test_texts, generated["greedy"])
+            self._grid(ctx, test.condition[0], test_texts, generated["greedy"])
         return results
 
     def _grid(self, ctx: RunContext, images: Tensor, truth: list[str], hyps: list[str]) -> None:
@@ -220,3 +193,10 @@ def statesim_scenarios() -> list[Registration]:
     """Register the scenario."""
     return [Registration("captioning", Captioning, CaptioningParams,
                          "CNN encoding as the LSTM decoder's initial state: caption synthetic shape images")]
+
+
+@hookimpl
+def statesim_encoders() -> list[Registration]:
+    """Register the image encoder."""
+    return [Registration("cnn", CNNEncoder, CNNParams, "a small CNN: image [B, 3, 32, 32] -> one encoding "
+                                                       "(the captioning scenario's conditioning encoder)")]

@@ -18,15 +18,16 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from statesim.builtin.encoder_decoder import Seq2SeqModel, build_seq2seq
 from statesim.builtin.scenarios.numberwords import MAX_NUMBER, english, german
 from statesim.data import DataSplits
 from statesim.errors import StatesimError
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 from statesim.scenario import RunContext, Scenario, ScenarioParams
-from statesim.builtin.seq2seq import (PairData, Vocab, corpus_bleu, detokenize, exact_match, pad_ids, require_sacrebleu,
-                                      tokenize)
+from statesim.builtin.seq2seq import (Vocab, corpus_bleu, detokenize, exact_match, generate, pad_ids,
+                                      require_sacrebleu, token_pairs, tokenize)
+from statesim.data import SequenceData, cross_entropy_loss
+from statesim.model import SequenceModel
 from statesim.config import Strict
 from statesim.datafiles import DataPath
 
@@ -123,11 +124,12 @@ def read_corpus(c: CorpusConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def make_data(pairs: list[tuple[str, str]], src_vocab: Vocab, tgt_vocab: Vocab, src_tok: str, tgt_tok: str) -> PairData:
-    """Padded id tensors of the pairs (targets end in <eos>)."""
+def make_data(pairs: list[tuple[str, str]], src_vocab: Vocab, tgt_vocab: Vocab, src_tok: str,
+              tgt_tok: str) -> SequenceData:
+    """Padded id tensors of the pairs: the source is the condition, the decoder reads the shifted target."""
     source, source_lengths = pad_ids([src_vocab.encode(tokenize(s, src_tok)) for s, _ in pairs])
     target, target_lengths = pad_ids([tgt_vocab.encode(tokenize(t, tgt_tok)) for _, t in pairs], eos=True)
-    return PairData(source, source_lengths, target, target_lengths)
+    return token_pairs(source, source_lengths, target, target_lengths)
 
 
 def scheduled_ratio(p: TranslationParams, step: int) -> float:
@@ -136,16 +138,26 @@ def scheduled_ratio(p: TranslationParams, step: int) -> float:
     return p.sampling_start + (p.sampling_end - p.sampling_start) * progress
 
 
-def translate(model: Seq2SeqModel, data: PairData, tgt_vocab: Vocab, tgt_tok: str, *, beam_size: int,
+def translate(model: SequenceModel, data: SequenceData, tgt_vocab: Vocab, tgt_tok: str, *, beam_size: int,
               max_len: int, length_penalty: float, device: torch.device, chunk: int = 256) -> list[str]:
     """Decoded strings of every source in ``data``."""
     model.eval()
     out: list[str] = []
     for start in range(0, len(data), chunk):
         batch = data.select(slice(start, start + chunk)).to(device)
-        ids = model.generate(batch, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+        ids = generate(model, batch.condition, batch.condition_lengths, beam_size=beam_size, max_len=max_len,
+                       length_penalty=length_penalty)
         out += [detokenize(tgt_vocab.decode(row), tgt_tok) for row in ids]
     return out
+
+
+def build_translator(ctx: RunContext, source_vocab: int, target_vocab: int, embed_size: int) -> SequenceModel:
+    """The run's model: target tokens in (embedded), logits out, conditioned on the embedded source."""
+    config = ctx.config.model
+    if config is not None and config.head == "auto":  # logits always come from a head, even if sizes match
+        config = config.model_copy(update={"head": "linear"})
+    return ctx.build_model(config, embed_size, target_vocab, input_vocab=target_vocab,
+                           encoder={"type": "sequence", "vocab": source_vocab, "size": embed_size})
 
 
 class Translation(Scenario):
@@ -173,15 +185,11 @@ class Translation(Scenario):
         splits = DataSplits(make_data(train, src_vocab, tgt_vocab, src_tok, tgt_tok),
                             make_data(val, src_vocab, tgt_vocab, src_tok, tgt_tok) if val else None,
                             make_data(test, src_vocab, tgt_vocab, src_tok, tgt_tok))
-        model = build_seq2seq(ctx.host.registry, ctx.config.model, source_vocab=len(src_vocab),
-                              target_vocab=len(tgt_vocab), embed_size=p.embed_size).to(ctx.device)
-
-        def objective(m: Seq2SeqModel, batch: PairData, step: int) -> torch.Tensor:
-            return m.loss(batch, sampling=scheduled_ratio(p, step) if m.training else 0.0)
-
-        trained = ctx.train(model, splits, objective=objective)
+        model = build_translator(ctx, len(src_vocab), len(tgt_vocab), p.embed_size)
+        sampling = (lambda step: scheduled_ratio(p, step)) if p.sampling_start or p.sampling_end else None
+        trained = ctx.train(model, splits, loss_fn=cross_entropy_loss, sampling=sampling)
         references = [t for _, t in test]
-        max_len = p.max_decode_length or int(splits.test.target_lengths.max()) + 5
+        max_len = p.max_decode_length or int(splits.test.lengths.max()) + 5
         results: dict[str, Any] = {
             "data": {"source": "corpus" if p.corpus else "generated German number words", "train": len(train),
                      "val": len(val), "test": len(test), "source_vocab": len(src_vocab),
