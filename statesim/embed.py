@@ -719,7 +719,7 @@ class EmbeddedModel:
         return torch.stack(outputs) if outputs and isinstance(outputs[0], Tensor) else np.stack(outputs)
 
     def __repr__(self) -> str:
-        cell = type(self.cell).__name__
+        cell = type(self.cell).__name__ if self.cell is not None else "not yet conditioned"
         return (f"EmbeddedModel({cell}, input_size={self.input_size}, output_size={self.output_size}, "
                 f"state={dict(self.state_spec)}, batch_size={self._batch}, t={self._t}, "
                 f"path={'numpy' if self.fast else 'torch'})")
