@@ -13,6 +13,7 @@ EPILOG = """examples:
   statesim plugins
   statesim export runs/ma --job linear-on-ema --format onnx
   statesim diagnose runs/adding-20250101-120000
+  statesim analyze runs/flipflop-20250101-120000
   statesim sweep scenarios/sweeps/gradient_lab.yaml --seeds 2
   statesim run scenarios/moving_average.yaml --nproc 2
 
@@ -130,6 +131,23 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Fixed points, local linear models, Lyapunov spectrum and limit cycle of a finished run's models."""
+    from statesim.analysis.report import AnalysisOptions, AnalyzeError, analyze_run
+
+    x_star = None
+    if args.input is not None:
+        try:
+            x_star = [float(v) for v in args.input.split(",")]
+        except ValueError:
+            raise AnalyzeError(f"--input takes comma-separated numbers (one per model input), got {args.input!r}.") from None
+    options = AnalysisOptions(starts=args.starts, lyapunov_steps=args.steps, dt=args.dt, seed=args.seed)
+    analyze_run(args.run_dir, job=args.job, x_star=x_star, inputs_from_data=args.inputs_from_data,
+                options=options, host=_host(args))
+    print(f"report: {args.run_dir}/analysis/<job>/report.json (plots in {args.run_dir}/analysis/)")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a grid of configurations, each as an ordinary run folder, and summarise them."""
     from statesim.sweep import load_sweep, make_executor, run_sweep
@@ -229,6 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--seed", type=int, default=0, help="seed of the measured sequences")
     _plugin_args(diagnose)
     diagnose.set_defaults(func=cmd_diagnose)
+
+    analyze = sub.add_parser("analyze", help="fixed points, linearisation and Lyapunov spectrum of a finished run",
+                             description="For every trained model of RUN_DIR (or --job): fixed and slow points at a "
+                                         "constant input (minimising 1/2||f(x*, h) - h||^2 from many starts on the "
+                                         "model's trajectories), the eigenvalues and local linear model (a `linear` "
+                                         "cell config) at each, the Lyapunov spectrum, and the limit cycle's period "
+                                         "and Floquet multipliers when the model oscillates. Writes "
+                                         "RUN_DIR/analysis/<job>/report.json, local_linear_<k>.yaml and PNGs.")
+    analyze.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `statesim run`")
+    analyze.add_argument("--job", help="analyse one model of a run that trained several (default: all)")
+    analyze.add_argument("--input", metavar="CONST", help="the constant input x*, comma-separated (default: zeros)")
+    analyze.add_argument("--inputs-from-data", action="store_true",
+                         help="sample starts on, and measure the spectrum along, the scenario's own data")
+    analyze.add_argument("--starts", type=int, default=1024, help="starts of the fixed-point search (default 1024)")
+    analyze.add_argument("--steps", type=int, default=1000, help="steps of the Lyapunov spectrum (default 1000)")
+    analyze.add_argument("--dt", type=float, default=None, help="seconds per step, to report rates per second")
+    analyze.add_argument("--seed", type=int, default=0, help="seed of the starts and noise (default 0)")
+    _plugin_args(analyze)
+    analyze.set_defaults(func=cmd_analyze)
 
     sweep = sub.add_parser("sweep", help="run every combination of a grid of config values",
                            description="Run every combination of --grid values (and of the file's `sweep:` section) "
