@@ -18,8 +18,7 @@ from torch import Tensor
 
 from statesim.analysis.linearize import classify, eigenvalues_by_modulus, time_constants
 from statesim.analysis.stepmap import StepMap, float64_copy
-from statesim.cell import Cell, State
-from statesim.diagnostics import unflatten_state
+from statesim.cell import Cell, State, unflatten_state
 from statesim.engine import unroll
 
 

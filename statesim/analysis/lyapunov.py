@@ -22,6 +22,7 @@ from torch import Tensor
 from statesim.analysis.linearize import eigenvalues_by_modulus
 from statesim.analysis.stepmap import StepMap, float64_copy
 from statesim.cell import Cell
+from statesim.engine import unroll
 
 #: Steps whose Jacobians are computed in one batched call (memory: chunk x N x N doubles).
 JACOBIAN_CHUNK = 256
@@ -76,6 +77,14 @@ def _inputs(inputs: Tensor, steps: int | None) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+def trajectory(step: StepMap, inputs: Tensor, flat: Tensor, *, final: bool = False) -> Tensor:
+    """Flat states entering each step of ``inputs [T, F]`` from ``flat [1, N]`` (``final``: the states after each)."""
+    with torch.no_grad():
+        traj = unroll(step.cell, inputs.unsqueeze(1), step.unflatten(flat), return_states=True)
+    after = step.flatten({k: v[:, 0] for k, v in traj.states.items()})
+    return after if final else torch.cat([flat, after[:-1]])
+
+
 def lyapunov_spectrum(cell: Cell, inputs: Tensor, state: Any, *, steps: int | None = None, warmup: int = 0,
                       count: int | None = None, dt: float | None = None) -> LyapunovSpectrum:
     """The ``count`` largest Lyapunov exponents along the trajectory from ``state`` (one sample).
@@ -85,21 +94,15 @@ def lyapunov_spectrum(cell: Cell, inputs: Tensor, state: Any, *, steps: int | No
     """
     step = StepMap(float64_copy(cell))
     xs = _inputs(inputs, None if steps is None else steps + warmup)
-    z = _flat_state(step, state)
-    visited = []
-    with torch.no_grad():
-        for t in range(xs.shape[0]):
-            if t >= warmup:
-                visited.append(z[0])
-            z = step.advance(xs[t], z)
-    if not visited:
+    entering = trajectory(step, xs, _flat_state(step, state))[warmup:]  # the state each step starts from
+    if len(entering) == 0:
         raise ValueError("lyapunov_spectrum needs at least one step after the warm-up")
-    n = z.shape[1]
+    n = entering.shape[1]
     k = n if count is None else min(count, n)
     q = torch.eye(n, k, dtype=torch.float64)
     logs = torch.zeros(k, dtype=torch.float64)
     history = []
-    states, xs = torch.stack(visited), xs[warmup:]
+    states, xs = entering, xs[warmup:]
     for first in range(0, len(states), JACOBIAN_CHUNK):
         # The steps' Jacobians are independent given the trajectory: one batched call per chunk of steps.
         jacobians = step.state_jacobian(xs[first:first + JACOBIAN_CHUNK], states[first:first + JACOBIAN_CHUNK])
@@ -166,26 +169,18 @@ def limit_cycle(cell: Cell, x: Tensor, state: Any, *, warmup: int = 500, steps: 
     step = StepMap(float64_copy(cell))
     x64 = torch.as_tensor(x, dtype=torch.float64).reshape(-1)
     z = _flat_state(step, state)
-    outputs = []
+    if warmup:
+        z = trajectory(step, x64.expand(warmup, -1), z, final=True)[-1:]
+    on_cycle = z
     with torch.no_grad():
-        for _ in range(warmup):
-            z = step.advance(x64, z)
-        on_cycle = z
-        for _ in range(steps):
-            y, z = step.step(x64, z)
-            outputs.append(y[0])
-    signal = torch.stack(outputs)
+        signal = unroll(step.cell, x64.expand(steps, 1, -1), step.unflatten(on_cycle)).outputs[:, 0]
     period = dominant_period(signal)
     if period is None:
         return None
     spectrum = lyapunov_spectrum(cell, x64, on_cycle, steps=steps, count=count, dt=dt)
-    cycle_states, z = [], on_cycle
-    with torch.no_grad():
-        for _ in range(max(1, round(period))):
-            cycle_states.append(z[0])
-            z = step.advance(x64, z)
-    monodromy = torch.eye(z.shape[1], dtype=torch.float64)
-    for jac in step.state_jacobian(x64, torch.stack(cycle_states)):
+    cycle_states = trajectory(step, x64.expand(max(1, round(period)), -1), on_cycle)
+    monodromy = torch.eye(on_cycle.shape[1], dtype=torch.float64)
+    for jac in step.state_jacobian(x64, cycle_states):
         monodromy = jac @ monodromy
     amplitude = (signal.max(0).values - signal.min(0).values) / 2
     return LimitCycle(period, dt, torch.exp(spectrum.exponents * period), eigenvalues_by_modulus(monodromy[None])[0],

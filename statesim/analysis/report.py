@@ -176,7 +176,7 @@ def plot_lyapunov(spectrum: LyapunovSpectrum, count: int = 8, title: str = "") -
 
 # --------------------------------------------------------------------------- a run folder
 def _trajectory_states(cell: Any, inputs: Tensor, state0: dict[str, Tensor]) -> Tensor:
-    from statesim.diagnostics import flatten_state
+    from statesim.cell import flatten_state
     from statesim.engine import unroll
 
     with torch.no_grad():

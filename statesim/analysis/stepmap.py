@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from statesim.cell import Cell, State
-from statesim.diagnostics import _batched_jacobian, flatten_state, state_layout, unflatten_state
+from statesim.cell import Cell, State, flatten_state, state_layout, unflatten_state
+from statesim.diagnostics import _batched_jacobian
 
 
 def float64_copy(cell: Cell) -> Cell:
