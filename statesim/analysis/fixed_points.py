@@ -73,7 +73,13 @@ class FixedPoints:
                            "slowest_time_constants": time_constants(ev[:6], dt),
                            "state": {p: self.states[k, s].tolist() for p, s in self.layout.items()}})
         by_stability = {s: self.stability.count(s) for s in ("stable", "unstable", "marginal")}
-        return {"input": self.x.tolist(), "counts": {**self.counts, **by_stability}, "points": points}
+        dims = self.unstable_dimensions()
+        # Attractors: fixed (not slow) points with no eigenvalue outside the unit circle (marginal ones included).
+        attractors = sum(1 for k in range(len(self)) if self.kinds[k] == "fixed" and dims[k] == 0)
+        saddles = sum(1 for k in range(len(self)) if self.kinds[k] == "fixed" and dims[k] == 1)
+        return {"input": self.x.tolist(), "counts": {**self.counts, **by_stability, "attractors": attractors,
+                                                     "saddles": saddles,
+                                                     "slow": self.kinds.count("slow")}, "points": points}
 
 
 def sample_starts(cell: Cell, inputs: Tensor, state: State | None, count: int, *, noise: float = 0.01,

@@ -250,8 +250,8 @@ def analyze_run(run_dir: str | Path, *, job: str | None = None, x_star: list[flo
             results["jobs"][name] = report
             fp = report["fixed_points"]["counts"]
             lam = report["lyapunov"]["per_step"]
-            echo(f"{name}: {fp['unique']} fixed/slow points ({fp['stable']} stable, {fp['unstable']} unstable, "
-                 f"{fp['marginal']} marginal) from {fp['starts']} starts; largest Lyapunov exponent "
+            echo(f"{name}: {fp['unique']} fixed/slow points from {fp['starts']} starts ({fp['attractors']} attracting "
+                 f"and {fp['saddles']} saddle fixed points, {fp['slow']} slow points); largest Lyapunov exponent "
                  f"{lam[0]:.4g} per step" + (f"; limit cycle of {report['limit_cycle']['period_steps']:.2f} steps"
                                               if report["limit_cycle"] else ""))
     return results

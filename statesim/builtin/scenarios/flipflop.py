@@ -69,29 +69,8 @@ class FlipFlop(Scenario):
         train, test = self._splits(ctx.config.seed)
         model = ctx.build_model(None, p.bits, p.bits)
         ctx.train(model, DataSplits(train, test=test))
-        model.eval()
-        with torch.no_grad():
-            outputs = model(test.inputs.to(ctx.device)).outputs.cpu()
-        accuracy = float((torch.sign(outputs) == test.targets).float().mean())
+        results, points, starts, state0 = self.evaluate(model, test, ctx.config.seed, ctx.device)
         cell = model.step_cell()
-        gen = torch.Generator().manual_seed(ctx.config.seed + 2)
-        with torch.no_grad():
-            state0 = model.initial(test.inputs.shape[1])
-        starts = sample_starts(cell, test.inputs.to(ctx.device), state0, p.starts, noise=p.start_noise, generator=gen)
-        points = find_fixed_points(cell, torch.zeros(p.bits), starts.cpu(), FixedPointOptions())
-        unstable_dims = points.unstable_dimensions()
-        stable = points.stability.count("stable")
-        memories = 2 ** p.bits
-        results: dict[str, Any] = {
-            "test_accuracy": {"value": accuracy, "target": f">= {p.min_accuracy}", "met": accuracy >= p.min_accuracy},
-            "stable_fixed_points": {"value": stable, "expected": memories, "met": stable == memories},
-            "saddles": {"value": sum(1 for d in unstable_dims if d == 1),
-                        "note": f"fixed points with one unstable direction (between memories; {p.bits * 2 ** (p.bits - 1)} "
-                                f"edges of the {p.bits}-cube in the textbook picture)"},
-            "fixed_point_search": points.counts,
-            "unstable_dimensions": sorted(unstable_dims),
-            "stable_points_read_out": self._read_out(model, points),
-        }
         if ctx.plots_enabled:
             with torch.no_grad():
                 traj = model.topology(test.inputs[:, :8].to(ctx.device), {k: v[:8] for k, v in state0.items()},
@@ -102,17 +81,50 @@ class FlipFlop(Scenario):
             ctx.save_plot(plot_eigenvalues(points, title="flip-flop: eigenvalues at the fixed points"), "eigenvalues")
         return results
 
-    @staticmethod
-    def _read_out(model: Any, points: Any) -> list[list[int]]:
-        """The sign pattern the model outputs at each stable fixed point (each memory should appear once)."""
+    def evaluate(self, model: Any, test: SequenceData, seed: int, device: torch.device
+                 ) -> tuple[dict[str, Any], Any, torch.Tensor, dict[str, torch.Tensor]]:
+        """Held-out accuracy and the fixed points at zero input: ``(results, points, starts, initial state)``."""
+        p = self.params
+        model.eval()
+        with torch.no_grad():
+            outputs = model(test.inputs.to(device)).outputs.cpu()
+        accuracy = float((torch.sign(outputs) == test.targets).float().mean())
         cell = model.step_cell()
+        gen = torch.Generator().manual_seed(seed + 2)
+        with torch.no_grad():
+            state0 = model.initial(test.inputs.shape[1])
+        starts = sample_starts(cell, test.inputs.to(device), state0, p.starts, noise=p.start_noise, generator=gen)
+        points = find_fixed_points(cell, torch.zeros(p.bits), starts.cpu(), FixedPointOptions())
+        unstable_dims = points.unstable_dimensions()
+        fixed = [k for k, kind in enumerate(points.kinds) if kind == "fixed"]
+        # An attractor: a fixed point (q <= tol_q) with no eigenvalue outside the unit circle. A memory may sit
+        # on one whose slowest direction is within 1e-3 of the circle ("marginal": still |lambda| < 1).
+        attractors = [k for k in fixed if unstable_dims[k] == 0]
+        memories = 2 ** p.bits
+        results: dict[str, Any] = {
+            "test_accuracy": {"value": accuracy, "target": f">= {p.min_accuracy}", "met": accuracy >= p.min_accuracy},
+            "stable_fixed_points": {"value": len(attractors), "expected": memories, "met": len(attractors) == memories,
+                                    "marginal": sum(1 for k in attractors if points.stability[k] == "marginal")},
+            "saddles": {"value": sum(1 for k in fixed if unstable_dims[k] == 1),
+                        "note": f"fixed points with one unstable direction (between memories; {p.bits * 2 ** (p.bits - 1)} "
+                                f"edges of the {p.bits}-cube in the textbook picture)"},
+            "slow_points": sum(1 for kind in points.kinds if kind == "slow"),
+            "fixed_point_search": points.counts,
+            "unstable_dimensions_of_fixed_points": sorted(unstable_dims[k] for k in fixed),
+            "stable_points_read_out": self._read_out(model, points, attractors),
+        }
+        return results, points, starts, state0
+
+    @staticmethod
+    def _read_out(model: Any, points: Any, indices: list[int]) -> list[list[int]]:
+        """The sign pattern the model outputs at each of ``indices`` (each memory should appear once)."""
+        cell = model.step_cell()
+        dtype = next(cell.parameters()).dtype
         patterns = []
         with torch.no_grad():
-            for k, kind in enumerate(points.stability):
-                if kind != "stable":
-                    continue
-                state = {n: v.to(next(cell.parameters()).dtype) for n, v in points.state(k, cell.state_spec).items()}
-                y, _ = cell(torch.zeros(1, cell.input_size), state)
+            for k in indices:
+                state = {n: v.to(dtype) for n, v in points.state(k, cell.state_spec).items()}
+                y, _ = cell(torch.zeros(1, cell.input_size, dtype=dtype), state)
                 patterns.append(torch.sign(model.read_out(y))[0].int().tolist())
         return sorted(patterns)
 
