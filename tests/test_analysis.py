@@ -153,6 +153,36 @@ def test_fixed_points_of_a_stacked_model_hold_under_the_engine_step(builtin_host
         assert residual < 1e-6 if points.kinds[k] == "fixed" else residual < 1e-2
 
 
+def test_a_third_party_cell_gets_the_analysis_checked_by_finite_differences():
+    """The example distribution's leaky cell (installed by the README's test line): no analysis code knows it."""
+    from statesim_example.leaky import LeakyCell
+
+    torch.manual_seed(3)
+    cell = LeakyCell(2, 5, leak=0.3)
+    with torch.no_grad():
+        cell.weight_hh.mul_(6.0)  # strong recurrence: several fixed points
+    x = torch.tensor([0.2, -0.1])
+    starts = sample_starts(cell, torch.randn(40, 16, 2), None, 128, noise=0.2,
+                           generator=torch.Generator().manual_seed(0))
+    points = find_fixed_points(cell, x, starts)
+    assert len(points) >= 1 and points.kinds[0] == "fixed"
+    twin = cell.double()
+    eps = 1e-6
+    for k in range(len(points)):
+        h = points.states[k]
+        with torch.no_grad():
+            _, after = twin(x.double()[None], {"h": h[None]})
+            assert float((after["h"][0] - h).abs().max()) < 1e-6
+            columns = []
+            for j in range(5):
+                bump = torch.zeros(5, dtype=F64)
+                bump[j] = eps
+                up = twin(x.double()[None], {"h": (h + bump)[None]})[1]["h"][0]
+                down = twin(x.double()[None], {"h": (h - bump)[None]})[1]["h"][0]
+                columns.append((up - down) / (2 * eps))
+        assert torch.allclose(points.jacobians[k], torch.stack(columns, 1), atol=1e-7)
+
+
 def test_dominant_period_and_kaplan_yorke_on_known_signals():
     t = torch.arange(2000, dtype=F64)
     signal = torch.stack([torch.sin(2 * math.pi * t / 37.3), 0.5 * torch.cos(2 * math.pi * t / 37.3 + 1)], 1)
