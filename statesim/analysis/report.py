@@ -230,15 +230,17 @@ def analyze_run(run_dir: str | Path, *, job: str | None = None, x_star: list[flo
         jobs = [job]
     if not jobs:
         raise AnalyzeError(f"{run_dir} has no checkpoints (it trained no model); nothing to analyse.")
-    config = load_config(run_dir / "config.yaml", host.registry)
-    scenario = host.registry.get("scenario", config.scenario.type).record.cls(config.scenario.params)
+    scenario = None
+    if inputs_from_data:  # only then is the scenario needed (the models rebuild from their checkpoints alone)
+        config = load_config(run_dir / "config.yaml", host.registry)
+        scenario = host.registry.get("scenario", config.scenario.type).record.cls(config.scenario.params)
     refuse_symlinks(run_dir, "analyse")
     results: dict[str, Any] = {"run_dir": str(run_dir), "jobs": {}}
     with confined(run_dir):
         for name in jobs:
             model, _ = load_model(run_dir, job=name, weights="last", registry=host.registry)
             inputs = None
-            if inputs_from_data:
+            if scenario is not None:
                 offered = scenario.diagnostic_batch(name, options.trajectories, options.seed)
                 if offered is None:
                     raise AnalyzeError(f"the scenario '{config.scenario.type}' offers no data batch for analysis "
