@@ -250,7 +250,11 @@ def test_flipflop_stores_its_eight_memories_as_stable_fixed_points_and_analyze_a
     assert main(["analyze", str(run_dir), "--inputs-from-data", "--starts", "256", "--steps", "300"]) == 0
     report = json.loads((run_dir / "analysis" / "main" / "report.json").read_text())
     assert report["fixed_points"]["counts"]["attractors"] == 8
-    assert report["lyapunov"]["per_step"][0] < 0  # memories are attractors: nearby trajectories converge
+    # Along a held-out sequence (pulses flip memories) nearby trajectories do not diverge (measured -0.18 per
+    # step here, +0.013 when only one step was left after the warm-up); without input the model settles on a
+    # memory, not on a cycle.
+    assert report["lyapunov_along"].startswith("scenario data") and report["lyapunov"]["steps"] == 64 - 64 // 4
+    assert report["lyapunov"]["per_step"][0] < 0.1 and report["limit_cycle"] is None
     assert (run_dir / "analysis" / "main" / "local_linear_0.yaml").is_file()
     for plot in ("fixed_points", "eigenvalues", "lyapunov"):
         assert (run_dir / "analysis" / f"main_{plot}.png").stat().st_size > 1000

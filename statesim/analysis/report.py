@@ -85,7 +85,8 @@ def analyze_model(model: Any, x_star: Tensor, *, inputs: Tensor | None = None,
     along = inputs[:, 0] if driven_by_data else x_star
     start_state = {k: v[:1] for k, v in state0.items()}
     spectrum = lyapunov_spectrum(cell, along, start_state, steps=None if driven_by_data else options.lyapunov_steps,
-                                 warmup=min(options.warmup, inputs.shape[0] - 1) if driven_by_data else options.warmup,
+                                 # data sequences are short: a quarter of one is warm-up, the rest is measured
+                                 warmup=min(options.warmup, inputs.shape[0] // 4) if driven_by_data else options.warmup,
                                  dt=options.dt)
     cycle = limit_cycle(cell, x_star, start_state, warmup=options.warmup, steps=options.lyapunov_steps,
                         dt=options.dt)
