@@ -66,7 +66,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         seconds = {}
     if seconds:
         print("training time: " + ", ".join(f"{job} {value:.2f} s" for job, value in seconds.items()))
+    summary = _targets_summary(results)
+    if summary:
+        print(summary)
     return 0
+
+
+def _targets_summary(results_file) -> str | None:
+    """One closing line for a scenario whose results carry ``targets_met`` (name -> met), so a user sees it last."""
+    import json
+
+    try:
+        met = json.loads(results_file.read_text(encoding="utf-8")).get("targets_met")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(met, dict) or not met:
+        return None
+    missed = [name for name, ok in met.items() if not ok]
+    line = f"targets met: {len(met) - len(missed)} of {len(met)}"
+    line += f"; missed: {', '.join(missed)}" if missed else " (all)"
+    report = results_file.parent / "report.md"
+    return line + (f"; details in {report}" if report.exists() else "")
 
 
 def _launch_ranks(args: argparse.Namespace) -> int:

@@ -233,3 +233,17 @@ def _resolved_yaml(overrides: list[str]) -> str:
     from statesim.config import dump_config
 
     return dump_config(load_config(LINEAR_SYSTEM, build_plugin_host().registry, overrides))
+
+
+def test_run_summary_counts_targets_met_and_names_the_missed(tmp_path):
+    from statesim.cli import _targets_summary
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"targets_met": {"a": True, "b": False, "c": True}}))
+    assert _targets_summary(results) == "targets met: 2 of 3; missed: b"
+    (tmp_path / "report.md").write_text("# r\n")
+    assert _targets_summary(results) == f"targets met: 2 of 3; missed: b; details in {tmp_path / 'report.md'}"
+    results.write_text(json.dumps({"targets_met": {"a": True}}))
+    assert _targets_summary(results).startswith("targets met: 1 of 1 (all)")
+    results.write_text(json.dumps({"test_mse": 0.1}))  # a scenario without targets: no summary line
+    assert _targets_summary(results) is None

@@ -119,6 +119,11 @@ def saturate(drive: Tensor, sat: Saturation) -> tuple[Tensor, Tensor]:
     return nu, R
 
 
+def gait_borders(p: SalamanderCPGParams) -> tuple[float, float, float]:
+    """Drives where the behaviour changes abruptly: the body starts, the limbs stop (walk to swim), the body stops."""
+    return p.body.d_low, p.limb.d_high, p.body.d_high
+
+
 class SalamanderCPG(Cell):
     """Ijspeert et al. (2007) salamander CPG: 2 x ``segments`` body and 4 limb phase oscillators, RK4."""
 

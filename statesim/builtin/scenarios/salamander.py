@@ -24,7 +24,8 @@ from pydantic import Field, model_validator
 
 from statesim.builtin.salamander import signals
 from statesim.builtin.salamander.behaviour import DriveRecipe, canonical_state, drive_schedule, mirror, simulate
-from statesim.builtin.salamander.cpg import SalamanderCPG, SalamanderCPGParams
+from statesim.builtin.salamander.candidates import Candidates
+from statesim.builtin.salamander.cpg import SalamanderCPG, SalamanderCPGParams, gait_borders
 from statesim.cell import device_and_dtype
 from statesim.data import DataSplits, SequenceData
 from statesim.forcing import Clamp, Forcing, forcing_from_config
@@ -34,6 +35,11 @@ from statesim.registry import Registration
 from statesim.scenario import RunContext, Scenario, ScenarioParams
 
 N_DRIVES = 2  # input units 0, 1: d_L, d_R
+
+#: Range of each target's value over seeds 0-4 x OMP_NUM_THREADS 1 and 2 of scenarios/salamander.yaml as shipped
+#: (docs/salamander.md, "Results of the default run"); report.md and results.json quote it so that a user knows
+#: how far another seed, thread count or machine may move the numbers.
+SHIPPED_SPREAD: dict[str, tuple[float, float]] = {}
 
 
 class SalamanderParams(ScenarioParams):
@@ -47,8 +53,9 @@ class SalamanderParams(ScenarioParams):
     ramp_probability: float = Field(0.4, ge=0, le=1, description="chance that a plateau is reached by a ramp")
     turn_probability: float = Field(0.5, ge=0, le=1, description="chance that a plateau has d_L != d_R")
     max_turn: float = Field(1.5, ge=0, description="largest |d_L - d_R| of a turning plateau")
-    edge_levels: list[float] = Field([1.0, 3.0, 5.0], description="drives where the behaviour changes abruptly "
-                                     "(stop/walk, walk/swim, swim/stop); some plateaus are drawn near them")
+    edge_levels: list[float] | None = Field(None, description="drives where the behaviour changes abruptly, some "
+                                            "plateaus are drawn near them; default: the CPG's stop/walk, walk/swim "
+                                            "and swim/stop borders (1, 3, 5 for the default CPG)")
     edge_probability: float = Field(0.35, ge=0, le=1, description="chance that a plateau is drawn near an edge level")
     edge_width: float = Field(0.3, gt=0, description="half-width of the band around an edge level that "
                                                      "plateaus are drawn from (held-out bands still excluded)")
@@ -77,6 +84,19 @@ class SalamanderParams(ScenarioParams):
     ablation_seconds: float = Field(15.0, gt=0, description="run length per unit ablation, s")
     ablation_drives: list[float] = Field([2.0, 4.0], description="drives of the ablation runs (walk, swim)")
     still_threshold: float = Field(0.05, gt=0, description="body amplitude (rad) below which the body counts as still")
+    average_decay: float | None = Field(0.998, gt=0, lt=1, description="decay of the exponential moving average "
+                                        "of the weights kept during training (a candidate for the final choice); "
+                                        "null: no average")
+    choose_from: float = Field(0.75, ge=0, le=1, description="candidate weights (raw and averaged) are snapshotted "
+                               "every choose_every updates from this fraction of training.steps on; the one that "
+                               "meets the most targets on the validation drives is kept")
+    choose_every: int = Field(500, gt=0, description="updates between candidate snapshots")
+    validation_levels: list[float] = Field(
+        [0.8, 1.18, 1.5, 2.0, 2.5, 2.82, 3.2, 3.75, 4.25, 4.75, 5.2, 5.8],
+        description="constant drives the final choice of weights is judged on (never eval_levels: each must lie "
+                    "outside their held-out bands)")
+    validation_turns: list[tuple[float, float]] = Field(
+        [(4.3, 3.7), (3.7, 4.3), (2.45, 1.85), (1.85, 2.45)], description="(d_L, d_R) turning pairs of the choice")
     targets_frequency_hz: float = Field(0.05, gt=0, description="target: |f_rnn - f_cpg| per drive, Hz")
     targets_phase_lag: float = Field(0.1, gt=0, description="target: |lag - 2 pi / n| per segment while swimming, rad")
     targets_amplitude: float = Field(0.10, gt=0, description="target: relative amplitude error")
@@ -91,6 +111,11 @@ class SalamanderParams(ScenarioParams):
             raise ValueError("trajectory_seconds must be at least window_seconds")
         if self.measure_seconds * 2 > self.eval_seconds:
             raise ValueError("eval_seconds must be at least twice measure_seconds")
+        close = [v for v in self.validation_levels + [d for t in self.validation_turns for d in t]
+                 if any(abs(v - e) <= self.held_out_width for e in self.eval_levels)]
+        if close:
+            raise ValueError(f"validation drives {close} lie within held_out_width of an eval level; the choice "
+                             f"of weights must not see the evaluation's drives: move them or the eval_levels")
         return self
 
 
@@ -99,13 +124,13 @@ def _steps(seconds: float, dt: float) -> int:
     return max(1, int(round(seconds / dt)))
 
 
-def model_inputs(drives: torch.Tensor, observed: torch.Tensor | None, warmup: int) -> torch.Tensor:
+def model_inputs(drives: torch.Tensor, observed: torch.Tensor, warmup: int) -> torch.Tensor:
     """RNN inputs ``[T, B, 2 + O + 1]``: drives, then the observations and a flag during the warm-up only."""
     steps, batch, _ = drives.shape
-    outputs = observed.shape[-1] if observed is not None else 12
+    outputs = observed.shape[-1]
     x = torch.zeros(steps, batch, N_DRIVES + outputs + 1, dtype=drives.dtype)
     x[:, :, :N_DRIVES] = drives
-    if observed is not None and warmup > 0:
+    if warmup > 0:
         x[:warmup, :, N_DRIVES:N_DRIVES + outputs] = observed[:warmup]
         x[:warmup, :, -1] = 1.0
     return x
@@ -185,6 +210,28 @@ def activity_parts(model: SequenceModel) -> list[str]:
     return [declared] if declared in parts else parts
 
 
+def swim_conditions(p: SalamanderCPGParams) -> dict[str, tuple[float, float]]:
+    """Drives of neuron steering: swimming around the middle of its range, faster, slower, turning either way.
+
+    With the default CPG: base 4.0, fast / slow 4.5 / 3.5, left / right (4.4, 3.6) / (3.6, 4.4).
+    """
+    _, switch, stop = gait_borders(p)
+    mid, step = (switch + stop) / 2, (stop - switch) / 4
+    turn = 0.8 * step
+    pairs = {"base": (mid, mid), "fast": (mid + step, mid + step), "slow": (mid - step, mid - step),
+             "left": (mid + turn, mid - turn), "right": (mid - turn, mid + turn)}
+    return {k: (round(a, 9), round(b, 9)) for k, (a, b) in pairs.items()}
+
+
+def expected_effects(cpg: SalamanderCPG, conditions: dict[str, tuple[float, float]]) -> tuple[float, float]:
+    """The CPG's own response (from its saturation functions) to fast vs slow (Hz) and left vs right (rad)."""
+    n = cpg.p.segments
+    omega, R = cpg.targets(torch.tensor([conditions[k] for k in ("fast", "slow", "left", "right")],
+                                        dtype=torch.float64))
+    freq, offset = omega[:, 0] / (2 * math.pi), R[:, 0] - R[:, n]  # body oscillator 0 (left) and n (right)
+    return float(freq[0] - freq[1]), float(offset[2] - offset[3])
+
+
 # --------------------------------------------------------------------------- the scenario
 class Salamander(Scenario):
     """Learn, steer and analyse an RNN model of salamander locomotion generated by a spinal CPG."""
@@ -199,7 +246,8 @@ class Salamander(Scenario):
         recipe = DriveRecipe(seconds=p.trajectory_seconds, segment_seconds=p.segment_seconds,
                              ramp_probability=p.ramp_probability, turn_probability=p.turn_probability,
                              max_turn=p.max_turn, held_out=tuple(p.eval_levels), held_out_width=p.held_out_width,
-                             edges=tuple(p.edge_levels), edge_probability=p.edge_probability,
+                             edges=tuple(gait_borders(cpg.p) if p.edge_levels is None else p.edge_levels),
+                             edge_probability=p.edge_probability,
                              edge_width=p.edge_width)
         longest = _steps(p.trajectory_seconds[1], dt)
         warmup, window, stride = _steps(p.warmup_seconds, dt), _steps(p.window_seconds, dt), \
@@ -268,14 +316,20 @@ class Salamander(Scenario):
         model = ctx.build_model(None, data.train.inputs.shape[-1], cpg.output_size)
         ctx.echo(f"salamander: {extra['info']['train_windows']} training windows of "
                  f"{extra['info']['window_steps']} steps; training {type(model.step_cell()).__name__}")
-        train = ctx.train(model, data, loss_fn=offset_weighted_loss(p.offset_loss_weight, p.amplitude_loss_weight))
+        steps = ctx.config.training.steps
+        first = int(math.ceil(p.choose_from * steps / p.choose_every)) * p.choose_every
+        candidates = Candidates(model, p.average_decay, {*range(max(first, p.choose_every), steps + 1, p.choose_every),
+                                                          steps})
+        train = ctx.train(model, data, loss_fn=offset_weighted_loss(p.offset_loss_weight, p.amplitude_loss_weight),
+                          on_update=candidates)
+        choice = self.choose(ctx, model, cpg, warmup, candidates)
         outputs = cpg.output_size
         layout = {"size": N_DRIVES + outputs + 1, "drives": {"d_L": 0, "d_R": 1},
                   "observations_during_warmup": [N_DRIVES, N_DRIVES + outputs - 1], "warmup_flag": N_DRIVES + outputs,
                   "warmup_steps": warmup, "outputs": cpg.output_names(),
                   "note": "after the warm-up the observation units and the flag are 0; the RNN runs on the drives"}
         results: dict[str, Any] = {"model_inputs": layout, "data": extra["info"], "final_loss": _f(train.final_loss, 6),
-                                   "best_val_loss": _f(train.best_val_loss, 6)}
+                                   "best_val_loss": _f(train.best_val_loss, 6), "weights_choice": choice}
         figures: dict[str, str] = {}
 
         ev = self.evaluate(ctx, model, cpg, warmup)
@@ -287,18 +341,83 @@ class Salamander(Scenario):
         results["analysis"] = {"pca": self.pca_analysis(ctx, ev, figures, activity_parts(model)),
                                "ablation": self.ablation(ctx, model, cpg, warmup, figures)}
         results["targets_met"] = {k: v["pass"] for k, v in results["evaluation"]["targets"].items()}
+        results["provenance"] = {
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "seed": ctx.config.seed,
+            "note": "the same seed and thread count on the same machine give identical results; another thread "
+                    "count or machine changes floating-point summation order, so training ends elsewhere",
+            "shipped_recipe_spread": {k: list(v) for k, v in SHIPPED_SPREAD.items()},
+            "shipped_recipe_spread_from": "seeds 0-4 x OMP_NUM_THREADS 1 and 2, scenarios/salamander.yaml as "
+                                          "shipped (docs/salamander.md)"}
         self.write_report(ctx, results, figures)
         return results
 
-    # ------------------------------------------------------------------ 2. evaluation
-    def evaluate(self, ctx: RunContext, model: SequenceModel, cpg: SalamanderCPG, warmup: int) -> dict[str, Any]:
-        """Long autonomous runs at held-out constant drives and turning pairs, measured like the CPG."""
-        p, dt, n = self.params, cpg.p.dt, cpg.p.segments
-        pairs = [(d, d) for d in p.eval_levels] + [tuple(t) for t in p.turn_conditions]
-        steps = _steps(p.eval_seconds, dt)
+    # ------------------------------------------------------------------ 2. choice of weights, evaluation
+    def choose(self, ctx: RunContext, model: SequenceModel, cpg: SalamanderCPG, warmup: int,
+               candidates: Candidates) -> dict[str, Any]:
+        """Keep the candidate weights that meet the most targets on the validation drives (never the eval levels).
+
+        Ties go to the smaller sum of errors relative to their tolerances. The chosen weights are loaded into
+        ``model`` and written as the job's final checkpoint, so every later reader of the run sees them.
+        """
+        p = self.params
+        if not candidates.weights:  # a resumed run that had finished training: its checkpoint holds the choice
+            return {"chosen": "checkpoint", "note": "resumed after training; the checkpoint holds the chosen weights"}
+        pairs, drives, truth = self.condition_runs(cpg, p.validation_levels, p.validation_turns, ctx.config.seed + 6)
+        scores: dict[str, dict[str, Any]] = {}
+        for name, weights in candidates.weights.items():
+            model.load_state_dict(weights)
+            rows = self.condition_rows(model, cpg, warmup, pairs, drives, truth)[0]
+            targets = self.targets(cpg, rows, len(p.validation_levels))
+            errors = self.relative_errors(targets)
+            scores[name] = {"met": sum(t["pass"] for t in targets.values()),
+                            "error_sum": _f(sum(min(e, 10.0) for e in errors.values())),
+                            "relative_errors": {k: _f(v, 3) for k, v in errors.items()}}
+        chosen = min(scores, key=lambda k: (-scores[k]["met"], scores[k]["error_sum"]))
+        model.load_state_dict(candidates.weights[chosen])
+        if candidates.trainer is not None:
+            candidates.trainer.save()  # the chosen weights become the job's final checkpoint
+        ctx.echo(f"salamander: kept weights {chosen} ({scores[chosen]['met']}/{len(errors)} targets met on the "
+                 f"validation drives; {len(scores)} candidates)")
+        return {"chosen": chosen, "validation_levels": p.validation_levels,
+                "validation_turns": [list(t) for t in p.validation_turns], "candidates": scores,
+                "method": f"raw and averaged (EMA, decay {p.average_decay}) weights every {p.choose_every} updates "
+                          f"from {p.choose_from:.0%} of training on; each run autonomously at the validation "
+                          f"drives for {p.eval_seconds:g} s and judged by the seven targets; most met wins, ties "
+                          f"to the smallest sum of errors relative to their tolerances"}
+
+    def relative_errors(self, targets: dict[str, dict[str, Any]]) -> dict[str, float]:
+        """Each target's error divided by its tolerance (1 = on the goal; inf where nothing could be measured)."""
+        p = self.params
+
+        def ratio(value: float | None, tolerance: float) -> float:
+            return float("inf") if value is None else abs(value) / tolerance
+
+        jump, turn = targets["walk_to_swim_jump"]["value"], targets["turning_offset"]["value"]
+        return {"frequency_vs_drive": ratio(targets["frequency_vs_drive"]["value"], p.targets_frequency_hz),
+                "walk_to_swim_jump": ratio(None if jump["rnn"] is None else jump["rnn"] - jump["cpg"],
+                                           2 * p.targets_frequency_hz),
+                "stillness_outside_1_5": ratio(targets["stillness_outside_1_5"]["value"], p.still_threshold),
+                "swim_phase_lag": ratio(targets["swim_phase_lag"]["value"], p.targets_phase_lag),
+                "amplitude": ratio(targets["amplitude"]["value"], p.targets_amplitude),
+                "turning_offset": ratio(turn["max_relative_error"], p.targets_turn)
+                + (0.0 if turn["signs_correct"] else 10.0),
+                "amplitude_drift": ratio(targets["amplitude_drift"]["value"], p.targets_drift)}
+
+    def condition_runs(self, cpg: SalamanderCPG, levels: list[float], turns: list[tuple[float, float]], seed: int
+                       ) -> tuple[list[tuple[float, float]], torch.Tensor, torch.Tensor]:
+        """The conditions (constant levels, then turning pairs), their drives ``[T, C, 2]`` and the CPG's outputs."""
+        pairs = [(d, d) for d in levels] + [tuple(t) for t in turns]
+        steps = _steps(self.params.eval_seconds, cpg.p.dt)
         drives = torch.tensor(pairs, dtype=torch.float32).unsqueeze(0).expand(steps, -1, -1).contiguous()
-        truth = self.cpg_run(cpg, drives, ctx.config.seed + 1)
-        learned, states = self.run_model(model, drives, truth, warmup, return_states=True)
+        return pairs, drives, self.cpg_run(cpg, drives, seed)
+
+    def condition_rows(self, model: SequenceModel, cpg: SalamanderCPG, warmup: int, pairs: list[tuple[float, float]],
+                       drives: torch.Tensor, truth: torch.Tensor, return_states: bool = False
+                       ) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, torch.Tensor] | None, slice]:
+        """Run the model autonomously under each condition; gait metrics of both over the last measure window."""
+        p, dt, n = self.params, cpg.p.dt, cpg.p.segments
+        steps = drives.shape[0]
+        learned, states = self.run_model(model, drives, truth, warmup, return_states=return_states)
         measure = _steps(p.measure_seconds, dt)
         early = slice(warmup + _steps(5.0, dt), warmup + _steps(5.0, dt) + measure)
         late = slice(steps - measure, steps)
@@ -307,53 +426,14 @@ class Salamander(Scenario):
             rnn, true = (gait_metrics(o[late, b].numpy(), dt, n) for o in (learned, truth))
             rnn_early = gait_metrics(learned[early, b].numpy(), dt, n)
             rows.append({"d_L": dl, "d_R": dr, "rnn": rnn, "cpg": true, "rnn_early_amplitude": rnn_early["amplitude"]})
-        two_pi_n = 2 * math.pi / n
-        level_rows = rows[:len(p.eval_levels)]
-        moving = [r for r in level_rows if 1 <= r["d_L"] <= 5]
-        still = [r for r in level_rows if not 1 <= r["d_L"] <= 5]
-        freq_err = [abs(r["rnn"]["frequency"] - r["cpg"]["frequency"]) for r in moving]
-        amp_err = [abs(r["rnn"]["amplitude"] / r["cpg"]["amplitude"] - 1) for r in moving]
-        # drift is judged where the RNN oscillates at all; a level where it is still fails the other targets
-        drift = [abs(r["rnn"]["amplitude"] / r["rnn_early_amplitude"] - 1) for r in moving
-                 if r["rnn_early_amplitude"] > p.still_threshold]
-        still_amp = [r["rnn"]["amplitude"] for r in still]
-        swim = [r for r in moving if r["d_L"] > 3]
-        lag_err = [float(np.max(np.abs(r["rnn"]["lags"] - two_pi_n))) for r in swim]
-        by_level = {r["d_L"]: r for r in level_rows}
-        below = max((d for d in by_level if d <= 3), default=None)
-        above = min((d for d in by_level if 3 < d <= 5), default=None)
-        jump_rnn = jump_cpg = None
-        if below is not None and above is not None:
-            jump_rnn = by_level[above]["rnn"]["frequency"] - by_level[below]["rnn"]["frequency"]
-            jump_cpg = by_level[above]["cpg"]["frequency"] - by_level[below]["cpg"]["frequency"]
-        turn_rows = rows[len(p.eval_levels):]
-        turn_err = [abs(r["rnn"]["offset"] - r["cpg"]["offset"]) / max(abs(r["cpg"]["offset"]), 1e-6)
-                    for r in turn_rows]
-        turn_sign = [np.sign(r["rnn"]["offset"]) == np.sign(r["d_L"] - r["d_R"]) for r in turn_rows]
-        targets = {
-            "frequency_vs_drive": _metric(_f(max(freq_err, default=None)), f"max |f_rnn - f_cpg| <= "
-                                          f"{p.targets_frequency_hz} Hz over drives in [1, 5]",
-                                          bool(freq_err) and max(freq_err) <= p.targets_frequency_hz),
-            "walk_to_swim_jump": _metric({"rnn": _f(jump_rnn), "cpg": _f(jump_cpg), "between": [below, above]},
-                                         f"jump within {2 * p.targets_frequency_hz} Hz of the CPG's",
-                                         jump_rnn is not None and abs(jump_rnn - jump_cpg) <= 2 * p.targets_frequency_hz),
-            "stillness_outside_1_5": _metric(_f(max(still_amp, default=None)),
-                                             f"body amplitude < {p.still_threshold} rad for drives outside [1, 5]",
-                                             bool(still_amp) and max(still_amp) < p.still_threshold),
-            "swim_phase_lag": _metric(_f(max(lag_err, default=None)), f"every segment lag within "
-                                      f"{p.targets_phase_lag} rad of 2pi/{n} = {two_pi_n:.4f}",
-                                      bool(lag_err) and max(lag_err) <= p.targets_phase_lag),
-            "amplitude": _metric(_f(max(amp_err, default=None)), f"relative amplitude error <= {p.targets_amplitude}",
-                                 bool(amp_err) and max(amp_err) <= p.targets_amplitude),
-            "turning_offset": _metric({"max_relative_error": _f(max(turn_err, default=None)),
-                                       "signs_correct": bool(all(turn_sign))},
-                                      f"sign right and size within {p.targets_turn:.0%} of the CPG's (~0.065 (d_L - d_R))",
-                                      bool(turn_rows) and all(turn_sign) and max(turn_err) <= p.targets_turn),
-            "amplitude_drift": _metric(_f(max(drift, default=None)), f"|A(end) / A(start) - 1| <= {p.targets_drift} "
-                                       f"over {p.eval_seconds:.0f} s ({p.eval_seconds / p.window_seconds:.0f}x the "
-                                       f"training window, {p.eval_seconds / p.trajectory_seconds[1]:.1f}x the longest "
-                                       f"trajectory)", bool(drift) and max(drift) <= p.targets_drift),
-        }
+        return rows, learned, states, late
+
+    def evaluate(self, ctx: RunContext, model: SequenceModel, cpg: SalamanderCPG, warmup: int) -> dict[str, Any]:
+        """Long autonomous runs at held-out constant drives and turning pairs, measured like the CPG."""
+        p = self.params
+        pairs, drives, truth = self.condition_runs(cpg, p.eval_levels, p.turn_conditions, ctx.config.seed + 1)
+        rows, learned, states, late = self.condition_rows(model, cpg, warmup, pairs, drives, truth, return_states=True)
+        targets = self.targets(cpg, rows, len(p.eval_levels))
         table = [{"d_L": r["d_L"], "d_R": r["d_R"],
                   **{f"{who}_{key}": _f(r[who][key]) for who in ("rnn", "cpg")
                      for key in ("frequency", "amplitude", "offset", "limb_amplitude")},
@@ -362,6 +442,61 @@ class Salamander(Scenario):
         return {"results": {"targets": targets, "per_condition": table, "eval_seconds": p.eval_seconds},
                 "rows": rows, "pairs": pairs, "learned": learned, "truth": truth, "states": states,
                 "late": late, "levels": len(p.eval_levels)}
+
+    def targets(self, cpg: SalamanderCPG, rows: list[dict[str, Any]], levels: int) -> dict[str, dict[str, Any]]:
+        """The seven targets from condition rows: the first ``levels`` rows are constant drives, the rest turns."""
+        p, n = self.params, cpg.p.segments
+        two_pi_n = 2 * math.pi / n
+        level_rows = rows[:levels]
+        start, switch, stop = gait_borders(cpg.p)
+        span = f"[{start:g}, {stop:g}]"
+        moving = [r for r in level_rows if start <= r["d_L"] <= stop]
+        still = [r for r in level_rows if not start <= r["d_L"] <= stop]
+        freq_err = [abs(r["rnn"]["frequency"] - r["cpg"]["frequency"]) for r in moving]
+        amp_err = [abs(r["rnn"]["amplitude"] / r["cpg"]["amplitude"] - 1) for r in moving]
+        # drift is judged where the RNN oscillates at all; a level where it is still fails the other targets
+        drift = [abs(r["rnn"]["amplitude"] / r["rnn_early_amplitude"] - 1) for r in moving
+                 if r["rnn_early_amplitude"] > p.still_threshold]
+        still_amp = [r["rnn"]["amplitude"] for r in still]
+        swim = [r for r in moving if r["d_L"] > switch]
+        lag_err = [float(np.max(np.abs(r["rnn"]["lags"] - two_pi_n))) for r in swim]
+        by_level = {r["d_L"]: r for r in level_rows}
+        below = max((d for d in by_level if d <= switch), default=None)
+        above = min((d for d in by_level if switch < d <= stop), default=None)
+        jump_rnn = jump_cpg = None
+        if below is not None and above is not None:
+            jump_rnn = by_level[above]["rnn"]["frequency"] - by_level[below]["rnn"]["frequency"]
+            jump_cpg = by_level[above]["cpg"]["frequency"] - by_level[below]["cpg"]["frequency"]
+        turn_rows = rows[levels:]
+        turn_err = [abs(r["rnn"]["offset"] - r["cpg"]["offset"]) / max(abs(r["cpg"]["offset"]), 1e-6)
+                    for r in turn_rows]
+        turn_sign = [np.sign(r["rnn"]["offset"]) == np.sign(r["d_L"] - r["d_R"]) for r in turn_rows]
+        targets = {
+            "frequency_vs_drive": _metric(_f(max(freq_err, default=None)), f"max |f_rnn - f_cpg| <= "
+                                          f"{p.targets_frequency_hz} Hz over drives in {span}",
+                                          bool(freq_err) and max(freq_err) <= p.targets_frequency_hz),
+            "walk_to_swim_jump": _metric({"rnn": _f(jump_rnn), "cpg": _f(jump_cpg), "between": [below, above]},
+                                         f"jump within {2 * p.targets_frequency_hz} Hz of the CPG's",
+                                         jump_rnn is not None and abs(jump_rnn - jump_cpg) <= 2 * p.targets_frequency_hz),
+            "stillness_outside_1_5": _metric(_f(max(still_amp, default=None)),
+                                             f"body amplitude < {p.still_threshold} rad for drives outside {span}",
+                                             bool(still_amp) and max(still_amp) < p.still_threshold),
+            "swim_phase_lag": _metric(_f(max(lag_err, default=None)), f"every segment lag within "
+                                      f"{p.targets_phase_lag} rad of 2pi/{n} = {two_pi_n:.4f}",
+                                      bool(lag_err) and max(lag_err) <= p.targets_phase_lag),
+            "amplitude": _metric(_f(max(amp_err, default=None)), f"relative amplitude error <= {p.targets_amplitude}",
+                                 bool(amp_err) and max(amp_err) <= p.targets_amplitude),
+            "turning_offset": _metric({"max_relative_error": _f(max(turn_err, default=None)),
+                                       "signs_correct": bool(all(turn_sign))},
+                                      f"sign right and size within {p.targets_turn:.0%} of the CPG's "
+                                      f"(~{cpg.p.body.R_gain:g} (d_L - d_R))",
+                                      bool(turn_rows) and all(turn_sign) and max(turn_err) <= p.targets_turn),
+            "amplitude_drift": _metric(_f(max(drift, default=None)), f"|A(end) / A(start) - 1| <= {p.targets_drift} "
+                                       f"over {p.eval_seconds:.0f} s ({p.eval_seconds / p.window_seconds:.0f}x the "
+                                       f"training window, {p.eval_seconds / p.trajectory_seconds[1]:.1f}x the longest "
+                                       f"trajectory)", bool(drift) and max(drift) <= p.targets_drift),
+        }
+        return targets
 
     def test_error(self, ctx: RunContext, model: SequenceModel, test: tuple[torch.Tensor, torch.Tensor],
                    warmup: int, figures: dict[str, str]) -> dict[str, Any]:
@@ -494,8 +629,8 @@ class Salamander(Scenario):
         """Pick the units that steer speed and turning by a clamp sweep, clamp them together, measure the effect.
 
         Every hidden unit (each unit of each state part) is clamped alone, in one batched run, to its cycle
-        mean observed at a target drive (fast/slow: 4.5/3.5; left/right: (4.4, 3.6)/(3.6, 4.4)) while the
-        inputs stay at 4.0. The units whose single clamp moves frequency (or the mean body angle) furthest
+        mean observed at a target drive (default CPG: fast/slow 4.5/3.5; left/right (4.4, 3.6)/(3.6, 4.4),
+        around the middle of the swimming range) while the inputs stay at the base drive (4.0). The units whose single clamp moves frequency (or the mean body angle) furthest
         the intended way are chosen; the chosen set is then clamped together on a fresh run.
         """
         p, dt, n = self.params, cpg.p.dt, cpg.p.segments
@@ -503,8 +638,8 @@ class Salamander(Scenario):
         width = model.state_spec[parts[0]][0]
         names = [(part, u) for part in parts for u in range(width)]
         total = len(names)
-        conditions = {"base": (4.0, 4.0), "fast": (4.5, 4.5), "slow": (3.5, 3.5), "left": (4.4, 3.6),
-                      "right": (3.6, 4.4)}
+        conditions = swim_conditions(cpg.p)
+        mid, step = conditions["base"][0], conditions["fast"][0] - conditions["base"][0]
         keys = list(conditions)
         steps, tail = _steps(30.0, dt), _steps(15.0, dt)
         drives = torch.tensor([conditions[k] for k in keys]).unsqueeze(0).expand(steps, -1, -1).contiguous()
@@ -581,6 +716,7 @@ class Salamander(Scenario):
             return [{"part": names[u][0], "unit": names[u][1], f"single_clamp_{what}": _f(float(effect[u])),
                      "value_difference": _f(float(target[a][u] - target[b][u]), 3)} for u in units]
 
+        cpg_speed, cpg_turn = expected_effects(cpg, conditions)
         input_speed = by_input["fast"]["frequency"] - by_input["slow"]["frequency"]
         input_turn = by_input["left"]["offset"] - by_input["right"]["offset"]
         speed_hz, turn_rad = fast["frequency"] - slow["frequency"], left["offset"] - right["offset"]
@@ -590,11 +726,12 @@ class Salamander(Scenario):
             "method": "each unit clamped alone (batched run, NaN = free) to its cycle mean at the target drive; "
                       "units ranked by the single-clamp effect; the top k clamped together for k = 1.."
                       f"{p.forced_units}, keeping the k that moves the output furthest both ways from the same "
-                      "units held at their d = 4.0 values (the control) and leaves the rhythm; that set measured "
+                      f"units held at their d = {mid:g} values (the control) and leaves the rhythm; that set measured "
                       "again on a fresh run from other initial phases; pass: up > held > down"}
         results["speed"] = {
-            "units": unit_list(speed_units, speed_effect, "effect_hz", "fast", "slow"), "input_drive": [4.0, 4.0],
-            "clamp_values_from": {"fast": [4.5, 4.5], "slow": [3.5, 3.5]},
+            "units": unit_list(speed_units, speed_effect, "effect_hz", "fast", "slow"),
+            "input_drive": list(conditions["base"]),
+            "clamp_values_from": {"fast": list(conditions["fast"]), "slow": list(conditions["slow"])},
             "frequency_base": _f(base["frequency"]), "frequency_clamped_held": _f(held_speed["frequency"]),
             "frequency_clamped_slow": _f(slow["frequency"]), "frequency_clamped_fast": _f(fast["frequency"]),
             "effect_hz": {"fast_minus_held": _f(fast["frequency"] - held_speed["frequency"]),
@@ -602,19 +739,21 @@ class Salamander(Scenario):
                           "fast_minus_slow": _f(speed_hz),
                           "fast_minus_unclamped": _f(fast["frequency"] - base["frequency"]),
                           "slow_minus_unclamped": _f(slow["frequency"] - base["frequency"])},
-            "input_effect_hz": {"rnn_4.5_minus_3.5": _f(input_speed), "cpg_4.5_minus_3.5": 0.2},
+            "input_effect_hz": {"rnn_fast_minus_slow": _f(input_speed),
+                                "cpg_fast_minus_slow": _f(cpg_speed)},
             "fraction_of_input_effect": _f(speed_hz / input_speed) if input_speed else None,
             "amplitude_base": _f(base["amplitude"]), "amplitude_clamped_fast": _f(fast["amplitude"]),
             "amplitude_clamped_slow": _f(slow["amplitude"]),
             "pass": bool(fast["frequency"] > held_speed["frequency"] > slow["frequency"] > 0),
             "pass_against_unclamped": bool(fast["frequency"] > base["frequency"] > slow["frequency"] > 0)}
         results["turning"] = {
-            "units": unit_list(turn_units, turn_effect, "effect_rad", "left", "right"), "input_drive": [4.0, 4.0],
-            "clamp_values_from": {"left": [4.4, 3.6], "right": [3.6, 4.4]},
+            "units": unit_list(turn_units, turn_effect, "effect_rad", "left", "right"),
+            "input_drive": list(conditions["base"]),
+            "clamp_values_from": {"left": list(conditions["left"]), "right": list(conditions["right"])},
             "offset_base": _f(base["offset"]), "offset_clamped_held": _f(held_turn["offset"]),
             "offset_clamped_left": _f(left["offset"]), "offset_clamped_right": _f(right["offset"]),
             "effect_rad": _f(turn_rad),
-            "input_effect_rad": {"rnn_left_minus_right": _f(input_turn), "cpg_expected": _f(0.065 * 0.8 * 2)},
+            "input_effect_rad": {"rnn_left_minus_right": _f(input_turn), "cpg_expected": _f(cpg_turn)},
             "fraction_of_input_effect": _f(turn_rad / input_turn) if input_turn else None,
             "pass": bool(left["offset"] > held_turn["offset"] > right["offset"]),
             "pass_against_unclamped": bool(left["offset"] > base["offset"] > right["offset"])}
@@ -627,13 +766,13 @@ class Salamander(Scenario):
             sl = slice(run_steps - _steps(6.0, dt), run_steps)
             a.plot(t[sl], traces[sl, 0], "0.6", label=f"no clamp ({base['frequency']:.2f} Hz)")
             a.plot(t[sl], traces[sl, 1], "k",
-                   label=f"speed units at d=4.0 values ({held_speed['frequency']:.2f} Hz)")
-            a.plot(t[sl], traces[sl, 3], "C0", label=f"speed units at d=3.5 values ({slow['frequency']:.2f} Hz)")
-            a.plot(t[sl], traces[sl, 2], "C3", label=f"speed units at d=4.5 values ({fast['frequency']:.2f} Hz)")
-            a.set(title=f"speed: clamping {len(speed_units)} units (input fixed at 4.0)", xlabel="time (s)",
+                   label=f"speed units at d={mid:g} values ({held_speed['frequency']:.2f} Hz)")
+            a.plot(t[sl], traces[sl, 3], "C0", label=f"speed units at d={mid - step:g} values ({slow['frequency']:.2f} Hz)")
+            a.plot(t[sl], traces[sl, 2], "C3", label=f"speed units at d={mid + step:g} values ({fast['frequency']:.2f} Hz)")
+            a.set(title=f"speed: clamping {len(speed_units)} units (input fixed at {mid:g})", xlabel="time (s)",
                   ylabel="body joint 1 (rad)")
             a.legend(fontsize=7)
-            b.bar(["no clamp", "at right-turn\nvalues", "at d=4.0\nvalues", "at left-turn\nvalues"],
+            b.bar(["no clamp", "at right-turn\nvalues", f"at d={mid:g}\nvalues", "at left-turn\nvalues"],
                   [base["offset"], right["offset"], held_turn["offset"], left["offset"]], color=["0.8", "C0", "k", "C3"])
             b.tick_params(axis="x", labelsize=7)
             b.axhline(0, color="k", lw=0.8)
@@ -688,8 +827,9 @@ class Salamander(Scenario):
             rows.append({"drive": r["d_L"], "radius": _f(radius), "rms_radius": _f(rms),
                          "common_plane_radius": _f(common_radius), "part_radius": by_part, "rotation_hz": _f(rot),
                          "output_hz": _f(r["rnn"]["frequency"]), "output_amplitude": _f(r["rnn"]["amplitude"])})
-        osc = [r for r in rows if 1 <= r["drive"] <= 5]
-        stillr = [r for r in rows if not 1 <= r["drive"] <= 5]
+        start, switch, stop = gait_borders(p.cpg)
+        osc = [r for r in rows if start <= r["drive"] <= stop]
+        stillr = [r for r in rows if not start <= r["drive"] <= stop]
         amps = [r["output_amplitude"] for r in osc]
 
         def correlation(radii: list[float], keep: Any = lambda r: True) -> float | None:
@@ -704,17 +844,17 @@ class Salamander(Scenario):
                       "radius_in_common_pca_plane": _f(correlation([r["common_plane_radius"] for r in osc])),
                       **{f"radius_of_part_{k}": _f(correlation([r["part_radius"][k] for r in osc]))
                          for k in ["all", *all_parts]},
-                      "walking_only_1_3": _f(correlation([r["radius"] for r in osc], lambda r: r["drive"] <= 3)),
-                      "swimming_only_3_5": _f(correlation([r["radius"] for r in osc], lambda r: r["drive"] > 3))}
+                      "walking_only_1_3": _f(correlation([r["radius"] for r in osc], lambda r: r["drive"] <= switch)),
+                      "swimming_only_3_5": _f(correlation([r["radius"] for r in osc], lambda r: r["drive"] > switch))}
         max_radius = max((r["radius"] for r in osc), default=0.0) or 1e-12
         rot_err = [abs(r["rotation_hz"] - r["output_hz"]) for r in osc if r["output_hz"]]
         crossings = {}
         by = {r["drive"]: r for r in rows}
-        for border in (1.0, 3.0, 5.0):
+        for border in (start, switch, stop):
             lo = max((d for d in by if d < border), default=None)
             hi = min((d for d in by if d > border), default=None)
             if lo is not None and hi is not None:
-                crossings[str(border)] = {"below": by[lo], "above": by[hi]}
+                crossings[str(float(border))] = {"below": by[lo], "above": by[hi]}
         result = {"state_parts": parts, "explained_variance_top5": [_f(float(e)) for e in explained], "per_drive": rows,
                   "radius_vs_amplitude_correlation": _f(corr),
                   "radius_vs_amplitude_correlation_other_measures": other_corr,
@@ -740,7 +880,7 @@ class Salamander(Scenario):
             b2 = b.twinx()
             b2.plot(d, [r["rotation_hz"] for r in rows], "^:", color="C2", label="rotation frequency (Hz)")
             b2.set(ylabel="Hz")
-            for border in (1, 3, 5):
+            for border in (start, switch, stop):
                 b.axvline(border, color="0.7", lw=0.8)
             b.set(title="limit cycle vs drive", xlabel="drive d")
             b.legend(fontsize=7, loc="upper left")
@@ -826,6 +966,17 @@ class Salamander(Scenario):
         figures["phase_lag_profile"] = self._save(ctx, fig, "phase_lag_profile")
 
     @staticmethod
+    def _provenance_line(results: dict[str, Any]) -> str:
+        prov, choice = results["provenance"], results["weights_choice"]
+        spread = "; ".join(f"{k} {lo:g} to {hi:g}" for k, (lo, hi) in prov["shipped_recipe_spread"].items())
+        kept = (f"Weights kept: `{choice['chosen']}` (of {len(choice['candidates'])} candidates, chosen on "
+                f"validation drives: {choice['method']})." if "candidates" in choice else
+                f"Weights kept: {choice['note']}.")
+        return (f"Produced with torch {prov['torch']}, {prov['threads']} thread(s), seed {prov['seed']}; "
+                f"{prov['note']}. {kept}" + (f" Spread of the shipped recipe over {prov['shipped_recipe_spread_from']}"
+                                             f": {spread}." if spread else ""))
+
+    @staticmethod
     def _save(ctx: RunContext, fig: Any, name: str) -> str:
         ctx.save_plot(fig, name)
         import matplotlib.pyplot as plt
@@ -842,7 +993,8 @@ class Salamander(Scenario):
                  f"Model: `{ctx.config.model.cell.type}` cell; trained on {results['data']['train_windows']} windows "
                  f"of {results['data']['window_steps']} steps (50 Hz) with a {results['data']['warmup_steps']}-step "
                  f"observation warm-up; evaluated on held-out drives, running autonomously for "
-                 f"{ev['eval_seconds']:.0f} s.", "", "## Targets", "", "| target | value | goal | met |",
+                 f"{ev['eval_seconds']:.0f} s.", "", self._provenance_line(results), "",
+                 "## Targets", "", "| target | value | goal | met |",
                  "|---|---|---|---|"]
         for name, m in ev["targets"].items():
             lines.append(f"| {name} | `{m['value']}` | {m['target']} | {'yes' if m['pass'] else 'NO'} |")
@@ -865,16 +1017,18 @@ class Salamander(Scenario):
                          f"{', '.join(c['intended']) or 'steady'} | {', '.join(c['rnn_effect']) or 'steady'} | "
                          f"{c['rnn']['frequency']} / {c['cpg']['frequency']} | {'yes' if c['pass'] else 'NO'} |")
         sp, tu = steer["neurons"]["speed"], steer["neurons"]["turning"]
+        fast, slow = sp["clamp_values_from"]["fast"][0], sp["clamp_values_from"]["slow"][0]
+        left, right = (tuple(tu["clamp_values_from"][k]) for k in ("left", "right"))
         sp_units = ", ".join(f"{u['part']}[{u['unit']}]" for u in sp["units"])
         tu_units = ", ".join(f"{u['part']}[{u['unit']}]" for u in tu["units"])
         lines += ["", f"Neuron clamps (inputs fixed at d = {sp['input_drive']}; units chosen by a clamp sweep: "
                       f"{steer['neurons']['method']}). Clamping {len(sp['units'])} units ({sp_units}) to their "
-                      f"cycle means at d = 4.5 / 3.5 gives {sp['frequency_clamped_fast']} / "
+                      f"cycle means at d = {fast:g} / {slow:g} gives {sp['frequency_clamped_fast']} / "
                       f"{sp['frequency_clamped_slow']} Hz (unclamped {sp['frequency_base']} Hz; the RNN's own "
-                      f"response to the input 4.5 vs 3.5 is {sp['input_effect_hz']['rnn_4.5_minus_3.5']} Hz, the "
+                      f"response to the input {fast:g} vs {slow:g} is {sp['input_effect_hz']['rnn_fast_minus_slow']} Hz, the "
                       f"neuron clamps reach {sp['fraction_of_input_effect']} of it; speed steering "
                       f"{'works' if sp['pass'] else 'does NOT work'}). Clamping {len(tu['units'])} units "
-                      f"({tu_units}) to their cycle means at (d_L, d_R) = (4.4, 3.6) / (3.6, 4.4) gives mean body "
+                      f"({tu_units}) to their cycle means at (d_L, d_R) = {left} / {right} gives mean body "
                       f"angles {tu['offset_clamped_left']} / {tu['offset_clamped_right']} rad (unclamped "
                       f"{tu['offset_base']}; {tu['fraction_of_input_effect']} of the input's effect; turning "
                       f"steering {'works' if tu['pass'] else 'does NOT work'}).", ""]
@@ -883,14 +1037,14 @@ class Salamander(Scenario):
                 lines += [f"![{key}]({figures[key]})", ""]
         pca, abl = results["analysis"]["pca"], results["analysis"]["ablation"]
         lines += ["## Mechanism", "",
-                  f"- The hidden state ({', '.join(pca['state_parts'])}) moves on a limit cycle for drives in [1, 5]; "
+                  f"- The hidden state ({', '.join(pca['state_parts'])}) moves on a limit cycle while it moves; "
                   f"the correlation of its radius (PC1-PC2 plane of each drive) with the body amplitude across "
                   f"drives is {pca['radius_vs_amplitude_correlation']} (other measures: "
                   f"{pca['radius_vs_amplitude_correlation_other_measures']}).",
                   f"- The rotation frequency of the state in its PC1-PC2 plane (slope of the unwrapped angle) matches "
                   f"the output frequency to within "
                   f"{pca['rotation_vs_output_frequency_max_error_hz']} Hz.",
-                  f"- Outside [1, 5] the cycle collapses to a fixed point: largest radius there is "
+                  f"- Where the body is still the cycle collapses to a fixed point: largest radius there is "
                   f"{pca['fixed_point_outside_1_5']['max_relative_radius']} of the largest cycle.",
                   f"- Top-5 explained variance of the pooled PCA: {pca['explained_variance_top5']}."]
         for border, c in pca["drive_crossings"].items():
