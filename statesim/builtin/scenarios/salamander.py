@@ -343,8 +343,9 @@ class Salamander(Scenario):
         results["targets_met"] = {k: v["pass"] for k, v in results["evaluation"]["targets"].items()}
         results["provenance"] = {
             "torch": torch.__version__, "threads": torch.get_num_threads(), "seed": ctx.config.seed,
-            "note": "the same seed and thread count on the same machine give identical results; another thread "
-                    "count or machine changes floating-point summation order, so training ends elsewhere",
+            "note": "the same seed and thread count on the same machine give identical results; on the 2-core "
+                    "machine of docs/salamander.md 1 and 2 threads gave identical numbers too, but another machine "
+                    "or torch build can change the floating-point sums, and then training ends elsewhere",
             "shipped_recipe_spread": {k: list(v) for k, v in SHIPPED_SPREAD.items()},
             "shipped_recipe_spread_from": "seeds 0-4 x OMP_NUM_THREADS 1 and 2, scenarios/salamander.yaml as "
                                           "shipped (docs/salamander.md)"}
