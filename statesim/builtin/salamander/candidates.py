@@ -37,3 +37,14 @@ class Candidates:
             self.weights[f"raw@{trainer.step}"] = _copy(trainer.model)
             if self.average is not None:
                 self.weights[f"average@{trainer.step}"] = _copy(self.average.module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running average and the snapshots so far, checkpointed with the trainer (a resume continues them)."""
+        return {"average": None if self.average is None else _copy(self.average),
+                "weights": {name: dict(weights) for name, weights in self.weights.items()}}
+
+    def load_state_dict(self, tree: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if self.average is not None and tree.get("average") is not None:
+            self.average.load_state_dict(tree["average"])
+        self.weights = {name: dict(weights) for name, weights in (tree.get("weights") or {}).items()}

@@ -329,7 +329,7 @@ class Salamander(Scenario):
         candidates = Candidates(model, p.average_decay, {*range(max(first, p.choose_every), steps + 1, p.choose_every),
                                                           steps})
         train = ctx.train(model, data, loss_fn=offset_weighted_loss(p.offset_loss_weight, p.amplitude_loss_weight),
-                          on_update=candidates)
+                          on_update=candidates, state={"candidates": candidates})
         choice = self.choose(ctx, model, cpg, warmup, candidates)
         outputs = cpg.output_size
         layout = {"size": N_DRIVES + outputs + 1, "drives": {"d_L": 0, "d_R": 1},
