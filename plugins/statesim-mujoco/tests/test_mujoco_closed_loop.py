@@ -147,6 +147,8 @@ def test_tiny_closed_loop_run_trains_its_rnn_then_swims_steers_and_reports(host,
              "scenario.test_trajectories=1", "scenario.trajectory_seconds=[6, 6]", "scenario.eval_seconds=16",
              "scenario.measure_seconds=6", "scenario.ablation_seconds=2", "scenario.steer_seconds=8",
              "model.cell.hidden_size=4", "scenario.eval_levels=[0.5, 2.5, 3.5, 4.0]",
+             # the weights choice is judged on drives kept apart from the eval levels (2.5 and 2.45 are not)
+             "scenario.validation_levels=[1.5, 4.25]", "scenario.validation_turns=[[4.3, 3.7]]",
              "scenario.turn_conditions=[[4.5, 3.5]]", "scenario.ablation_drives=[4.0]", "forcing=[]",
              "scenario.forced_units=2", "output.plots=false", "output.progress=false"]
     overrides = [
