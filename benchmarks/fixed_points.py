@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from statesim.analysis import FixedPointOptions, find_fixed_points, sample_starts
+from statesim.analysis import find_fixed_points, sample_starts
 from statesim.builtin.cells import GRUCell
 
 

@@ -12,7 +12,6 @@ of the Jacobians over one period) gives them directly when ``P`` is close to a w
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
