@@ -153,7 +153,7 @@ def test_steering_expectations_follow_the_cpg_parameters():
 def test_targets_judge_moving_and_still_by_the_cpg_borders():
     """A perfect model (its metrics equal the CPG's) meets every target; which drives count as moving, still
     or swimming follows the CPG's saturation ranges, not fixed numbers."""
-    from statesim.builtin.scenarios.salamander import Salamander, SalamanderParams
+    from statesim.builtin.scenarios.salamander import SalamanderParams, judge_targets
 
     def row(d, f, amp, offset=0.0, lags=(math.pi / 4,) * 7):
         m = {"frequency": f, "amplitude": amp, "offset": offset, "lags": np.array(lags), "limb_amplitude": 0.0}
@@ -164,12 +164,11 @@ def test_targets_judge_moving_and_still_by_the_cpg_borders():
     levels = [row((0.5, 0.5), 0.0, 0.0), row((2.0, 2.0), 0.4, 0.6), row((3.5, 3.5), 1.0, 0.85),
               row((5.2, 5.2), 1.34, 1.0), row((5.8, 5.8), 0.0, 0.0)]
     turns = [row((4.5, 3.5), 1.1, 0.9, 0.065)]
-    scenario = Salamander(SalamanderParams())
-    targets = scenario.targets(wide, levels + turns, len(levels))
+    targets = judge_targets(SalamanderParams(), wide, levels + turns, len(levels))
     assert all(t["pass"] for t in targets.values()), targets
     assert "[1, 5.5]" in targets["frequency_vs_drive"]["target"]
     # the default CPG stops at 5: a model still oscillating at 5.2 fails stillness there
-    assert not scenario.targets(_cpg(), levels + turns, len(levels))["stillness_outside_1_5"]["pass"]
+    assert not judge_targets(SalamanderParams(), _cpg(), levels + turns, len(levels))["stillness_outside_1_5"]["pass"]
 
 
 def test_model_inputs_size_follows_the_cpg_outputs():

@@ -6,6 +6,7 @@ the CPG's and on a learned model's outputs, so both are judged by the same yards
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -60,3 +61,17 @@ def phase_lags(body: np.ndarray, dt: float, freq: float | None = None) -> np.nda
 def mean_offset(body: np.ndarray) -> float:
     """Mean body angle over time and segments (rad): positive bends to the left."""
     return float(np.asarray(body, dtype=np.float64).mean())
+
+
+def gait_metrics(out: np.ndarray, dt: float, n: int, min_crossings: int = 3) -> dict[str, Any]:
+    """Frequency, body amplitude, mean offset, per-segment lags and limb amplitude of outputs ``[T, O]``."""
+    body, limbs = out[:, :n], out[:, n:]
+    amp = amplitude(body)
+    f = frequency(body[:, 0], dt, min_crossings=min_crossings) if amp > 1e-3 else 0.0
+    lags = phase_lags(body, dt, f) if f > 0 else np.full(n - 1, np.nan)
+    if f > 0:  # average over whole periods so the offset is not biased by a partial cycle
+        whole = int(math.floor(len(body) * dt * f) / f / dt)
+        offset = mean_offset(body[-whole:]) if whole > 0 else mean_offset(body)
+    else:
+        offset = mean_offset(body)
+    return {"frequency": f, "amplitude": amp, "offset": offset, "lags": lags, "limb_amplitude": amplitude(limbs)}
