@@ -17,7 +17,7 @@ Two optional methods let a cell be fast without changing the contract:
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,6 +179,50 @@ class Cell(nn.Module):
             raise ShapeError(f"{name}: input of shape {list(x.shape)} has dtype {x.dtype} but the cell's parameters "
                              f"are {ref.dtype}; convert one of them (x.to({ref.dtype}) or model.to({x.dtype})).")
 
+    def check_step_result(self, y: Any, new_state: Any, entering: Mapping[str, Tensor], batch: int,
+                          versions: Sequence[int] | None = None) -> None:
+        """Raise a :class:`ShapeError` when one step's ``(y, new_state)`` breaks the contract for ``entering``.
+
+        The returned state must have exactly the declared parts, each ``[B, *shape]`` in the dtype and on the
+        device of the state the step read, and ``y`` must be ``[B, output_size]``; ``versions`` (the entering
+        parts' ``_version`` counters before the step) also catches a step that wrote into its input state.
+        """
+        name = type(self).__name__
+        spec = self.state_spec
+        if versions is not None:
+            for (part, value), before in zip(entering.items(), versions):
+                if value._version != before:
+                    raise ShapeError(f"{name}: the step modified its input state part '{part}' in place; recorded "
+                                     f"states then alias each other and outputs go wrong silently. Build new "
+                                     f"tensors instead ({part} = {part} + ..., torch.where, or clone before "
+                                     f"writing).")
+        if not isinstance(new_state, Mapping):
+            raise ShapeError(f"{name}: the step must return (y, state) with state a mapping of part name to "
+                             f"tensor, got {type(new_state).__name__}.")
+        if set(new_state) != set(spec):
+            missing, extra = sorted(set(spec) - set(new_state)), sorted(set(new_state) - set(spec))
+            raise ShapeError(f"{name}: the step returned state parts {sorted(new_state)}, but state_spec declares "
+                             f"{sorted(spec)} (missing {missing}, extra {extra}); return every declared part "
+                             f"and no other, or change state_spec.")
+        for part, shape in spec.items():
+            value, want = new_state[part], entering.get(part)
+            if not isinstance(value, Tensor):
+                raise ShapeError(f"{name}: the step returned state part '{part}' as {type(value).__name__}, "
+                                 f"expected a tensor of shape {[batch, *shape]}.")
+            if tuple(value.shape) != (batch, *shape):
+                raise ShapeError(f"{name}: the step returned state part '{part}' of shape {list(value.shape)}, "
+                                 f"expected {[batch, *shape]} (batch {batch}, state_spec {shape})"
+                                 f"{_shape_hint(tuple(value.shape), (batch, *shape))}.")
+            if want is not None and (value.dtype != want.dtype or value.device != want.device):
+                raise ShapeError(f"{name}: the step returned state part '{part}' as {value.dtype} on "
+                                 f"{value.device}, expected {want.dtype} on {want.device} (the state it read).")
+        if not isinstance(y, Tensor):
+            raise ShapeError(f"{name}: the step must return (y, state) with y a tensor, got {type(y).__name__}.")
+        if tuple(y.shape) != (batch, self.output_size):
+            raise ShapeError(f"{name}: the step returned y of shape {list(y.shape)}, expected "
+                             f"{[batch, self.output_size]} (batch {batch}, output_size {self.output_size})"
+                             f"{_shape_hint(tuple(y.shape), (batch, self.output_size))}.")
+
     def check_state(self, state: Mapping[str, Tensor], batch_size: int) -> None:
         """Raise a :class:`ShapeError` when ``state`` does not match ``state_spec``."""
         name = type(self).__name__
@@ -197,3 +241,12 @@ class Cell(nn.Module):
                     raise ShapeError(f"{name}: state part '{part}' is {value.dtype} on {value.device} but the "
                                      f"cell's parameters are {ref.dtype} on {ref.device}; convert the state "
                                      f"(or the model) so they agree.")
+
+
+def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    """Why a returned shape differs from the expected one, in words a cell author recognises."""
+    if len(got) != len(want):
+        return f": rank {len(got)} instead of {len(want)}"
+    if got[0] != want[0]:
+        return ": the batch dimension changed (e.g. h[:1], a reduction over the batch, or broadcasting)"
+    return ": wrong width"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -20,6 +21,7 @@ EPILOG = """examples:
 environment:
   STATESIM_DISABLE_PLUGIN_AUTOLOAD=1   load only built-in plugins
   STATESIM_BLOCK_PLUGINS=a,b           skip the named plugins
+  STATESIM_STRICT=1                    check every step's returned state, not only the first (run --strict)
 """
 
 
@@ -230,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Train and evaluate a scenario. Writes config.yaml, metrics.jsonl, results.json, "
                                      "checkpoints/ and plots/ to the run folder (runs/<name>-<timestamp> by default).")
     _set_args(run)
+    run.add_argument("--strict", action="store_true",
+                     help="debug mode: check every step's returned state (parts, shapes, dtypes, no writes into "
+                          "the input state), not only each unroll's first step; same as STATESIM_STRICT=1")
     run.add_argument("--out", help="run folder to create (default: runs/<name>-<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint")
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the scenario's device")
@@ -331,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     func: Callable[[argparse.Namespace], int] = args.func
+    if getattr(args, "strict", False):
+        os.environ["STATESIM_STRICT"] = "1"  # an environment variable so worker processes inherit it
     from statesim.errors import StatesimError
 
     try:

@@ -12,8 +12,9 @@ Variable lengths: with ``lengths`` (one per sequence), steps at ``t >= lengths[b
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,6 +31,14 @@ StepFn = Callable[[Tensor, State], "tuple[Tensor, State]"]
 #: the input of ``Stepper.transition``; in :meth:`Stepper.step`, the raw input) and ``entering`` the state it
 #: read (after forcing).
 OnStep = Callable[[int, Tensor, State, Tensor, State], None]
+#: Checks one step's result against the state it read: ``(y, new_state, entering, batch, versions)``, where
+#: ``versions`` are the entering parts' ``_version`` counters before the step (``Cell.check_step_result``).
+ResultCheck = Callable[[Tensor, State, State, int, Sequence[int]], None]
+
+
+def strict_mode() -> bool:
+    """True under ``STATESIM_STRICT=1`` (``statesim --strict``): every step's result is checked, not only the first."""
+    return os.environ.get("STATESIM_STRICT", "") not in ("", "0")
 
 
 @dataclass
@@ -48,11 +57,13 @@ def lengths_to_mask(lengths: Tensor, steps: int) -> Tensor:
 
 def time_loop(step: StepFn, xs: Tensor, state: State, mask: Tensor | None = None, *,
               read: Callable[[State, int], State] | None = None, t0: int = 0, want_states: bool = False,
-              on_step: OnStep | None = None) -> tuple[Tensor, State, dict[str, Tensor] | None]:
+              on_step: OnStep | None = None, check: ResultCheck | None = None, check_every: bool = False
+              ) -> tuple[Tensor, State, dict[str, Tensor] | None]:
     """The time loop: ``step`` over ``xs [T, B, ...]`` from ``state``; outputs, final state, every state.
 
     ``mask [T, B]`` freezes finished sequences (zero output, state kept); ``read(state, t)`` is what the
-    step reads at global step ``t`` (forcing). The compiled fast path compiles this very function.
+    step reads at global step ``t`` (forcing); ``check`` judges the first step's result (every step's with
+    ``check_every``). The compiled fast path compiles this very function.
     """
     batch = xs.shape[1]
     # unbind once: indexing xs[t] in the loop would make backward allocate a full-size gradient buffer per
@@ -64,7 +75,12 @@ def time_loop(step: StepFn, xs: Tensor, state: State, mask: Tensor | None = None
     history: list[State] = []
     for t, x_t in enumerate(inputs):
         entering = read(state, t0 + t) if read is not None else state
-        y, new_state = step(x_t, entering)
+        if check is not None and (t == 0 or check_every):
+            versions = [value._version for value in entering.values()]
+            y, new_state = step(x_t, entering)
+            check(y, new_state, entering, batch, versions)
+        else:
+            y, new_state = step(x_t, entering)
         if mask is not None:
             keep = keeps[t]
             y = y * scales[t].to(y.dtype)
@@ -92,7 +108,7 @@ class Stepper:
     """
 
     __slots__ = ("cell", "forcing", "path", "return_states", "on_step", "hoisted", "transition", "_forward",
-                 "_read", "_input_forcing", "_resolved", "_checked_batch")
+                 "_read", "_input_forcing", "_resolved", "_checked_batch", "_strict")
 
     def __init__(self, cell: Cell, *, forcing: Forcing | None = None, path: str | None = None,
                  return_states: bool = False, on_step: OnStep | None = None) -> None:
@@ -111,6 +127,7 @@ class Stepper:
         self._forward: StepFn = cell.forward
         self._resolved: dict[bool, fastpath.Resolved] = {}
         self._checked_batch = -1
+        self._strict = strict_mode()
 
     # ------------------------------------------------------------------ pieces
     def project(self, inputs: Tensor) -> Tensor:
@@ -125,13 +142,17 @@ class Stepper:
     def step(self, x: Tensor, state: State, t: int = 0) -> tuple[Tensor, State]:
         """Advance one tick at global step ``t``: ``x [B, input_size]`` -> ``(y, new_state)``; step ``t`` of :meth:`run`.
 
-        Input and state are checked on the first call and whenever the batch size changes; the caller keeps
-        them consistent in between (the state a step returns always is).
+        Input, state and the step's result are checked on the first call and whenever the batch size changes
+        (every call in strict mode); the caller keeps them consistent in between (the state a step returns is).
         """
-        if not isinstance(x, Tensor) or x.shape[0] != self._checked_batch:
+        if not isinstance(x, Tensor) or x.shape[0] != self._checked_batch or self._strict:
             self.cell.check_input(x)
             self.cell.check_state(state, x.shape[0])
+            versions = [value._version for value in state.values()]
+            y, new_state = self.tick(x, state, t)
+            self.cell.check_step_result(y, new_state, state, x.shape[0], versions)
             self._checked_batch = x.shape[0]
+            return y, new_state
         return self.tick(x, state, t)
 
     def tick(self, x: Tensor, state: State, t: int = 0) -> tuple[Tensor, State]:
@@ -169,7 +190,8 @@ class Stepper:
             return Trajectory(*fast)
         fastpath.record(cell, "generic", why)
         outputs, final, states = time_loop(self.transition, self.project(inputs), state, mask, read=self._read,
-                                           t0=t0, want_states=self.return_states, on_step=self.on_step)
+                                           t0=t0, want_states=self.return_states, on_step=self.on_step,
+                                           check=cell.check_step_result, check_every=self._strict)
         return Trajectory(outputs, final, states)
 
 
