@@ -20,7 +20,7 @@ from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_json, atomic_write_text, is_own_temporary
 from statesim.plugin_manager import PluginHost, build_plugin_host
 from statesim.runlock import LOCK_NAME, RunLock
-from statesim.safepath import confined, refuse_symlinks, remove
+from statesim.safepath import confined, guard, refuse_symlinks, remove
 from statesim.scenario import RunContext
 from statesim.trainer import Interrupted, seed_everything
 from statesim.yamlio import parse_yaml
@@ -173,16 +173,24 @@ def _execute(config_file: str | Path, overrides: list[str], *, out: str | Path |
     writer = dp is None or dp.is_writer  # rank 0 alone writes the run folder
     if not writer:
         echo = lambda message: None  # noqa: E731 - rank 0 reports; other ranks' errors still reach stderr
+    created = False  # whether this run made its folder (a failure before anything was saved removes it again)
     if resume is not None:
         run_dir = _reopen_run_dir(Path(resume), config, writer, held)
     elif not writer:
         run_dir = Path(dp.share_text(""))  # the folder rank 0 made
     else:
+        created = not run_dir_exists(out)
         run_dir = _new_run_dir(config, config_file, out, held)
         if dp is not None:
             dp.share_text(str(run_dir))
-    with confined(run_dir):  # from here on every write and delete stays inside the run folder
-        return _execute_in(run_dir, config, config_file, host, dp, writer, resume is not None, echo)
+    try:
+        with confined(run_dir):  # from here on every write and delete stays inside the run folder
+            return _execute_in(run_dir, config, config_file, host, dp, writer, resume is not None, echo)
+    except Exception as exc:
+        if writer and resume is None and not isinstance(exc, Interrupted) and _clear_untrained(run_dir, created):
+            echo(f"note: removed {run_dir}: the run failed before it saved anything, so the same --out can be "
+                 f"used again")
+        raise
 
 
 def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host: PluginHost, dp: Any,
@@ -277,6 +285,57 @@ def _recorded_data_files(run_dir: Path) -> dict[str, str] | None:
     if not isinstance(recorded, dict):
         return None
     return {str(k): str(v) for k, v in recorded.items()}
+
+
+def run_dir_exists(out: str | Path | None) -> bool:
+    """Whether ``--out`` names a folder that is there already (a default run folder is always new)."""
+    return out is not None and Path(out).exists()
+
+
+#: What a new run writes before its first result: removed again when it fails before saving anything else.
+_BOOKKEEPING = {"config.yaml", "run.json", "metrics.jsonl", LOCK_NAME}
+
+
+def _clear_untrained(run_dir: Path, created: bool) -> bool:
+    """Empty (and, if this run made it, remove) a new run folder that holds only bookkeeping; True if cleared.
+
+    A run that fails before it trained or wrote anything (a size check in its first forward, a component the
+    scenario cannot use) would otherwise leave config.yaml and run.json, and the same ``--out`` would then be
+    refused as an earlier run to ``--resume``. Anything else in the folder (a checkpoint, a plot, an empty
+    metrics log being the only exception) keeps the whole folder as it is.
+    """
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+            return False
+        if entry.is_dir():
+            if _holds_anything_but_folders(entry):
+                return False  # e.g. checkpoints/ with a checkpoint in it
+        elif not (entry.name in _BOOKKEEPING or is_own_temporary(entry)):
+            return False
+        elif entry.name == "metrics.jsonl" and entry.stat().st_size > 0:
+            return False  # training logged a step: keep what it saved
+    with confined(run_dir):
+        for entry in entries:
+            if entry.is_dir():
+                for dirpath, _, _ in sorted(os.walk(entry), key=lambda w: -len(w[0])):  # deepest first
+                    guard(dirpath).rmdir()
+            else:
+                remove(entry)
+    if created:
+        run_dir.rmdir()
+    return True
+
+
+def _holds_anything_but_folders(folder: Path) -> bool:
+    """True when ``folder`` holds a file or a link anywhere below it (links are never followed)."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        if filenames or any(Path(dirpath, d).is_symlink() for d in dirnames):
+            return True
+    return False
 
 
 def _only_own_temporaries(run_dir: Path) -> bool:
