@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, ValidationError, field_validator,
                       model_serializer)
@@ -419,9 +419,57 @@ def validate_data(data: Any, registry: Registry, file: str = "<config>", lines: 
         raise ConfigError(issues) from None
     issues: list[ConfigIssue] = []
     resolve(config, (), registry, file, lines, issues)
+    if not issues:
+        issues += _unmet_needs(config, registry, file, lines)
     if issues:
         raise ConfigError(issues)
     return config
+
+
+def _model_configs(node: Any, path: tuple) -> Iterator[tuple[tuple, ModelConfig]]:
+    """Every ModelConfig in a validated config (``model:``, and those inside scenario parameters), with its path."""
+    if isinstance(node, ModelConfig):
+        yield path, node
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            yield from _model_configs(getattr(node, name), path + (name,))
+        params = getattr(node, "_params", None)
+        if isinstance(params, BaseModel):
+            yield from _model_configs(params, path)
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            yield from _model_configs(item, path + (key,))
+    elif isinstance(node, (list, tuple)):
+        for index, item in enumerate(node):
+            yield from _model_configs(item, path + (index,))
+
+
+def _unmet_needs(config: RunConfig, registry: Registry, file: str, lines: Lines) -> list[ConfigIssue]:
+    """An initial-state policy whose needs (an encoding, ...) neither the scenario nor the topology supplies."""
+    scenario = registry.get("scenario", config.scenario.type).record.cls
+    issues = []
+    for path, model in _model_configs(config, ()):
+        policy = registry.get("initial_state", model.initial_state.type).record.cls
+        topology = registry.get("topology", model.topology.type).record.cls
+        supplied = set(getattr(scenario, "supplies", ())) | set(getattr(topology, "supplies", ()))
+        unmet = sorted(set(getattr(policy, "needs", ())) - supplied)
+        if not unmet:
+            continue
+        fine = [n for n in registry.names("initial_state")
+                if not set(getattr(registry.get("initial_state", n).record.cls, "needs", ())) - supplied]
+        givers = [n for n in registry.names("scenario")
+                  if set(unmet) <= set(getattr(registry.get("scenario", n).record.cls, "supplies", ()))]
+        tops = [n for n in registry.names("topology")
+                if set(unmet) <= set(getattr(registry.get("topology", n).record.cls, "supplies", ()))]
+        key = path + ("initial_state", "type")
+        issues.append(ConfigIssue(
+            file, _line(lines, key), ".".join(map(str, key)),
+            f"initial_state '{model.initial_state.type}' needs {' and '.join('an ' + u for u in unmet)}, but "
+            f"scenario '{config.scenario.type}' with topology '{model.topology.type}' supplies none, so the "
+            f"model's first forward would fail. Choose one of {', '.join(fine)} here"
+            + (f", or the topology {' / '.join(tops)}" if tops else "")
+            + (f", or a scenario that supplies it ({', '.join(givers)})" if givers else "") + "."))
+    return issues
 
 
 def load_config(path: str | Path, registry: Registry, overrides: list[str] = ()) -> RunConfig:

@@ -76,6 +76,10 @@ class InitialState(nn.Module):
     #: draw): an export can then ship the state itself. Declared, never probed; a policy whose randomness
     #: depends on its parameters overrides this with a property.
     deterministic: ClassVar[bool] = False
+    #: What the policy needs from the model around it, e.g. ``{"encoding"}`` (an encoder's output in
+    #: ``InitialContext.encoded``). Validation refuses it where neither the scenario nor the topology supplies
+    #: each need (see :attr:`Scenario.supplies`), so a combination that validates can run.
+    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, state_spec: dict[str, tuple[int, ...]]) -> None:
         super().__init__()
@@ -96,6 +100,9 @@ class Topology(nn.Module):
     """Base of topologies: run cells over a sequence through the engine; same result shape as a cell's unroll."""
 
     Params: ClassVar[type[BaseModel]] = PluginParams
+    #: What the topology gives the model's initial-state policy, e.g. ``{"encoding"}`` for an encoder-decoder
+    #: (its encoder's final state); matched against :attr:`InitialState.needs` at validation.
+    supplies: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, input_size: int) -> None:
         super().__init__()

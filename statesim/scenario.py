@@ -194,6 +194,9 @@ class Scenario:
     """Base class of scenarios: ``run(ctx)`` trains and evaluates, returning the results dict."""
 
     Params: ClassVar[type[BaseModel]] = ScenarioParams
+    #: What the scenario gives the models it builds, e.g. ``{"encoding"}`` when it builds them with a
+    #: conditioning encoder (captioning's CNN); matched against :attr:`InitialState.needs` at validation.
+    supplies: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

@@ -7,14 +7,16 @@ import pytest
 from statesim.errors import StatesimError
 from statesim.run import _clear_untrained, execute
 
-BAD = ["model.initial_state.type=encoded", "output.progress=false"]  # linear_system has no encoder: fails at once
+# A forcing target the built model does not have: only the built model knows its state parts, so this one
+# passes validation and fails when the run checks its forcing, before any training.
+BAD = ["forcing=[{target: zz, units: [0], start: 0, stop: 5, value: 1.0}]", "output.progress=false"]
 
 
 def test_a_run_failing_its_first_forward_removes_its_new_folder_and_can_be_rerun(tmp_path):
     out = tmp_path / "run"
     notes = []
     for _ in range(2):  # the second attempt meets the same error, not the folder the first one left
-        with pytest.raises(StatesimError, match="initial_state 'encoded' needs an encoding"):
+        with pytest.raises(StatesimError, match="'zz' is not 'input' or a state part of the model"):
             execute("scenarios/linear_system.yaml", BAD, out=out, echo=notes.append)
         assert not out.exists()
     assert notes == [f"note: removed {out}: the run failed before it saved anything, so the same --out can be "
@@ -56,3 +58,18 @@ def test_a_folder_holding_anything_saved_is_kept_untouched(tmp_path, saved):
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     assert not _clear_untrained(run, created=True)
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_validation_refuses_a_policy_whose_needs_nothing_supplies(capsys):
+    """`initial_state: encoded` on a scenario without an encoder validated and then failed at once; now
+    validation names the key and the policies, topologies and scenarios that fit."""
+    from statesim.cli import main
+
+    assert main(["validate", "scenarios/linear_system.yaml", "--set", "model.initial_state.type=encoded"]) == 2
+    err = capsys.readouterr().err
+    assert "`model.initial_state.type`: initial_state 'encoded' needs an encoding, but scenario 'linear_system' " \
+           "with topology 'unidirectional' supplies none" in err
+    assert "Choose one of learned, random, warmup, zeros here, or a scenario that supplies it (captioning, " \
+           "translation)." in err
+    # where the scenario supplies the encoding (its CNN encoder), the same policy validates
+    assert main(["validate", "scenarios/captioning.yaml", "--set", "model.initial_state.type=encoded"]) == 0

@@ -147,7 +147,7 @@ def test_scheduled_sampling_of_one_feeds_back_the_greedy_prediction():
 
 # --------------------------------------------------------------------------- encoder-decoder
 def model_config(cell: dict, encoder: dict, attention: str, decoder: dict | None = None, initial=None):
-    data = {"scenario": {"type": "moving_average"},
+    data = {"scenario": {"type": "translation"},
             "model": {"cell": cell, "initial_state": initial or {"type": "encoded"}, "head": "linear",
                       "topology": {"type": "encoder_decoder", "encoder": encoder, "attention": attention,
                                    "attention_size": 8, **({"decoder": decoder} if decoder else {})}}}

@@ -462,7 +462,7 @@ def _conditioned(attention="additive", vocab=None, seed=0):
     from statesim.plugin_manager import build_plugin_host
 
     registry = build_plugin_host(autoload=False).registry
-    config = validate_data({"scenario": {"type": "moving_average"},
+    config = validate_data({"scenario": {"type": "translation"},
                             "model": {"cell": {"type": "gru", "hidden_size": 4}, "initial_state": {"type": "encoded"},
                                       "topology": {"type": "encoder_decoder", "encoder": {"type": "bidirectional"},
                                                    "attention": attention, "attention_size": 3}}},

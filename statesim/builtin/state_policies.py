@@ -99,6 +99,7 @@ class Encoded(InitialState):
 
     Params = EncodedParams
     deterministic = True  # a function of the encoding
+    needs = frozenset({"encoding"})
 
     def __init__(self, state_spec, encoded_size: int | None = None, activation: str = "tanh",
                  normalize: bool = True) -> None:

@@ -136,6 +136,7 @@ class Captioning(Scenario):
     """Train CNN + LSTM captioner on synthetic shapes; report exact match and BLEU; save a captioned grid."""
 
     Params = CaptioningParams
+    supplies = frozenset({"encoding"})  # the model is built with the image's CNN encoder
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_sacrebleu("captioning")  # before training, not after it

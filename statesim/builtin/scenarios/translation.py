@@ -164,6 +164,7 @@ class Translation(Scenario):
     """Train an encoder-decoder on German number words (or a user corpus); report accuracy and BLEU."""
 
     Params = TranslationParams
+    supplies = frozenset({"encoding"})  # every model is built with a source-sequence encoder
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_sacrebleu("translation")  # before training, not after it
