@@ -223,36 +223,6 @@ def scan_linear_(x: Tensor, M: Tensor, *, reverse: bool = False) -> Tensor:
     return x
 
 
-def scan_linear(u: Tensor, M: Tensor) -> Tensor:
-    """``h_t = u_t + h_{t-1} M`` from ``h_{-1} = 0`` over ``u [T, ..., H]`` (a new tensor; no autograd)."""
-    steps, size = u.shape[0], u.shape[-1]
-    return scan_linear_(u.reshape(steps, -1, size).clone(), M).reshape(u.shape)
-
-
-class _LinearRecurrence(torch.autograd.Function):
-    """``h = scan_linear(u, M)`` with the adjoint recurrence ``lam_t = g_t + lam_{t+1} M^T`` as backward."""
-
-    @staticmethod
-    def forward(ctx: Any, u: Tensor, M: Tensor) -> Tensor:
-        h = scan_linear(u, M)
-        ctx.save_for_backward(h, M)
-        return h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        h, M = ctx.saved_tensors
-        size = h.shape[-1]
-        lam = scan_linear_(grad.reshape(grad.shape[0], -1, size).clone(), M.T, reverse=True).view(grad.shape)
-        grad_m = h[:-1].reshape(-1, size).T @ lam[1:].reshape(-1, size)
-        return lam, grad_m
-
-
-def linear_recurrence(u: Tensor, M: Tensor) -> Tensor:
-    """Differentiable ``h_t = u_t + h_{t-1} M`` (``h_{-1} = 0``) over ``u [T, ..., H]``."""
-    return _LinearRecurrence.apply(u, M)
-
-
 class _LinearSystem(torch.autograd.Function):
     """The whole linear cell over a sequence, with a hand-written adjoint backward (few full-size passes).
 
