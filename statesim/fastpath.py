@@ -94,7 +94,6 @@ class Request:
 
     forces_state: bool
     return_states: bool
-    has_lengths: bool
     observed: bool = False
 
 
@@ -476,13 +475,15 @@ class Resolved:
 
 def resolve(stepper: "Stepper", has_lengths: bool) -> Resolved:
     """Prepare the paths ``stepper`` may take under its pinned path or the policy in force (once per stepper)."""
+    # has_lengths is unused: every path takes lengths at run time. It stays only because engine.Stepper
+    # passes it (and keys its cache by it); drop it together with that call.
     mode = stepper.path or _POLICY.get().mode
     if mode not in ("auto", "generic") and mode not in known_modes():
         raise FastPathError(f"unknown fast path '{mode}'; choose one of {', '.join(known_modes())}.")
     resolved = Resolved(stepper.cell, mode, [], [])
     if mode == "generic":
         return resolved
-    request = Request(stepper.forcing.forces_state, stepper.return_states, has_lengths, stepper.on_step is not None)
+    request = Request(stepper.forcing.forces_state, stepper.return_states, stepper.on_step is not None)
     for path in paths():
         if mode != "auto" and path.name != mode:
             continue
@@ -495,8 +496,7 @@ def resolve(stepper: "Stepper", has_lengths: bool) -> Resolved:
     return resolved
 
 
-def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = False,
-            has_lengths: bool = False) -> tuple[str, str]:
+def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = False) -> tuple[str, str]:
     """``(path, reason)`` the engine would take for ``cell`` under the current policy, without running it.
 
     Data-dependent declines (a sequence of length 0, fewer steps than one compiled chunk) cannot be foreseen;
@@ -508,7 +508,7 @@ def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = F
     if pol.mode == "generic":
         return "generic", "fast_path: generic"
     stepper = Stepper(cell, return_states=return_states)
-    request = Request(forces_state, return_states, has_lengths, False)
+    request = Request(forces_state, return_states, False)
     reasons = []
     for path in paths():
         if pol.mode != "auto" and path.name != pol.mode:
