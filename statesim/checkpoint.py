@@ -183,13 +183,6 @@ def _read_sidecar(sidecar: Path) -> dict[str, Any]:
     return data
 
 
-def read_info(sidecar: str | Path) -> CheckpointInfo:
-    """Read a checkpoint's sidecar (no tensors)."""
-    sidecar = Path(sidecar)
-    data = _read_sidecar(sidecar)
-    return CheckpointInfo(sidecar, data["step"], data["config_digest"], data["meta"])
-
-
 def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], CheckpointInfo]:
     """Load and verify a checkpoint; a truncated or altered file raises a CheckpointError naming it."""
     sidecar = Path(sidecar)

@@ -109,12 +109,3 @@ def cross_entropy_loss(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor
     losses = torch.nn.functional.cross_entropy(outputs.flatten(0, 1), targets.flatten().long(), reduction="none")
     weight = mask.flatten().to(outputs.dtype)
     return (losses * weight).sum() / weight.sum().clamp_min(1)
-
-
-def split_by_fraction(data: SequenceData, val: float, test: float, seed: int) -> DataSplits:
-    """Shuffle sequences with ``seed`` and cut them into train/val/test by fraction."""
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    n_val, n_test = int(round(len(data) * val)), int(round(len(data) * test))
-    test_idx, val_idx, train_idx = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    return DataSplits(data.select(train_idx), data.select(val_idx) if n_val else None,
-                      data.select(test_idx) if n_test else None)

@@ -94,7 +94,6 @@ class Request:
 
     forces_state: bool
     return_states: bool
-    has_lengths: bool
     observed: bool = False
 
 
@@ -221,36 +220,6 @@ def scan_linear_(x: Tensor, M: Tensor, *, reverse: bool = False) -> Tensor:
     for t in (range(rest - 1, -1, -1) if reverse else range(blocks * block, steps)):
         x[t].addmm_(x[t + 1 if reverse else t - 1], M)
     return x
-
-
-def scan_linear(u: Tensor, M: Tensor) -> Tensor:
-    """``h_t = u_t + h_{t-1} M`` from ``h_{-1} = 0`` over ``u [T, ..., H]`` (a new tensor; no autograd)."""
-    steps, size = u.shape[0], u.shape[-1]
-    return scan_linear_(u.reshape(steps, -1, size).clone(), M).reshape(u.shape)
-
-
-class _LinearRecurrence(torch.autograd.Function):
-    """``h = scan_linear(u, M)`` with the adjoint recurrence ``lam_t = g_t + lam_{t+1} M^T`` as backward."""
-
-    @staticmethod
-    def forward(ctx: Any, u: Tensor, M: Tensor) -> Tensor:
-        h = scan_linear(u, M)
-        ctx.save_for_backward(h, M)
-        return h
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        h, M = ctx.saved_tensors
-        size = h.shape[-1]
-        lam = scan_linear_(grad.reshape(grad.shape[0], -1, size).clone(), M.T, reverse=True).view(grad.shape)
-        grad_m = h[:-1].reshape(-1, size).T @ lam[1:].reshape(-1, size)
-        return lam, grad_m
-
-
-def linear_recurrence(u: Tensor, M: Tensor) -> Tensor:
-    """Differentiable ``h_t = u_t + h_{t-1} M`` (``h_{-1} = 0``) over ``u [T, ..., H]``."""
-    return _LinearRecurrence.apply(u, M)
 
 
 class _LinearSystem(torch.autograd.Function):
@@ -506,13 +475,15 @@ class Resolved:
 
 def resolve(stepper: "Stepper", has_lengths: bool) -> Resolved:
     """Prepare the paths ``stepper`` may take under its pinned path or the policy in force (once per stepper)."""
+    # has_lengths is unused: every path takes lengths at run time. It stays only because engine.Stepper
+    # passes it (and keys its cache by it); drop it together with that call.
     mode = stepper.path or _POLICY.get().mode
     if mode not in ("auto", "generic") and mode not in known_modes():
         raise FastPathError(f"unknown fast path '{mode}'; choose one of {', '.join(known_modes())}.")
     resolved = Resolved(stepper.cell, mode, [], [])
     if mode == "generic":
         return resolved
-    request = Request(stepper.forcing.forces_state, stepper.return_states, has_lengths, stepper.on_step is not None)
+    request = Request(stepper.forcing.forces_state, stepper.return_states, stepper.on_step is not None)
     for path in paths():
         if mode != "auto" and path.name != mode:
             continue
@@ -525,8 +496,7 @@ def resolve(stepper: "Stepper", has_lengths: bool) -> Resolved:
     return resolved
 
 
-def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = False,
-            has_lengths: bool = False) -> tuple[str, str]:
+def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = False) -> tuple[str, str]:
     """``(path, reason)`` the engine would take for ``cell`` under the current policy, without running it.
 
     Data-dependent declines (a sequence of length 0, fewer steps than one compiled chunk) cannot be foreseen;
@@ -538,7 +508,7 @@ def explain(cell: "Cell", *, forces_state: bool = False, return_states: bool = F
     if pol.mode == "generic":
         return "generic", "fast_path: generic"
     stepper = Stepper(cell, return_states=return_states)
-    request = Request(forces_state, return_states, has_lengths, False)
+    request = Request(forces_state, return_states, False)
     reasons = []
     for path in paths():
         if pol.mode != "auto" and path.name != pol.mode:

@@ -47,4 +47,3 @@ ENCODER = Kind("encoder", "statesim_encoders", "statesim.model:Encoder", "encode
 #: Every kind, in the order they are listed to users.
 KINDS: tuple[Kind, ...] = (CELL, TOPOLOGY, INITIAL_STATE, SCENARIO, ENCODER)
 BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
-BY_HOOK: dict[str, Kind] = {kind.hook: kind for kind in KINDS}

@@ -18,7 +18,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
-from types import ModuleType
 from typing import Callable, Iterable
 
 import pluggy
@@ -290,8 +289,3 @@ def _merge(host: PluginHost, plugin: object, info: PluginInfo, problem: Callable
         return
     host.registry = staged
     host.plugins.append(info)
-
-
-def plugin_modules() -> tuple[ModuleType, ...]:
-    """The imported built-in plugin modules (for documentation and tests)."""
-    return tuple(import_module(name) for name in BUILTIN_PLUGINS)

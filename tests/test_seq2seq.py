@@ -14,9 +14,9 @@ from statesim.config import validate_data
 from statesim.engine import unroll
 from statesim.errors import ShapeError
 from statesim.data import cross_entropy_loss
-from statesim.model import InitialContext, SequenceModel, build_model
+from statesim.model import InitialContext, SequenceModel, build_model, fed_back
 from statesim.plugin_manager import build_plugin_host
-from statesim.builtin.seq2seq import (BOS, EOS, Vocab, beam_decode, corpus_bleu, decoder_logits, detokenize,
+from statesim.builtin.seq2seq import (BOS, EOS, Vocab, beam_decode, corpus_bleu, detokenize,
                                       exact_match, generate, greedy_decode, pad_ids, token_pairs, tokenize)
 
 _HOST = build_plugin_host()
@@ -95,7 +95,7 @@ def sequence_scores(cell, embed, head, state, sequences):
     scores = []
     for seq in sequences:
         inputs = torch.tensor([BOS] + seq[:-1]).unsqueeze(1).expand(-1, state["h"].shape[0])
-        logp = torch.log_softmax(decoder_logits(cell, state, embed, head, inputs), -1)
+        logp = torch.log_softmax(head(unroll(cell, embed(inputs), state).outputs), -1)
         target = torch.tensor(seq).unsqueeze(1).expand_as(inputs)
         scores.append(logp.gather(2, target.unsqueeze(-1)).squeeze(-1).sum(0))
     return torch.stack(scores)  # [S, B]
@@ -132,7 +132,7 @@ def test_scheduled_sampling_of_one_feeds_back_the_greedy_prediction():
     gold = torch.randint(0, 6, (4, 3))
     gold[0] = BOS
     with torch.no_grad():
-        logits = decoder_logits(cell, state, embed, head, gold, sampling=1.0)
+        logits = fed_back(cell, state, embed, head, gold, sampling=1.0).outputs
         greedy_logits, s = [], state
         previous = gold[0]
         for t in range(4):  # the model's own argmax fed back, by hand
@@ -140,7 +140,7 @@ def test_scheduled_sampling_of_one_feeds_back_the_greedy_prediction():
             greedy_logits.append(head(y))
             previous = greedy_logits[-1].argmax(-1)
         torch.testing.assert_close(logits, torch.stack(greedy_logits))
-        forced = decoder_logits(cell, state, embed, head, gold, sampling=0.0)
+        forced = head(unroll(cell, embed(gold), state).outputs)  # teacher forcing
         torch.testing.assert_close(forced[0], logits[0])
         assert not torch.allclose(forced, logits)
 

@@ -35,10 +35,6 @@ class LyapunovSpectrum:
     history: Tensor
     dt: float | None = None
 
-    @property
-    def per_second(self) -> Tensor | None:
-        return None if self.dt is None else self.exponents / self.dt
-
     def to_json(self) -> dict[str, Any]:
         """Exponents (per step and per second), their sum and the Kaplan-Yorke dimension."""
         lam = self.exponents.tolist()

@@ -22,9 +22,9 @@ from torch import Tensor
 
 from statesim.cell import Cell, State
 from statesim.data import SequenceData
-from statesim.engine import Stepper, unroll
+from statesim.engine import Stepper
 from statesim.errors import StatesimError
-from statesim.model import SequenceModel, fed_back
+from statesim.model import SequenceModel
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -102,19 +102,6 @@ def token_pairs(condition: Tensor, condition_lengths: Tensor | None, target: Ten
 # --------------------------------------------------------------------------- decoding
 Embed = Callable[[Tensor], Tensor]
 Head = Callable[[Tensor], Tensor]
-
-
-def decoder_logits(cell: Cell, state: State, embed: Embed, head: Head, decoder_inputs: Tensor,
-                   lengths: Tensor | None = None, *, sampling: float = 0.0,
-                   generator: torch.Generator | None = None) -> Tensor:
-    """Logits ``[T, B, V]`` of a decoder reading the gold previous tokens (teacher forcing).
-
-    With ``sampling > 0`` (scheduled sampling) each step's input is, with that probability per sequence,
-    the model's own previous prediction (:func:`statesim.model.fed_back`).
-    """
-    if sampling <= 0:
-        return head(unroll(cell, embed(decoder_inputs), state, lengths=lengths).outputs)
-    return fed_back(cell, state, embed, head, decoder_inputs, lengths, sampling=sampling, generator=generator).outputs
 
 
 def _to_list(tokens: Tensor) -> list[list[int]]:
