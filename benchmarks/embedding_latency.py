@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     cell = model.step_cell()
     x1 = np.random.default_rng(1).standard_normal((1, INPUT)).astype(np.float32)
     tmp = Path(tempfile.mkdtemp(prefix="statesim-bench-"))
-    ts_sidecar = export_model(model, tmp / "lstm.pt", "torchscript")
+    export_model(model, tmp / "lstm.pt", "torchscript")
     onnx_sidecar = export_model(model, tmp / "lstm.onnx", "onnx")
     onnx_meta = json.loads(onnx_sidecar.read_text())
     parts, spec = list(cell.state_spec), cell.state_spec

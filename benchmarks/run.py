@@ -501,7 +501,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return {"date": _dt.datetime.now().isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""), "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "python": platform.python_version(),
             "platform": platform.platform(), "torch": torch.__version__, "peers": peers.jax_version(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_before": list(os.getloadavg())}
@@ -560,9 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    loaded = max(info['load_average_before'][0], info['load_average_after'][0]) > 0.5 * (os.cpu_count() or 1)
     print(f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
           f"{info['date']}; load average {info['load_average_before'][0]:.1f} -> {info['load_average_after'][0]:.1f}"
-          f"{'  (LOADED MACHINE: timings are noisy)' if max(info['load_average_before'][0], info['load_average_after'][0]) > 0.5 * (os.cpu_count() or 1) else ''}")
+          f"{'  (LOADED MACHINE: timings are noisy)' if loaded else ''}")
     print(table(rows))
     print(f"JSON: {out}")
     return 0

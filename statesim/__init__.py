@@ -30,7 +30,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 # Bound eagerly: importing the submodule statesim.hookimpl would otherwise set the package attribute
 # `hookimpl` to the module, and `@statesim.hookimpl` in a plugin would fail with "module is not callable".
-from statesim.hookimpl import hookimpl  # noqa: E402
+from statesim.hookimpl import hookimpl as hookimpl  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ Two optional methods let a cell be fast without changing the contract:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from statesim.errors import ShapeError
+
+if TYPE_CHECKING:  # fastpath imports this module
+    from statesim.fastpath import FusedForm, LinearForm
 
 #: A state is a named collection of tensors, each ``[B, *part_shape]``.
 State = dict[str, Tensor]
@@ -131,7 +134,7 @@ class Cell(nn.Module):
         """True when the cell splits its step into project_inputs + transition."""
         return type(self).transition is not Cell.transition
 
-    def fused_form(self) -> "statesim.fastpath.FusedForm | None":
+    def fused_form(self) -> "FusedForm | None":
         """The fused torch kernel this cell's step is, with its own weights, or None (see statesim.fastpath).
 
         Offer one only when the kernel computes exactly this cell's step (same state parts, and the output is the
@@ -139,7 +142,7 @@ class Cell(nn.Module):
         """
         return None
 
-    def linear_form(self) -> "statesim.fastpath.LinearForm | None":
+    def linear_form(self) -> "LinearForm | None":
         """``(A, B, C, D)`` when the cell is a linear time-invariant system, else None (see statesim.fastpath)."""
         return None
 

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from statesim.config import ComponentSpec, RunConfig
-from statesim.kinds import BY_NAME, KINDS
+from statesim.kinds import BY_NAME
 from statesim.plugin_manager import PluginHost, build_plugin_host
 from statesim.yamlio import dump_yaml
 

@@ -204,8 +204,8 @@ def scan_linear_(x: Tensor, M: Tensor, *, reverse: bool = False) -> Tensor:
     blocks = steps // block
     rest = steps - blocks * block  # the last (or, reversed, first) steps, done one by one
     body = (x[rest:] if reverse else x[:blocks * block]).view(blocks, block, batch, size)
-    for l in (range(block - 2, -1, -1) if reverse else range(1, block)):
-        body[:, l] += body[:, l + 1 if reverse else l - 1] @ M
+    for j in (range(block - 2, -1, -1) if reverse else range(1, block)):
+        body[:, j] += body[:, j + 1 if reverse else j - 1] @ M
     if blocks > 1:
         powers = [M]
         for _ in range(1, block):

@@ -136,7 +136,8 @@ def graceful_interrupt() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def prepare(config_file: str | Path, overrides: list[str] = (), *, host: PluginHost | None = None) -> tuple[RunConfig, PluginHost]:
+def prepare(config_file: str | Path, overrides: list[str] = (), *, host: PluginHost | None = None
+            ) -> tuple[RunConfig, PluginHost]:
     """Load plugins and validate a scenario file with its overrides."""
     host = host or build_plugin_host()
     return load_config(config_file, host.registry, list(overrides)), host

@@ -311,7 +311,8 @@ def test_forcing_value_gradient_matches_finite_differences():
     (torch.randn(4, 2, 5), r"LSTMCell: expected input of shape \[T, B, input_size\] with input_size=3"),
     (torch.randn(2, 3), r"LSTMCell: expected input of shape \[T, B, input_size\]"),
     (torch.ones(4, 2, 3, dtype=torch.long), r"LSTMCell: expected a floating-point input"),
-    (torch.randn(4, 2, 3, dtype=torch.float64), r"LSTMCell: input .*has dtype torch.float64 but the cell's parameters are torch.float32"),
+    (torch.randn(4, 2, 3, dtype=torch.float64),
+     r"LSTMCell: input .*has dtype torch.float64 but the cell's parameters are torch.float32"),
     (torch.randn(4, 2, 3, device="meta"), r"LSTMCell: input is on meta"),
     ([[1.0, 2.0, 3.0]], r"LSTMCell: expected a torch.Tensor input"),
 ])

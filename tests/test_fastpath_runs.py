@@ -43,7 +43,7 @@ def test_stacked_and_bidirectional_models_run_fused_and_match_torch(builtin_host
     inputs = torch.randn(7, 3, 3, dtype=DOUBLE)
     lengths = torch.tensor([7, 3, 5])
     torch_cls = nn.LSTM if cell == "lstm" else nn.GRU
-    cases = [({"type": "stacked", "layers": 2}, dict(num_layers=2), lambda t: [[l] for l in t.layers]),
+    cases = [({"type": "stacked", "layers": 2}, dict(num_layers=2), lambda t: [[layer] for layer in t.layers]),
              ({"type": "bidirectional"}, dict(bidirectional=True), lambda t: [[t.fwd, t.bwd]])]
     for topology, torch_kwargs, cells_of in cases:
         model = _layered(builtin_host, topology, cell)

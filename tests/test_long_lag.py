@@ -69,7 +69,8 @@ def test_copy_task_runs_and_reports_accuracy(tmp_path):
     from statesim.run import execute
 
     run_dir = execute("scenarios/copy.yaml", ["scenario.delay=3", "scenario.symbols=2", "scenario.alphabet=3",
-                                              "scenario.train_sequences=256", "scenario.check_every=10", "scenario.stop_when_solved=false",
+                                              "scenario.train_sequences=256", "scenario.check_every=10",
+                                              "scenario.stop_when_solved=false",
                                               "training.steps=20", "model.cell.hidden_size=8"],
                       out=tmp_path / "run", echo=lambda m: None)
     results = json.loads((run_dir / "results.json").read_text())

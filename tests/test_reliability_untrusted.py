@@ -20,7 +20,7 @@ import torch
 
 from _reliability import ROOT, TINY_LINEAR, TINY_MOVING_AVERAGE, cli_env, deep_update, write_scenario
 from statesim.checkpoint import list_checkpoints, load_checkpoint, load_weights_file
-from statesim.errors import CheckpointError, ConfigError, StatesimError
+from statesim.errors import CheckpointError, StatesimError
 
 
 class Payload:

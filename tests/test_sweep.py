@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from statesim.errors import StatesimError
 from statesim.sweep import (LocalExecutor, SerialExecutor, SweepError, load_sweep, make_executor, parse_grid_arg,
                             run_name, run_sweep, validate_combinations)
 

@@ -8,7 +8,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from statesim.builtin.cells import LSTMCell
 from statesim.builtin.layered import Bidirectional, Stacked, reverse_padded
-from statesim.config import ModelConfig
 from statesim.engine import unroll
 from statesim.errors import ShapeError
 from statesim.forcing import Clamp, Forcing

@@ -7,8 +7,8 @@
 * ``encoded``: the state comes from another module's output (``InitialContext.encoded [B, E]``), as an
   image-captioning decoder's state comes from a CNN, or an encoder-decoder's decoder state from the
   encoder's summary. With ``encoded_size`` set, a learned affine map (after layer normalisation, and
-  followed by the activation) takes the encoding to every state part; without it the encoding must already have one feature per state unit and is split
-  across the parts in ``state_spec`` order.
+  followed by the activation) takes the encoding to every state part; without it the encoding must already
+  have one feature per state unit and is split across the parts in ``state_spec`` order.
 
 Like every policy they act on each named state part, so a stack's ``layer1.c`` or a bidirectional
 pair's ``bwd.h`` each get theirs.

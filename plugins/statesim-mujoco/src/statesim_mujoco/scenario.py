@@ -347,8 +347,8 @@ class SalamanderSwim(Scenario):
                                 f"{width}; its vector parts are {widths} (or set unit_parts: null for all of them).")
         means = {part: states[part].astype(np.float64).mean(0) for part in parts}  # [B, U]
         osc = {part: states[part].astype(np.float64).std(0).mean(0) for part in parts}  # [U]
-        level = np.array([(l + r) / 2 for l, r in pairs])
-        asym = np.array([l - r for l, r in pairs])
+        level = np.array([(left + right) / 2 for left, right in pairs])
+        asym = np.array([left - right for left, right in pairs])
 
         def score(part: str, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             x, y = means[part] - means[part].mean(0), target - target.mean()
@@ -364,7 +364,7 @@ class SalamanderSwim(Scenario):
 
         def value_at(drives: Pair, units: list[int]) -> dict[str, tuple[list[int], np.ndarray]]:
             # every part of the neurons at its mean in the analysed condition nearest to `drives`
-            b = int(np.argmin([abs(l - drives[0]) + abs(r - drives[1]) for l, r in pairs]))
+            b = int(np.argmin([abs(left - drives[0]) + abs(right - drives[1]) for left, right in pairs]))
             return {part: (list(units), means[part][b, units].astype(np.float32)) for part in parts}
 
         chosen = {}
@@ -500,7 +500,7 @@ class SalamanderSwim(Scenario):
         p = self.params
         fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.5))
         ep = episodes["cpg"]
-        labels = [f"d={d:g}" for d in p.drives] + [f"d_L={l:g}, d_R={r:g}" for l, r in p.turn_pairs]
+        labels = [f"d={d:g}" for d in p.drives] + [f"d_L={left:g}, d_R={right:g}" for left, right in p.turn_pairs]
         for k, label in enumerate(labels):
             a.plot(ep.com[:, k, 0], ep.com[:, k, 1], lw=1.2, ls="-" if k < len(p.drives) else "--", label=label)
         a.plot(0, 0, "ko")
