@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     throughput[f"torch.nn.LSTM (whole sequence, T={seq_len})"] = {
         **timing, "agent_steps_per_s": seq_len * AGENTS / (timing["min_us"] * 1e-6)}
     timing = per_call(lstm_tick, big_calls, big_repeats)
-    throughput["torch.nn.LSTM (one step per call)"] = {**timing, "agent_steps_per_s": AGENTS / (timing["min_us"] * 1e-6)}
+    throughput["torch.nn.LSTM (one step per call)"] = {**timing,
+                                                        "agent_steps_per_s": AGENTS / (timing["min_us"] * 1e-6)}
     seq_ref = throughput[f"torch.nn.LSTM (whole sequence, T={seq_len})"]["agent_steps_per_s"]
     tick_ref = throughput["torch.nn.LSTM (one step per call)"]["agent_steps_per_s"]
     for name, row in throughput.items():

@@ -80,7 +80,8 @@ def measure(sample_at: list[int], folder: Path, checkpoint_every: int = 1000) ->
             current, peak = rss_kib()
             sidecars = list_checkpoints(run_dir / "checkpoints" / "main")
             trainer_losses = len(_live_trainer_losses())
-            samples[record["step"]] = {"trainer_losses_in_memory": trainer_losses, "rss_kib": current, "peak_rss_kib": peak,
+            samples[record["step"]] = {"trainer_losses_in_memory": trainer_losses, "rss_kib": current,
+                                       "peak_rss_kib": peak,
                                        "sidecar_bytes": sidecars[-1].stat().st_size if sidecars else None,
                                        "metrics_bytes": (run_dir / "metrics.jsonl").stat().st_size,
                                        "seconds": round(time.perf_counter() - started, 1)}

@@ -183,7 +183,8 @@ def _read_sidecar(sidecar: Path) -> dict[str, Any]:
     return data
 
 
-def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], CheckpointInfo]:
+def load_checkpoint(sidecar: str | Path,
+                    map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], CheckpointInfo]:
     """Load and verify a checkpoint; a truncated or altered file raises a CheckpointError naming it."""
     sidecar = Path(sidecar)
     if sidecar.suffix == ".safetensors":
@@ -216,7 +217,8 @@ def load_checkpoint(sidecar: str | Path, map_location: str | torch.device = "cpu
 
 
 def load_weights_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors of a weights file: safetensors parsed directly, anything else only via ``torch.load(weights_only=True)``."""
+    """Tensors of a weights file: safetensors parsed directly, anything else only via
+    ``torch.load(weights_only=True)``."""
     import pickle
 
     path = Path(path)

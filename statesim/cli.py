@@ -162,7 +162,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         try:
             x_star = [float(v) for v in args.input.split(",")]
         except ValueError:
-            raise AnalyzeError(f"--input takes comma-separated numbers (one per model input), got {args.input!r}.") from None
+            raise AnalyzeError(f"--input takes comma-separated numbers (one per model input), "
+                               f"got {args.input!r}.") from None
     options = AnalysisOptions(starts=args.starts, lyapunov_steps=args.steps, dt=args.dt, seed=args.seed)
     analyze_run(args.run_dir, job=args.job, x_star=x_star, inputs_from_data=args.inputs_from_data,
                 options=options, host=_host(args))
@@ -262,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Measure ||dh_t/dh_s|| (the product P_{s,t}) and ||dE/dh_s|| against the lag "
                                           "for every trained model of RUN_DIR, the per-step Jacobian spectrum and the "
                                           "vanishing/exploding verdict, and summarise clipping and non-finite "
-                                          "gradients from metrics.jsonl. Writes RUN_DIR/diagnostics/report.json and PNGs.")
+                                          "gradients from metrics.jsonl. Writes RUN_DIR/diagnostics/report.json "
+                                          "and PNGs.")
     diagnose.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `statesim run`")
     diagnose.add_argument("--batch", type=int, default=8, help="sequences to measure on (default 8)")
     diagnose.add_argument("--steps", type=int, default=100,

@@ -383,7 +383,8 @@ class EmbeddedModel:
 
     def _check_part(self, part: str) -> None:
         if part not in self.state_spec:
-            raise EmbedError(f"'{part}' is not a state part of this model; its parts are: {', '.join(self.state_spec)}.")
+            raise EmbedError(f"'{part}' is not a state part of this model; "
+                             f"its parts are: {', '.join(self.state_spec)}.")
 
     def _full_part(self, part: str, value: Any, rows: int) -> Any:
         """``value`` broadcast to ``[rows, *shape]`` of ``part``, in the internal representation."""

@@ -140,7 +140,8 @@ class Stepper:
 
     # ------------------------------------------------------------------ one tick
     def step(self, x: Tensor, state: State, t: int = 0) -> tuple[Tensor, State]:
-        """Advance one tick at global step ``t``: ``x [B, input_size]`` -> ``(y, new_state)``; step ``t`` of :meth:`run`.
+        """Advance one tick at global step ``t``: ``x [B, input_size]`` -> ``(y, new_state)``; step ``t`` of
+        :meth:`run`.
 
         Input, state and the step's result are checked on the first call and whenever the batch size changes
         (every call in strict mode); the caller keeps them consistent in between (the state a step returns is).
@@ -180,7 +181,8 @@ class Stepper:
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=inputs.device)
             if lengths.shape != (batch,):
-                raise ShapeError(f"{type(cell).__name__}: lengths must have shape [{batch}], got {list(lengths.shape)}.")
+                raise ShapeError(f"{type(cell).__name__}: lengths must have shape [{batch}], "
+                                 f"got {list(lengths.shape)}.")
             mask = lengths_to_mask(lengths, steps)
         resolved = self._resolved.get(lengths is not None)
         if resolved is None:

@@ -230,7 +230,8 @@ class ExportedStep:
 
 def verify_export(sidecar: str | Path, model: SequenceModel, *, steps: int = 100, batch_size: int = 3,
                   seed: int = 0) -> float:
-    """Max abs difference between the export and the engine's unroll over ``steps`` random steps (outputs and states)."""
+    """Max abs difference between the export and the engine's unroll over ``steps`` random steps
+    (outputs and states)."""
     runner = ExportedStep(sidecar)
     gen = torch.Generator().manual_seed(seed)
     dtype = device_and_dtype(model)[1]

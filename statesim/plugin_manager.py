@@ -194,7 +194,8 @@ def _load_entry_points(manager: pluggy.PluginManager, blocked: set[str], problem
         info = PluginInfo(entry_point.name, dist, version)
         if entry_point.name in taken or entry_point.name in BUILTIN_PLUGINS:
             problem(info, f"was not loaded: the plugin name '{entry_point.name}' is already used by "
-                          f"{taken.get(entry_point.name, 'a built-in plugin')}", "Uninstall one of the two distributions.")
+                          f"{taken.get(entry_point.name, 'a built-in plugin')}",
+                    "Uninstall one of the two distributions.")
             continue
         taken[entry_point.name] = f"distribution {dist or 'unknown'} {version or ''}".strip()
         skip = f"Skip it with {BLOCK_ENV}={entry_point.name}."

@@ -38,7 +38,8 @@ def watch_import(where: str, skip_hint: str) -> Iterator[None]:
 
     def watch() -> None:
         if not done.wait(warn_after):  # os.write: safe from a thread while the main thread may be printing
-            os.write(2, f"statesim: still importing {where} after {warn_after:g} s; if it hangs, {skip_hint}\n".encode())
+            os.write(2, f"statesim: still importing {where} after {warn_after:g} s; "
+                        f"if it hangs, {skip_hint}\n".encode())
 
     watcher = threading.Thread(target=watch, name="statesim-plugin-watchdog", daemon=True)
     watcher.start()

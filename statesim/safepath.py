@@ -127,5 +127,5 @@ def remove(path: str | Path) -> None:
     guard(path).unlink(missing_ok=True)
 
 
-__all__ = ["PathName", "UnsafePathError", "confined", "default_run_name", "guard", "name_problem", "refuse_symlinks", "remove",
-           "symlinks_under"]
+__all__ = ["PathName", "UnsafePathError", "confined", "default_run_name", "guard", "name_problem", "refuse_symlinks",
+           "remove", "symlinks_under"]

@@ -126,8 +126,8 @@ def load_sweep(file: str | Path, grid: Iterable[str] = (), seeds: int | None = N
         raise SweepError(f"{file}: `name: {name!r}` becomes a folder name, and {problem}; use letters, digits "
                          f"and '_-.' only, e.g. name: lstm_sweep.")
     data.setdefault("name", name)
-    target = Path(out) if out is not None else Path(section.get("out") or Path(data.get("output", {}).get("dir", "runs"))
-                                                    / "sweeps" / name)
+    target = Path(out) if out is not None else Path(
+        section.get("out") or Path(data.get("output", {}).get("dir", "runs")) / "sweeps" / name)
     metrics = section.get("metrics")
     return SweepSpec(file, data, spec_grid, seed_list, target, name, list(metrics) if metrics else None,
                      dict(section.get("plot") or {}))
@@ -329,7 +329,8 @@ def validate_combinations(spec: SweepSpec, host: Any) -> None:
         except StatesimError as exc:
             problems.setdefault(str(exc), []).append(" ".join(overrides_of(combo)))
     if problems:
-        listed = [f"{message}\n  (in {len(where)} combination(s), e.g. {where[0]})" for message, where in problems.items()]
+        listed = [f"{message}\n  (in {len(where)} combination(s), e.g. {where[0]})"
+                  for message, where in problems.items()]
         raise SweepError(f"{sum(map(len, problems.values()))} of {len(combos)} combinations of the sweep are "
                          f"invalid; nothing was run:\n" + "\n".join(listed[:5]))
 
@@ -460,7 +461,8 @@ def aggregate(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
             values = [m.get(col) for m in members if m.get("status") == "ok"]
             if values and all(isinstance(v, bool) for v in values):
                 agg[col] = f"{sum(values)}/{len(values)}"
-            elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None):
+            elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                for v in values if v is not None):
                 present = [float(v) for v in values if v is not None and math.isfinite(float(v))]
                 if not present:
                     agg[col] = None

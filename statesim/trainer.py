@@ -257,7 +257,8 @@ class Trainer:
             record["nonfinite"] = True
             if self.config.nonfinite == "abort":
                 raise TrainingError(
-                    f"job '{self.job}': non-finite {'loss' if not finite_loss else 'gradient'} at step {self.step + 1}. "
+                    f"job '{self.job}': non-finite {'loss' if not finite_loss else 'gradient'} "
+                    f"at step {self.step + 1}. "
                     f"The last good checkpoint is kept in {self.checkpoint_dir or '(no checkpoint folder)'}. "
                     f"Lower training.lr, enable training.clip.max_norm, or set training.nonfinite: skip.")
             self._check_nonfinite_share()

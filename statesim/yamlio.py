@@ -119,7 +119,8 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
         with path.open("rb") as handle:  # bounded even for a FIFO or device that reports size 0
             raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise _issue(name, None, "", f"the file cannot be read ({exc.strerror or exc}). Check its permissions.") from None
+        raise _issue(name, None, "",
+                     f"the file cannot be read ({exc.strerror or exc}). Check its permissions.") from None
     if len(raw) > MAX_BYTES:
         raise _issue(name, None, "", _too_large(len(raw)) + ".")
     try:

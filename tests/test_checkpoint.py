@@ -66,7 +66,8 @@ def test_the_sidecar_is_json_and_nothing_is_pickled(tmp_path):
 def test_tied_and_viewed_tensors_round_trip(tmp_path):
     """A module with tied weights has one tensor under two names; views share storage too."""
     base = torch.randn(6)
-    tree = {"a": base, "b": base, "view": base[2:], "model": torch.nn.Sequential(*[torch.nn.Linear(2, 2)] * 2).state_dict()}
+    tree = {"a": base, "b": base, "view": base[2:],
+            "model": torch.nn.Sequential(*[torch.nn.Linear(2, 2)] * 2).state_dict()}
     save_checkpoint(tmp_path / "c", tree, step=1, config_digest="")
     _assert_same_tree(tree, load_checkpoint(tmp_path / "c.json")[0])
 

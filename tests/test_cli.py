@@ -105,7 +105,8 @@ def test_validate_print_shows_the_resolved_config_with_overrides(capsys):
 
 
 @pytest.mark.parametrize("text, where", [
-    ("scenario: {type: moving_average}\ntrainig: {steps: 3}\n", "line 2: `trainig`: unknown key 'trainig'. Did you mean"),
+    ("scenario: {type: moving_average}\ntrainig: {steps: 3}\n",
+     "line 2: `trainig`: unknown key 'trainig'. Did you mean"),
     ("scenario: {type: moving_average}\nmodel:\n  cell: {type: lstn, hidden_size: 2}\n",
      "line 3: `model.cell.type`: unknown cell 'lstn'. Did you mean 'lstm'?"),
     ("scenario: {type: moving_average}\ntraining: {lr: fast}\n", "line 2: `training.lr`: "),
@@ -215,7 +216,8 @@ def test_resume_refuses_a_changed_scenario_and_run_refuses_a_used_folder(tmp_pat
     run = tmp_path / "ls"
     run.mkdir()
     (run / "config.yaml").write_text(_resolved_yaml(SMALL_LINEAR), encoding="utf-8")
-    assert main(["run", str(LINEAR_SYSTEM), "--resume", str(run), *_sets(SMALL_LINEAR), "--set", "training.lr=0.5"]) == 2
+    assert main(["run", str(LINEAR_SYSTEM), "--resume", str(run), *_sets(SMALL_LINEAR),
+                 "--set", "training.lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot resume") and "training.lr: " in err and " -> 0.5" in err
     assert main(["run", str(LINEAR_SYSTEM), "--out", str(run), *_sets(SMALL_LINEAR)]) == 2

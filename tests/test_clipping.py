@@ -1,4 +1,5 @@
-"""Gradient clipping of the shared trainer: bounds hold, the reported norm is the pre-clip norm, adaptive follows its mean."""
+"""Gradient clipping of the shared trainer: bounds hold, the reported norm is the pre-clip norm, adaptive
+follows its mean."""
 import math
 
 import pytest

@@ -71,7 +71,8 @@ def test_writing_plugins_documents_every_hook_and_environment_variable():
 @pytest.mark.parametrize("name", PROSE)
 def test_cited_files_and_api_names_exist(name):
     text = (DOCS / name).read_text(encoding="utf-8")
-    for path in set(re.findall(r"(?<![\w/.-])((?:scenarios|plugins|statesim|docs|tests)/[\w./-]+\.(?:yaml|py|md|toml))", text)):
+    cited = re.findall(r"(?<![\w/.-])((?:scenarios|plugins|statesim|docs|tests)/[\w./-]+\.(?:yaml|py|md|toml))", text)
+    for path in set(cited):
         assert (ROOT / path).exists(), f"{name} cites {path}, which does not exist"
     for dotted in set(re.findall(r"`(statesim(?:\.\w+)+)", text)):
         module, _, attr = dotted.rpartition(".")

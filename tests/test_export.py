@@ -1,4 +1,5 @@
-"""Exports (TorchScript, ONNX) of every built-in cell reproduce the engine for 100 steps; the CLI writes and checks them."""
+"""Exports (TorchScript, ONNX) of every built-in cell reproduce the engine for 100 steps; the CLI writes and
+checks them."""
 from __future__ import annotations
 
 import json

@@ -276,7 +276,8 @@ def test_compiled_loop_matches_the_generic_loop_and_reports_its_compile_time(mon
     with fastpath.policy("auto", compile=False):
         assert fastpath.explain(cell)[0] == "generic"
     with fastpath.policy("auto", compile=True):
-        assert fastpath.explain(cell) == ("compiled", "torch.compile of the cell's step loop, 2 steps per compiled call")
+        assert fastpath.explain(cell) == ("compiled",
+                                          "torch.compile of the cell's step loop, 2 steps per compiled call")
 
 
 def test_model_config_chooses_the_path_and_rejects_unknown_ones(builtin_host):
@@ -316,7 +317,8 @@ def test_reverse_scan_is_the_scan_of_the_reversed_sequence(steps):
 
 @pytest.mark.slow
 def test_a_deep_copy_of_a_compiled_cell_runs_its_own_step_and_weights(monkeypatch):
-    """The compiled loop is cached per cell outside the cell, so a deepcopy (bptt_horizon trains one) compiles its own."""
+    """The compiled loop is cached per cell outside the cell, so a deepcopy (bptt_horizon trains one) compiles
+    its own."""
     import copy
 
     monkeypatch.setattr(fastpath, "COMPILE_CHUNK", 2)

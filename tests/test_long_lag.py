@@ -41,7 +41,8 @@ def test_losses_use_only_their_steps():
     outputs = torch.randn(6, 4, 1)
     targets = torch.randn(6, 4, 1)
     mask = torch.ones(6, 4, dtype=torch.bool)
-    assert float(last_step_mse(outputs, targets, mask)) == pytest.approx(float(((outputs[-1] - targets[-1]) ** 2).mean()))
+    assert float(last_step_mse(outputs, targets, mask)) == pytest.approx(
+        float(((outputs[-1] - targets[-1]) ** 2).mean()))
     logits = torch.randn(6, 4, 5)
     classes = torch.randint(0, 5, (6, 4))
     expected = torch.nn.functional.cross_entropy(logits[-2:].reshape(-1, 5), classes[-2:].reshape(-1))

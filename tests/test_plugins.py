@@ -149,7 +149,8 @@ def test_installed_plugin_cell_is_usable_from_yaml_with_its_params_validated(sit
 
 
 def test_fake_distribution_cell_is_listed_and_usable_from_yaml(site, tmp_path, capsys):
-    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"},
+                {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     host = build_plugin_host()
     assert not host.problems
     provided = host.registry.get("cell", "gain")
@@ -166,7 +167,8 @@ def test_fake_distribution_cell_is_listed_and_usable_from_yaml(site, tmp_path, c
 # --------------------------------------------------------------------------- broken plugins
 def test_broken_plugin_is_reported_by_name_and_distribution_and_the_rest_still_load(site):
     _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise RuntimeError('boom')\n"})
-    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"},
+                {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     host = build_plugin_host()
     message = _one_problem(host, "'broken'")
     assert "distribution broken-dist 0.3" in message and "RuntimeError: boom" in message
@@ -181,7 +183,8 @@ def test_broken_plugin_cli_warns_strict_fails_without_traceback(site, tmp_path, 
     _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise ImportError('no lib')\n"})
     listing = _cli(["plugins"], site)
     assert listing.returncode == 0, listing.stderr
-    assert "problem: plugin 'broken' (distribution broken-dist 0.3) failed to import: ImportError: no lib" in listing.stdout
+    assert ("problem: plugin 'broken' (distribution broken-dist 0.3) failed to import: ImportError: no lib"
+            in listing.stdout)
     assert "example  (statesim-example" in listing.stdout and "statesim.builtin.cells  (built-in)" in listing.stdout
     scenario = Path(__file__).parents[1] / "scenarios" / "moving_average.yaml"
     strict = _cli(["validate", str(scenario), "--strict-plugins"], site)
@@ -207,7 +210,8 @@ def test_wrong_signature_misspelled_unmarked_and_raising_hooks_are_each_reported
     }
     for name, source in sources.items():
         _write_dist(site, f"{name}-dist", "1.0", {name: f"{name}_mod"}, {f"{name}_mod": source})
-    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"},
+                {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     host = build_plugin_host()
     for name in sources:
         assert f"distribution {name}-dist 1.0" in _one_problem(host, f"plugin '{name}'")
@@ -229,7 +233,8 @@ def test_wrong_signature_misspelled_unmarked_and_raising_hooks_are_each_reported
 # --------------------------------------------------------------------------- duplicates
 def test_duplicate_cell_name_names_both_providers_and_keeps_the_first(site):
     _write_dist(site, "clash-dist", "0.9", {"clash": "clash_mod"}, {"clash_mod": GOOD_CELL.replace("{name}", "lstm")})
-    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"},
+                {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     _write_dist(site, "zeta-cells", "1.1", {"zeta": "zeta_cells"}, {"zeta_cells": GOOD_CELL.replace("{name}", "gain")})
     host = build_plugin_host()
     message = _one_problem(host, "'lstm'")
@@ -282,7 +287,8 @@ def test_tryfirst_moves_a_plugin_to_the_front_of_the_merge(site):
 
 
 def test_hooks_are_called_through_pluggy_so_its_tracing_sees_them(site, monkeypatch, capsys):
-    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"},
+                {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     monkeypatch.setenv("STATESIM_TRACE_HOOKS", "1")
     build_plugin_host()
     trace = capsys.readouterr().err
@@ -311,7 +317,8 @@ def test_one_table_of_kinds_drives_hooks_bases_config_and_listing():
 # --------------------------------------------------------------------------- turning plugins off
 def test_autoload_env_var_block_env_var_and_block_flag(site, monkeypatch, capsys):
     _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise RuntimeError('boom')\n"})
-    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"},
+                {"acme_cells": GOOD_CELL.replace("{name}", "gain")})
     off = _cli(["plugins"], site, STATESIM_DISABLE_PLUGIN_AUTOLOAD="1")
     assert off.returncode == 0, off.stderr
     assert "acme" not in off.stdout and "example" not in off.stdout and "problem" not in off.stdout
@@ -323,7 +330,8 @@ def test_autoload_env_var_block_env_var_and_block_flag(site, monkeypatch, capsys
     monkeypatch.delenv("STATESIM_BLOCK_PLUGINS")
     assert main(["plugins", "--block-plugin", "broken", "--block-plugin", "statesim.builtin.cells"]) == 0
     flagged = capsys.readouterr().out
-    assert "problem" not in flagged and "statesim.builtin.cells" not in flagged and "acme  (acme-cells 2.0.1)" in flagged
+    assert ("problem" not in flagged and "statesim.builtin.cells" not in flagged
+            and "acme  (acme-cells 2.0.1)" in flagged)
     monkeypatch.setenv("STATESIM_DISABLE_PLUGIN_AUTOLOAD", "yes")
     assert main(["plugins"]) == 0
     assert "acme" not in capsys.readouterr().out

@@ -66,7 +66,8 @@ MATRIX = textwrap.dedent("""
     from statesim.run import execute
     import torch._dynamo  # imported by the first optimizer; once here, not in every child
 
-    config, overrides, base, points = Path(sys.argv[1]), json.loads(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
+    config, overrides = Path(sys.argv[1]), json.loads(sys.argv[2])
+    base, points = Path(sys.argv[3]), json.loads(sys.argv[4])
     quiet = lambda message: None
     writes = []  # (number of fsyncs before the write, path) of every atomic write of the straight run
     real_fsync, real_write = os.fsync, fileio.atomic_write_bytes
@@ -115,8 +116,10 @@ MATRIX = textwrap.dedent("""
         entry = {"fsync": n, "exit": code}
         if code == 137 and (run_dir / "config.yaml").exists():
             execute(config, overrides, resume=run_dir, echo=quiet)
-            entry["results_equal"] = (run_dir / "results.json").read_bytes() == (straight / "results.json").read_bytes()
-            entry["metrics_equal"] = (run_dir / "metrics.jsonl").read_bytes() == (straight / "metrics.jsonl").read_bytes()
+            entry["results_equal"] = ((run_dir / "results.json").read_bytes()
+                                      == (straight / "results.json").read_bytes())
+            entry["metrics_equal"] = ((run_dir / "metrics.jsonl").read_bytes()
+                                      == (straight / "metrics.jsonl").read_bytes())
             entry["tmp_left"] = [str(p) for p in run_dir.rglob("*.tmp")]
         report["points"][name] = entry
     print(json.dumps(report))

@@ -77,7 +77,8 @@ def test_rk4_is_fourth_order():
     """Halving the step divides the error after one second by about 2**4."""
     def run(substeps):
         cell = SalamanderCPG(2, substeps=substeps, dt=0.01, wrap_phase=False).double()
-        state = {k: v.double() for k, v in cell.random_state(1, torch.Generator().manual_seed(3), amplitude=0.4).items()}
+        start = cell.random_state(1, torch.Generator().manual_seed(3), amplitude=0.4)
+        state = {k: v.double() for k, v in start.items()}
         x = torch.tensor([[[2.0, 4.0]]], dtype=torch.float64).expand(100, 1, 2)
         return unroll(cell, x, state).final_state["theta"]
 

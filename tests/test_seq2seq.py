@@ -72,7 +72,8 @@ def test_sacrebleu_is_an_extra_and_its_absence_names_it(monkeypatch):
     project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
     assert not any(d.startswith("sacrebleu") for d in project["dependencies"])
     extras = project["optional-dependencies"]
-    assert any(d.startswith("sacrebleu") for d in extras["seq2seq"]) and any(d.startswith("sacrebleu") for d in extras["dev"])
+    assert any(d.startswith("sacrebleu") for d in extras["seq2seq"])
+    assert any(d.startswith("sacrebleu") for d in extras["dev"])
     monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import sacrebleu now raises ImportError
     with pytest.raises(StatesimError, match=r"statesim\[seq2seq\]"):
         corpus_bleu(["a b"], ["a b"])
@@ -192,7 +193,8 @@ def test_ragged_batch_gives_each_sequence_its_own_result(attention, encoder):
 
 def cell_spec(name: str) -> dict:
     record = _HOST.registry.get("cell", name).record
-    return {"type": name, **{f: 4 for f, i in record.params.model_fields.items() if i.is_required() and i.annotation is int}}
+    return {"type": name, **{f: 4 for f, i in record.params.model_fields.items()
+                             if i.is_required() and i.annotation is int}}
 
 
 @pytest.mark.parametrize("cell", CELLS)

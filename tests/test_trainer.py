@@ -62,7 +62,8 @@ def test_full_bptt_gradient_equals_a_hand_written_unrolled_graph():
     W_ih, W_hh, b_ih, b_hh, W_y, b_y = (t.detach().clone().requires_grad_(True) for t in
                                         (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
                                          head.weight, head.bias))
-    # the lecture's unrolled network, written out: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), y_t = W_y h_t + b_y
+    # the lecture's unrolled network, written out:
+    # h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), y_t = W_y h_t + b_y
     h = torch.zeros(4, 3, dtype=DT)
     total, count = 0.0, 0
     for t in range(6):
@@ -474,8 +475,9 @@ def _conditioned(attention="additive", vocab=None, seed=0):
 
 def _conditioned_data(steps=6, n=3):
     gen = torch.Generator().manual_seed(4)
-    return SequenceData(torch.randn(steps, n, 2, generator=gen, dtype=DT), torch.randn(steps, n, 2, generator=gen, dtype=DT),
-                        torch.tensor([6, 4, 5]), torch.randn(5, n, 3, generator=gen, dtype=DT), torch.tensor([5, 2, 4]))
+    return SequenceData(torch.randn(steps, n, 2, generator=gen, dtype=DT),
+                        torch.randn(steps, n, 2, generator=gen, dtype=DT), torch.tensor([6, 4, 5]),
+                        torch.randn(5, n, 3, generator=gen, dtype=DT), torch.tensor([5, 2, 4]))
 
 
 @pytest.mark.parametrize("attention", ["none", "additive"])
@@ -484,7 +486,8 @@ def test_truncated_bptt_with_one_chunk_equals_full_bptt_for_an_encoder_decoder(a
     grads = {}
     for mode in ("full", "truncated"):
         model = _conditioned(attention)
-        trainer = _trainer(model, steps=1, batch_size=3, lr=0.01, bptt={"mode": mode, "k1": 6 if mode == "truncated" else None})
+        trainer = _trainer(model, steps=1, batch_size=3, lr=0.01,
+                           bptt={"mode": mode, "k1": 6 if mode == "truncated" else None})
         seen = _capture_grads(trainer)
         trainer.fit(DataSplits(_conditioned_data()))
         grads[mode] = seen[0]

@@ -70,7 +70,8 @@ class LocalLinear:
                          "init": init}, "head": "none"}
 
     def build(self, registry: Any = None) -> Any:
-        """The local model as a :class:`~statesim.model.SequenceModel` (float64), e.g. for ``statesim.embed.as_embedded``."""
+        """The local model as a :class:`~statesim.model.SequenceModel` (float64), e.g. for
+        ``statesim.embed.as_embedded``."""
         from statesim.embed import _model_config
         from statesim.model import build_model
 

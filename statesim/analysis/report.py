@@ -166,7 +166,8 @@ def plot_lyapunov(spectrum: LyapunovSpectrum, count: int = 8, title: str = "") -
     scale = 1.0 / spectrum.dt if spectrum.dt else 1.0
     steps = torch.arange(1, spectrum.history.shape[0] + 1)
     for i in range(min(count, spectrum.history.shape[1])):
-        ax.plot(steps, spectrum.history[:, i] * scale, lw=0.9, label=f"λ{i + 1} = {float(spectrum.exponents[i]) * scale:.3g}")
+        ax.plot(steps, spectrum.history[:, i] * scale, lw=0.9,
+                label=f"λ{i + 1} = {float(spectrum.exponents[i]) * scale:.3g}")
     ax.axhline(0, color="0.5", lw=0.6)
     ax.set(xscale="log", xlabel="steps", ylabel="exponent per " + ("second" if spectrum.dt else "step"),
            title=title or "Lyapunov spectrum: convergence (QR method)")
@@ -204,7 +205,8 @@ def write_job(out: Path, job: str, report: dict[str, Any], artefacts: dict[str, 
     trajectories = _trajectory_states(cell, artefacts["inputs"], artefacts["state0"])
     save_figure(plot_fixed_points(points, artefacts["visited"], trajectories, f"{job}: fixed points"),
                 out / f"{job}_fixed_points.png")
-    save_figure(plot_eigenvalues(points, title=f"{job}: eigenvalues at the fixed points"), out / f"{job}_eigenvalues.png")
+    save_figure(plot_eigenvalues(points, title=f"{job}: eigenvalues at the fixed points"),
+                out / f"{job}_eigenvalues.png")
     save_figure(plot_lyapunov(artefacts["spectrum"], title=f"{job}: Lyapunov spectrum"), out / f"{job}_lyapunov.png")
 
 

@@ -160,7 +160,8 @@ class LSTMParams(CellParams):
 
 
 class LSTMCell(Cell):
-    """LSTM (lecture Part 4): gates ``f, i, o, c'``; ``c_t = f*c_{t-1} + i*c'``, ``h_t = o*tanh(c_t)``, ``y_t = h_t``."""
+    """LSTM (lecture Part 4): gates ``f, i, o, c'``; ``c_t = f*c_{t-1} + i*c'``, ``h_t = o*tanh(c_t)``,
+    ``y_t = h_t``."""
 
     Params = LSTMParams
     output_part = "h"

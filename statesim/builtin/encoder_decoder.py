@@ -1,4 +1,5 @@
-"""Topology ``encoder_decoder`` and encoder ``sequence`` (the lecture's encoder-decoder RNN; GNMT when its parts are stacks).
+"""Topology ``encoder_decoder`` and encoder ``sequence`` (the lecture's encoder-decoder RNN; GNMT when its
+parts are stacks).
 
 One model, the core :class:`~statesim.model.SequenceModel`: its conditioning encoder (``sequence``: token
 embeddings or features, then the encoder topology named by ``topology.encoder``, any registered one)

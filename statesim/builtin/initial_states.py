@@ -29,7 +29,8 @@ class Zeros(InitialState):
 
 
 class RandomParams(PluginParams):
-    distribution: Literal["normal", "uniform"] = Field("normal", description="normal(0, scale) or uniform(-scale, scale)")
+    distribution: Literal["normal", "uniform"] = Field("normal",
+                                                       description="normal(0, scale) or uniform(-scale, scale)")
     scale: float = Field(0.1, ge=0, description="standard deviation or half-width")
     seed: int | None = Field(None, description="seed of the policy's own generator; torch's global RNG when omitted")
 

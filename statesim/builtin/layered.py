@@ -228,7 +228,8 @@ class Stacked(Topology):
         modules: list[nn.Module] = []
         size = input_size
         for i in range(layers):
-            module = Bidirectional(size, cell_factory, merge) if (i == 0 and bidirectional_first) else cell_factory(size)
+            module = (Bidirectional(size, cell_factory, merge) if (i == 0 and bidirectional_first)
+                      else cell_factory(size))
             out = module.output_size
             if self.residual_from is not None and i >= self.residual_from and out != size:
                 raise ShapeError(f"stacked: layer {i} has input size {size} but output size {out}, so it cannot have a "

@@ -4,8 +4,8 @@
 * :func:`token_pairs`: source/target id pairs as the trainer's :class:`~statesim.data.SequenceData` (the
   decoder reads ``<bos>`` + the shifted target, the source is the model's condition);
 * decoding with feedback of the model's own predictions, one tick at a time through
-  a prepared :class:`statesim.engine.Stepper` (greedy, beam search), for any :class:`~statesim.cell.Cell` (a decoder cell,
-  a stack seen as one cell, an attention cell); :func:`generate` runs them on a conditioned
+  a prepared :class:`statesim.engine.Stepper` (greedy, beam search), for any :class:`~statesim.cell.Cell`
+  (a decoder cell, a stack seen as one cell, an attention cell); :func:`generate` runs them on a conditioned
   :class:`~statesim.model.SequenceModel`;
 * metrics: exact-sequence accuracy and corpus BLEU (sacrebleu, the ``seq2seq`` extra:
   ``pip install 'statesim[seq2seq]'``).
@@ -114,7 +114,8 @@ def _to_list(tokens: Tensor) -> list[list[int]]:
 
 
 @torch.no_grad()
-def greedy_decode(cell: Cell, state: State, embed: Embed, head: Head, *, max_len: int) -> tuple[list[list[int]], Tensor]:
+def greedy_decode(cell: Cell, state: State, embed: Embed, head: Head, *,
+                  max_len: int) -> tuple[list[list[int]], Tensor]:
     """Feed back the most likely token each step until every sequence emits ``<eos>`` or ``max_len`` steps.
 
     Returns the token ids per sequence (``<eos>`` included when emitted) and their total log-probabilities.

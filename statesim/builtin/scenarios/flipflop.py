@@ -106,8 +106,8 @@ class FlipFlop(Scenario):
             "stable_fixed_points": {"value": len(attractors), "expected": memories, "met": len(attractors) == memories,
                                     "marginal": sum(1 for k in attractors if points.stability[k] == "marginal")},
             "saddles": {"value": sum(1 for k in fixed if unstable_dims[k] == 1),
-                        "note": f"fixed points with one unstable direction (between memories; {p.bits * 2 ** (p.bits - 1)} "
-                                f"edges of the {p.bits}-cube in the textbook picture)"},
+                        "note": f"fixed points with one unstable direction (between memories; "
+                                f"{p.bits * 2 ** (p.bits - 1)} edges of the {p.bits}-cube in the textbook picture)"},
             "slow_points": sum(1 for kind in points.kinds if kind == "slow"),
             "fixed_point_search": points.counts,
             "unstable_dimensions_of_fixed_points": sorted(unstable_dims[k] for k in fixed),

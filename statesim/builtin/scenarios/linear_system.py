@@ -41,7 +41,8 @@ def random_stable_system(p: LinearSystemParams) -> LinearCell:
     # every mode is excited for long enough to be identifiable; the largest has modulus rho exactly.
     blocks = []
     for index in range(n // 2):
-        radius = p.spectral_radius if index == 0 else float(p.spectral_radius * (0.5 + 0.5 * torch.rand(1, generator=gen)))
+        radius = (p.spectral_radius if index == 0
+                  else float(p.spectral_radius * (0.5 + 0.5 * torch.rand(1, generator=gen))))
         angle = float(0.2 + (torch.pi - 0.4) * torch.rand(1, generator=gen))
         c, s = radius * torch.cos(torch.tensor(angle)), radius * torch.sin(torch.tensor(angle))
         blocks.append(torch.tensor([[c, -s], [s, c]]))

@@ -1,4 +1,5 @@
-"""Scenarios ``adding`` and ``copy``: the long-lag memory benchmarks (Hochreiter & Schmidhuber 1997; Bengio et al. 1994).
+"""Scenarios ``adding`` and ``copy``: the long-lag memory benchmarks (Hochreiter & Schmidhuber 1997;
+Bengio et al. 1994).
 
 ``adding``: each step reads ``(value in [0, 1], marker)``; exactly two steps are marked, one in each half
 of the sequence, and the target at the last step is the sum of the two marked values. Predicting the

@@ -175,7 +175,8 @@ class Translation(Scenario):
         else:
             src_tok = tgt_tok = p.corpus.tokenizer
             pairs = [(s, t) for s, t in read_corpus(p.corpus)
-                     if len(tokenize(s, src_tok)) <= p.corpus.max_length and len(tokenize(t, tgt_tok)) <= p.corpus.max_length]
+                     if len(tokenize(s, src_tok)) <= p.corpus.max_length
+                     and len(tokenize(t, tgt_tok)) <= p.corpus.max_length]
             order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(ctx.config.seed)).tolist()
             pairs = [pairs[i] for i in order]
             n_test = max(1, round(len(pairs) * p.corpus.test_fraction))

@@ -16,7 +16,8 @@ from statesim_mujoco.swimmer import Swimmer
 
 @dataclass
 class Force:
-    """One clamp set at tick ``start`` for ``stop - start`` ticks: ``target`` ("input" or a state part) units <- value."""
+    """One clamp set at tick ``start`` for ``stop - start`` ticks: ``target`` ("input" or a state part)
+    units <- value."""
 
     start: int
     stop: int
@@ -116,7 +117,8 @@ def run_rnn(rnn: RNNController, cpg: CPGController, swimmer: Swimmer, drives: np
 def rnn_open_loop(rnn: RNNController, cpg: CPGController, drives: np.ndarray, seed: int, warmup: int,
                   keep_from: int, forces: Sequence[Force] = (), states: bool = False
                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Outputs ``[T', B, O]`` (and optionally states ``{part: [T', B, U]}``) of the RNN without a body, from ``keep_from``.
+    """Outputs ``[T', B, O]`` (and optionally states ``{part: [T', B, U]}``) of the RNN without a body, from
+    ``keep_from``.
 
     After the warm-up the RNN runs autonomously (its observation inputs are then zero), so its outputs and
     neurons at a drive do not depend on the body; the warm-up observes the CPG's own outputs.

@@ -61,7 +61,8 @@ def locomotion(com: np.ndarray, joints: np.ndarray, dt: float, start_s: float = 
     rate = float(np.polyfit(mid, headings, 1)[0]) if len(headings) >= 2 else 0.0
     span = times[-1] - times[0]
     return {"distance_m": float(np.linalg.norm(points[-1] - points[0])), "path_m": float(lengths.sum()),
-            "speed_mps": float(lengths.sum() / span), "heading_deg": math.degrees(math.atan2(steps[-1, 1], steps[-1, 0])),
+            "speed_mps": float(lengths.sum() / span),
+            "heading_deg": math.degrees(math.atan2(steps[-1, 1], steps[-1, 0])),
             "heading_change_deg": math.degrees(headings[-1] - headings[0]), "turn_rate_deg_s": math.degrees(rate),
             "cycles": int(len(times) - 1), "frequency_hz": float((len(times) - 1) / span)}
 

@@ -231,7 +231,8 @@ class SalamanderSwim(Scenario):
                                        "target": f"speed strictly increasing over drives {p.drives} for every seed",
                                        "pass": all(grows.values())},
             "turning": {"rows": turn_rows,
-                        "value": {"turn_rates_deg_s": [[s["turn_rate_deg_s"] for s in r["per_seed"]] for r in turn_rows],
+                        "value": {"turn_rates_deg_s": [[s["turn_rate_deg_s"] for s in r["per_seed"]]
+                                                       for r in turn_rows],
                                   "straight_max_abs_turn_rate_deg_s": _r(max(straight_rates, default=0.0))},
                         "target": f"d_L > d_R turns left (heading rate >= +{p.min_turn_rate} deg/s), d_L < d_R right, "
                                   f"for every seed",
@@ -300,7 +301,8 @@ class SalamanderSwim(Scenario):
                 mr = locomotion(*ep_rnn.agent(b), dt, start)
                 if b >= len(p.compare_drives):
                     rate = mr["turn_rate_deg_s"] or 0.0
-                    turns.append({"d_L": d_l, "d_R": d_r, "seed": seed, "cpg_turn_rate_deg_s": _r(mc["turn_rate_deg_s"]),
+                    turns.append({"d_L": d_l, "d_R": d_r, "seed": seed,
+                                  "cpg_turn_rate_deg_s": _r(mc["turn_rate_deg_s"]),
                                   "rnn_turn_rate_deg_s": _r(rate), "rnn_speed_mps": _r(mr["speed_mps"]),
                                   "same_direction": bool(np.sign(rate) == np.sign(d_l - d_r)
                                                          and abs(rate) >= p.min_turn_rate)})
@@ -409,7 +411,8 @@ class SalamanderSwim(Scenario):
         steps, warmup = int(round(p.unit_seconds / dt)), int(round(p.warmup_seconds / dt))
         keep = int(round(p.unit_seconds * 0.4 / dt))
         cpg_many = CPGController(self.host_registry, p.cpg.model_dump(), batch)
-        out, _ = rnn_open_loop(rnn, cpg_many, constant([p.neuron_base] * batch, steps), p.seeds[0], warmup, keep, forces)
+        out, _ = rnn_open_loop(rnn, cpg_many, constant([p.neuron_base] * batch, steps), p.seeds[0], warmup, keep,
+                               forces)
         rows = []
         for b in range(batch):
             body = out[:, b, :n].astype(np.float64)

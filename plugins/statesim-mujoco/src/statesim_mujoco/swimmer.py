@@ -125,7 +125,8 @@ class Swimmer:
         self.t = 0
 
     def step(self, body_angles: np.ndarray) -> None:
-        """One control tick: joint targets ``joint_gain x body_angles [B, joints]``, held for the tick (zero-order hold)."""
+        """One control tick: joint targets ``joint_gain x body_angles [B, joints]``, held for the tick
+        (zero-order hold)."""
         targets = self.p.joint_gain * np.asarray(body_angles, dtype=np.float64).reshape(self.batch_size, -1)
         for d, target in zip(self.data, targets):
             d.ctrl[:] = target
