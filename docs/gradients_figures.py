@@ -107,7 +107,7 @@ def truncated_horizon() -> None:
 
 def from_sweep(sweep: Path) -> None:
     """Figures 4 and 6: diagnose trained models of the sweep (what `statesim diagnose` does); copy its comparison."""
-    from statesim.embed import load_model
+    from statesim.runfolder import load_model
 
     if not sweep.is_dir():
         print(f"no sweep folder {sweep}; run `statesim sweep scenarios/sweeps/gradient_lab.yaml` first")

@@ -192,8 +192,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export one step of a trained model (TorchScript or ONNX) with a JSON sidecar, then verify it."""
     from pathlib import Path
 
-    from statesim.embed import find_checkpoint, load_model
     from statesim.export import TOLERANCE, ExportError, default_path, export_job_name, export_model, verify_export
+    from statesim.runfolder import find_checkpoint, load_model
     from statesim.safepath import confined
 
     host = _host(args)

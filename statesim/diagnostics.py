@@ -545,14 +545,6 @@ class DiagnoseError(StatesimError):
     """A run folder cannot be diagnosed."""
 
 
-def _trained_jobs(run_dir: Path) -> list[str]:
-    """Jobs of a run that left a checkpoint."""
-    from statesim.checkpoint import list_checkpoints
-
-    root = run_dir / "checkpoints"
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and list_checkpoints(p)) if root.is_dir() else []
-
-
 def diagnose_run(run_dir: str | Path, *, host: Any = None, batch: int = 8, steps: int = 100,
                  max_lag: int | None = None, norm: NormKind = "spectral", seed: int = 0,
                  echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -576,8 +568,8 @@ def _diagnose_in(run_dir: Path, host: Any, *, batch: int, steps: int, max_lag: i
                  seed: int, echo: Callable[[str], None]) -> dict[str, Any]:
     """Diagnose every trained job of ``run_dir`` (its writes already confined to it)."""
     from statesim.config import load_config
-    from statesim.embed import load_model
     from statesim.fileio import atomic_write_json, save_figure
+    from statesim.runfolder import load_model, trained_jobs
 
     out = run_dir / "diagnostics"
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -586,7 +578,7 @@ def _diagnose_in(run_dir: Path, host: Any, *, batch: int, steps: int, max_lag: i
         save_figure(plot_training(records), out / "training.png")
     config = load_config(run_dir / "config.yaml", host.registry)
     scenario = host.registry.get("scenario", config.scenario.type).record.cls(config.scenario.params)
-    jobs = _trained_jobs(run_dir)
+    jobs = trained_jobs(run_dir)
     if not jobs:
         echo(f"note: {run_dir} has no checkpoints (it trains no model); only training statistics were diagnosed.")
     for job in jobs:

@@ -48,5 +48,9 @@ class UnknownNameError(StatesimError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class EmbedError(StatesimError, ValueError):
+    """The embedding API was called with something it cannot use (shape, state part, forcing target...)."""
+
+
 class NotSteppableError(StatesimError, TypeError):
     """A model asked to advance one tick although its topology needs the whole sequence."""

@@ -132,12 +132,12 @@ def test_the_local_linear_config_builds_a_linear_model_with_the_same_numbers(bui
 
 
 def test_fixed_points_of_a_stacked_model_hold_under_the_engine_step(builtin_host):
-    from statesim.embed import _model_config
     from statesim.engine import step
     from statesim.model import build_model
+    from statesim.runfolder import resolve_model_config
 
-    config = _model_config({"cell": {"type": "gru", "hidden_size": 4}, "topology": {"type": "stacked", "layers": 2}},
-                           builtin_host.registry, "test")
+    config = resolve_model_config({"cell": {"type": "gru", "hidden_size": 4},
+                                   "topology": {"type": "stacked", "layers": 2}}, builtin_host.registry, "test")
     torch.manual_seed(2)
     model = build_model(builtin_host.registry, config, 2, 2)
     cell = model.step_cell()

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from _embed_models import CELLS, INPUT, make_model
-from statesim.embed import EmbedError, EmbeddedModel, load, load_model
+from statesim.embed import EmbedError, EmbeddedModel, load
 from statesim.errors import CheckpointError, ConfigError
 from statesim.forcing import Clamp, Forcing
 from statesim.model import build_model
+from statesim.runfolder import load_model
 
 
 def random_state(spec, batch, gen):

@@ -43,7 +43,7 @@ def test_host_loop_example_runs(ls_run, monkeypatch, capsys):
 
 def test_sidecar_example_has_the_real_keys(ls_run):
     """The sidecar shown in the doc has exactly the keys a real export writes."""
-    from statesim.embed import load_model
+    from statesim.runfolder import load_model
     from statesim.export import export_model
 
     model, info = load_model(ls_run / "runs" / "ls")

@@ -97,7 +97,7 @@ def test_embed_load_and_export_warn_when_the_newest_checkpoint_is_corrupt(tmp_pa
     """They silently used an older checkpoint; now a warning names the corrupt file and the one used."""
     import warnings
 
-    from statesim import embed
+    from statesim import embed, runfolder
     from statesim.plugin_manager import build_plugin_host
 
     run_dir = _copy(finished_run, tmp_path)
@@ -107,7 +107,7 @@ def test_embed_load_and_export_warn_when_the_newest_checkpoint_is_corrupt(tmp_pa
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = embed.load(run_dir, registry=build_plugin_host(autoload=False).registry)
-    messages = [str(w.message) for w in caught if issubclass(w.category, embed.OlderCheckpointWarning)]
+    messages = [str(w.message) for w in caught if issubclass(w.category, runfolder.OlderCheckpointWarning)]
     assert len(messages) == 1 and str(weights) in messages[0] and "older checkpoint" in messages[0]
     assert model.source == sidecars[-2]
     code, err = cli("export", run_dir, "--format", "torchscript", "--verify-steps", "0")

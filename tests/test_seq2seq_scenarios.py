@@ -168,9 +168,9 @@ def _test_data(name, out):
 
 @pytest.mark.parametrize("name", list(TINY))
 def test_a_conditioned_checkpoint_rebuilds_and_decodes_as_the_run_did(tiny_runs, name):
-    """statesim.embed.load_model rebuilds the model from the checkpoint alone; its greedy decodes are the run's."""
+    """statesim.runfolder.load_model rebuilds the model from the checkpoint alone; its greedy decodes are the run's."""
     from statesim.builtin.seq2seq import detokenize, generate
-    from statesim.embed import load_model
+    from statesim.runfolder import load_model
 
     results, out = tiny_runs[name]
     model, info = load_model(out)
@@ -186,8 +186,9 @@ def test_a_conditioned_checkpoint_rebuilds_and_decodes_as_the_run_did(tiny_runs,
 def test_diagnose_export_and_embed_work_on_a_conditioned_run(tiny_runs, name, tmp_path):
     from statesim.builtin.seq2seq import generate
     from statesim.diagnostics import diagnose_run
-    from statesim.embed import load, load_model
+    from statesim.embed import load
     from statesim.export import TOLERANCE, ExportError, export_model, verify_export
+    from statesim.runfolder import load_model
 
     results, out = tiny_runs[name]
     model, _ = load_model(out)

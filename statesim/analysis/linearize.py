@@ -72,14 +72,14 @@ class LocalLinear:
     def build(self, registry: Any = None) -> Any:
         """The local model as a :class:`~statesim.model.SequenceModel` (float64), e.g. for
         ``statesim.embed.as_embedded``."""
-        from statesim.embed import _model_config
         from statesim.model import build_model
+        from statesim.runfolder import resolve_model_config
 
         if registry is None:
             from statesim.plugin_manager import build_plugin_host
 
             registry = build_plugin_host(autoload=False).registry
-        config = _model_config(self.model_config(), registry, "local linear model")
+        config = resolve_model_config(self.model_config(), registry, "local linear model")
         with torch.no_grad():
             model = build_model(registry, config, int(self.A.shape[1]), int(self.A.shape[0])).double()
             cell = model.step_cell()

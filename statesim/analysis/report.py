@@ -215,9 +215,8 @@ def analyze_run(run_dir: str | Path, *, job: str | None = None, x_star: list[flo
                 echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Analyse every trained job of a run (or ``job``); writes ``analysis/`` in the run folder."""
     from statesim.config import load_config
-    from statesim.diagnostics import _trained_jobs
-    from statesim.embed import load_model
     from statesim.plugin_manager import build_plugin_host
+    from statesim.runfolder import load_model, trained_jobs
     from statesim.safepath import confined, refuse_symlinks
 
     run_dir = Path(run_dir)
@@ -225,7 +224,7 @@ def analyze_run(run_dir: str | Path, *, job: str | None = None, x_star: list[flo
         raise AnalyzeError(f"{run_dir} is not a run folder (no config.yaml); pass the folder `statesim run` wrote.")
     options = options or AnalysisOptions()
     host = host or build_plugin_host()
-    jobs = _trained_jobs(run_dir)
+    jobs = trained_jobs(run_dir)
     if job is not None:
         if job not in jobs:
             raise AnalyzeError(f"the run {run_dir} has no checkpoints for job '{job}'; its jobs are: "
