@@ -37,6 +37,7 @@ from statesim import engine
 from statesim.cell import Cell, device_and_dtype
 from statesim.errors import EmbedError, NotSteppableError, StatesimError
 from statesim.forcing import Clamp, Forcing, ForcingValue
+from statesim.kernelcheck import numpy_step_mismatch, warn_mismatch
 from statesim.model import InitialState, Memory, SequenceModel
 from statesim.registry import Registry
 from statesim.runfolder import load_model
@@ -149,6 +150,11 @@ class EmbeddedModel:
             kernel = None
             if self._fast_requested and self.device.type == "cpu" and self.cell is not None and not self.tokens:
                 kernel = self.cell.numpy_step()
+            if kernel is not None:  # checked on every refresh: the kernel is a snapshot of these weights
+                wrong = numpy_step_mismatch(self.cell, kernel)
+                if wrong is not None:
+                    warn_mismatch(self.cell, "numpy_step", wrong, "the torch step")
+                    kernel = None
             head: Any = None
             if kernel is not None and self.model.head is not None:
                 head = self.model.head

@@ -17,6 +17,7 @@ from statesim import fastpath
 from statesim.fastpath import (FUSED_KERNELS, Decline, FastPath, FusedForm, Prepared, Request, Result, State,
                                fused_incompatibility, fused_sequence, run_linear)
 from statesim.hookimpl import hookimpl
+from statesim.kernelcheck import FormVerdicts, fused_form_mismatch, linear_form_mismatch
 
 if TYPE_CHECKING:
     from statesim.cell import Cell
@@ -27,6 +28,9 @@ class FusedPath:
     """``torch.nn.LSTM``/``GRU``/``RNN``'s fused kernel, run with the cell's own parameters."""
 
     name = "fused"
+
+    def __init__(self) -> None:
+        self._verdicts = FormVerdicts()
 
     def prepare(self, stepper: "Stepper", request: Request) -> "Prepared | str":
         cell = stepper.cell
@@ -41,6 +45,10 @@ class FusedPath:
         if request.return_states and len(form.state_parts) > 1:
             return f"every step's state was requested (return_states) and the kernel returns only " \
                    f"'{form.state_parts[0]}'"
+        wrong = self._verdicts.problem(cell, "fused_form", lambda: fused_form_mismatch(cell, form),
+                                       "its step in a time loop")
+        if wrong is not None:
+            return f"the cell's fused form does not compute its step ({wrong})"
         return (partial(self.run, form, return_states=request.return_states),
                 f"torch's fused '{form.kernel}' kernel with the cell's own parameters")
 
@@ -65,10 +73,18 @@ class ScanPath:
 
     name = "scan"
 
+    def __init__(self) -> None:
+        self._verdicts = FormVerdicts()
+
     def prepare(self, stepper: "Stepper", request: Request) -> "Prepared | str":
-        form = stepper.cell.linear_form()
+        cell = stepper.cell
+        form = cell.linear_form()
         if form is None:
             return "the cell is not a linear time-invariant system"
+        wrong = self._verdicts.problem(cell, "linear_form", lambda: linear_form_mismatch(cell, form),
+                                       "its step in a time loop")
+        if wrong is not None:
+            return f"the cell's linear form does not compute its step ({wrong})"
         part, want = form.state_part, request.return_states
 
         def run(inputs: Tensor, state: State, lengths: Tensor | None) -> Result:
