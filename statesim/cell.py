@@ -112,6 +112,16 @@ class Cell(nn.Module):
         """One step: ``x [B, input_size]`` and ``state`` to ``(y [B, output_size], new_state)``."""
         return self.transition(self.project_inputs(x.unsqueeze(0)).squeeze(0), state)
 
+    # ----------------------------------------------------------------- parameter constraints
+    def constrain_parameters_(self) -> None:
+        """Project the parameters back onto the set this cell allows, in place, after every optimizer step.
+
+        The default allows everything. Declare a constraint here (IndRNN's ``|u| <= u_max``, a non-negative gain)
+        instead of clamping inside the step: a clamp in the step zeroes the gradient of every entry at its bound,
+        a projection after the step keeps the gradient and the bound. Runs under ``torch.no_grad``; write into the
+        parameters (``self.u.clamp_(-1, 1)``), never replace them (the optimizer holds references).
+        """
+
     # ----------------------------------------------------------------- optional fast path
     def project_inputs(self, inputs: Tensor) -> Tensor:
         """Map a whole input sequence ``[T, B, F]`` ahead of the time loop (identity by default)."""
@@ -253,3 +263,13 @@ def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
     if got[0] != want[0]:
         return ": the batch dimension changed (e.g. h[:1], a reduction over the batch, or broadcasting)"
     return ": wrong width"
+
+
+def constrain_parameters(module: nn.Module) -> int:
+    """Apply :meth:`Cell.constrain_parameters_` of every cell inside ``module``; returns how many declare one."""
+    declared = [m for m in module.modules()
+                if isinstance(m, Cell) and type(m).constrain_parameters_ is not Cell.constrain_parameters_]
+    with torch.no_grad():
+        for cell in declared:
+            cell.constrain_parameters_()
+    return len(declared)

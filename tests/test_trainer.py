@@ -277,6 +277,38 @@ def test_optimizers_apply_their_documented_update(name, cls, extra):
         torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-13, atol=1e-15)
 
 
+class BoundedRecurrence(VanillaCell):
+    """IndRNN's kind of constraint: every recurrent weight within [-0.2, 0.2], projected after each update."""
+
+    def constrain_parameters_(self):
+        self.weight_hh.clamp_(-0.2, 0.2)
+
+
+def test_a_cells_declared_projection_follows_every_update_and_keeps_the_gradient():
+    torch.manual_seed(4)
+    cell = BoundedRecurrence(2, 3)
+    model = _model(cell, head=nn.Linear(3, 2))
+    with torch.no_grad():
+        cell.weight_hh.clamp_(-0.2, 0.2)
+    start = _params(model)
+    trainer = _trainer(model, steps=6, batch_size=4, lr=0.5)
+    grads = _capture_grads(trainer)
+    trainer.fit(DataSplits(_data()))
+    bounded = next(i for i, p in enumerate(trainer.params) if p is cell.weight_hh)
+    replay = [p.clone() for p in start]  # plain SGD, then the projection, written out
+    for step_grads in grads:
+        for p, g in zip(replay, step_grads):
+            p -= 0.5 * g
+        replay[bounded].clamp_(-0.2, 0.2)
+    for got, want in zip(trainer.params, replay):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-13, atol=1e-15)
+    weight = cell.weight_hh.detach()
+    at_bound = weight.abs() == 0.2
+    assert at_bound.any() and weight.abs().max() <= 0.2  # the updates pushed past the bound, and were projected
+    # the gradient of an entry at its bound is not zero: the step itself never clamps
+    assert any(bool((g[bounded][at_bound] != 0).any()) for g in grads[1:])
+
+
 def _expected_lr(s, lr, steps, kind, warmup=0, step_size=1000, gamma=0.5, min_lr=0.0):
     """The schedules written from their definitions (s counts updates from 0)."""
     warm = min(1.0, (s + 1) / warmup) if warmup else 1.0
