@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from statesim.cell import State
+from statesim.cell import State, constrain_parameters
 from statesim.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from statesim.config import TrainingConfig
 from statesim.data import DataSplits, SequenceData, mse_loss
@@ -269,6 +269,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
+            constrain_parameters(self.model)  # a cell's declared projection, after every update (issue 19 item 8)
             self.scheduler.step()
             self.norm_mean = before if self.norm_mean is None else 0.95 * self.norm_mean + 0.05 * before
         self.step += 1
