@@ -302,7 +302,10 @@ def resolve(node: Any, path: tuple, registry: Registry, file: str, lines: Lines,
         table = registry.entries.get(node.kind, {})
         if node.type not in table:
             issues.append(ConfigIssue(file, _line(lines, path + ("type",)), ".".join(map(str, path + ("type",))),
-                                      unknown_name_message(node.kind.replace("_", "-"), node.type, list(table))))
+                                      unknown_name_message(node.kind.replace("_", "-"), node.type, list(table),
+                                                           missing=registry.missing,
+                                                           recorded=registry.recorded.get(node.kind, {})
+                                                           .get(node.type))))
             return
         params_model = table[node.type].record.params
         bad = _nonfinite(node.model_extra or {}, path)
@@ -326,6 +329,24 @@ def resolve(node: Any, path: tuple, registry: Registry, file: str, lines: Lines,
     elif isinstance(node, dict):
         for key, item in node.items():
             resolve(item, path + (key,), registry, file, lines, issues)
+
+
+def components(node: Any) -> list[tuple[str, str]]:
+    """Every ``(kind, registered name)`` chosen under a resolved config node, nested ones included."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, ComponentSpec):
+        found.append((node.kind, node.type))
+        node = node._params
+    if isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            found += components(getattr(node, name))
+    elif isinstance(node, (list, tuple)):
+        for item in node:
+            found += components(item)
+    elif isinstance(node, dict):
+        for item in node.values():
+            found += components(item)
+    return found
 
 
 def _check_raw_components(data: Any, model: type[BaseModel], path: tuple, registry: Registry, file: str,

@@ -27,7 +27,8 @@ from statesim.cell import Cell, State, device_and_dtype
 from statesim.engine import Trajectory, lengths_to_mask
 from statesim.errors import NotSteppableError, StatesimError
 from statesim.forcing import Forcing
-from statesim.registry import Registry
+from statesim.config import components
+from statesim.registry import Registry, provenance
 
 CellFactory = Callable[[int], Cell]
 
@@ -392,6 +393,9 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
     model = SequenceModel(topology, policy, head, embed=embed, encoder=conditioning)
     model.fast_path, model.compile_steps = getattr(config, "fast_path", None), getattr(config, "compile", None)
     model.build_spec = {"model": config.model_dump(mode="json"), "input_size": input_size, "output_size": output_size}
+    # who provided each component (distribution, version): a host without the plugin is told what to install
+    chosen = components(config) + ([("encoder", str(encoder.get("type")))] if encoder is not None else [])
+    model.build_spec["providers"] = provenance(registry, chosen)
     if input_vocab:
         model.build_spec["input_vocab"] = input_vocab
     if encoder is not None:

@@ -263,6 +263,7 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
     order = sorted(range(len(loaded)), key=lambda index: (_priority(manager, loaded[index][0]), index))
     for plugin, info in (loaded[index] for index in order):
         _merge(host, plugin, info, problem)
+    host.registry.missing = host.problems  # an unknown name is then reported with the plugin that failed
     return host
 
 

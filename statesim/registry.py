@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -39,9 +40,17 @@ class Provided:
 
 @dataclass
 class Registry:
-    """Registered names per kind (``cell``, ``topology``, ``initial_state``, ``scenario``)."""
+    """Registered names per kind (``cell``, ``topology``, ``initial_state``, ``scenario``).
+
+    ``missing``: the plugins that failed to load or were dropped (``PluginProblem`` records), so that a name
+    they would have provided is reported with the reason instead of a did-you-mean. ``recorded``: who provided
+    each name in a file being loaded (a checkpoint's ``providers``, see :func:`provenance`), per kind, so that
+    a host without that distribution is told what to install.
+    """
 
     entries: dict[str, dict[str, Provided]] = field(default_factory=dict)
+    missing: list[Any] = field(default_factory=list)
+    recorded: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def add(self, kind: str, provided: Provided) -> None:
         """Add one record; a name already taken raises a NameClashError naming both providers."""
@@ -51,8 +60,7 @@ class Registry:
             first = table[name]
             raise NameClashError(
                 f"The {kind} name '{name}' is registered twice: by plugin '{first.plugin}' "
-                f"(distribution {first.distribution or 'statesim (built-in)'}) and by plugin '{provided.plugin}' "
-                f"(distribution {provided.distribution or 'statesim (built-in)'})",
+                f"(distribution {_origin(first)}) and by plugin '{provided.plugin}' (distribution {_origin(provided)})",
                 f"Uninstall or block one of them (STATESIM_BLOCK_PLUGINS={provided.plugin}), or rename the second "
                 f"one.")
         table[name] = provided
@@ -65,17 +73,65 @@ class Registry:
         """The record for ``name``; an UnknownNameError (a KeyError) carrying a did-you-mean when unknown."""
         table = self.entries.get(kind, {})
         if name not in table:
-            raise UnknownNameError(unknown_name_message(kind, name, list(table)))
+            raise UnknownNameError(self.unknown(kind, name))
         return table[name]
+
+    def unknown(self, kind: str, name: str) -> str:
+        """The message for a ``kind`` named ``name`` that no loaded plugin registered."""
+        return unknown_name_message(kind, name, list(self.entries.get(kind, {})), missing=self.missing,
+                                    recorded=self.recorded.get(kind, {}).get(name))
+
+
+def _origin(provided: Provided) -> str:
+    if provided.distribution is None:
+        return "statesim (built-in)"
+    return " ".join(part for part in (provided.distribution, provided.version) if part)
+
+
+def provenance(registry: Registry, components: list[tuple[str, str]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{kind: {name: {plugin, distribution, version}}}`` of the named components, as plain data for a file."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind, name in components:
+        provided = registry.entries.get(kind, {}).get(name)
+        if provided is not None:
+            found.setdefault(kind, {})[name] = {"plugin": provided.plugin, "distribution": provided.distribution,
+                                                "version": provided.version}
+    return found
 
 
 def did_you_mean(word: str, options: list[str]) -> str:
     """' Did you mean X?' for the closest option, or ''."""
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def unknown_name_message(kind: str, name: str, options: list[str]) -> str:
-    """The message for an unregistered name: what exists and the closest one."""
-    return (f"unknown {kind} '{name}'.{did_you_mean(name, options)} "
-            f"Registered {kind}s: {', '.join(sorted(options)) or 'none'} (see `statesim plugins`).")
+def _resembles(name: str, problem: Any) -> bool:
+    """Whether a plugin that failed to load is, by its plugin or distribution name, the likely provider."""
+    key = name.lower().replace("-", "_")
+    names = [str(getattr(problem, "name", "") or ""), str(getattr(problem, "distribution", "") or "")]
+    return any(key in n.lower().replace("-", "_") or n.lower().replace("-", "_") in key for n in names if n)
+
+
+def _install_hint(recorded: Any) -> str:
+    """What to install, from a file's record of who provided the name (data from a file: checked)."""
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("distribution"), str):
+        return ""
+    dist, version = recorded["distribution"], recorded.get("version")
+    pin = f"{dist}=={version}" if isinstance(version, str) and version else dist
+    return (f" It was provided by distribution {dist} {version or ''}".rstrip() +
+            f" where this was saved, which is not installed (or did not load) here: pip install '{pin}'.")
+
+
+def unknown_name_message(kind: str, name: str, options: list[str], *, missing: list[Any] = (),
+                         recorded: Any = None) -> str:
+    """The message for an unregistered name: who should have provided it and why it did not, else what exists
+    and the closest one."""
+    listing = f"Registered {kind}s: {', '.join(sorted(options)) or 'none'} (see `statesim plugins`)."
+    likely = [p for p in missing if _resembles(name, p)]
+    install = _install_hint(recorded)
+    if likely:  # the reason it is missing, not a guess at an unrelated name
+        return (f"unknown {kind} '{name}': {' '.join(str(p) for p in likely)}{install} {listing}")
+    if install:
+        return f"unknown {kind} '{name}'.{install} {listing}"
+    others = f" Plugins that did not load (one may provide it): {' '.join(str(p) for p in missing)}" if missing else ""
+    return f"unknown {kind} '{name}'.{did_you_mean(name, options)}{others} {listing}"

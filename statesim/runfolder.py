@@ -100,8 +100,11 @@ def _run_yaml(run_dir: Path | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def resolve_model_config(data: Any, registry: Registry, where: str) -> Any:
-    """Validate and resolve a stored model description (plain data) against the registry."""
+def resolve_model_config(data: Any, registry: Registry, where: str, providers: Any = None) -> Any:
+    """Validate and resolve a stored model description (plain data) against the registry; ``providers`` (the
+    checkpoint's record of who provided each component) turns an unknown name into what to install."""
+    from dataclasses import replace
+
     from pydantic import ValidationError
 
     from statesim.config import ModelConfig, _issues_from_validation, resolve
@@ -112,6 +115,8 @@ def resolve_model_config(data: Any, registry: Registry, where: str) -> Any:
     except ValidationError as exc:
         raise ConfigError(_issues_from_validation(exc, ModelConfig, ("model",), where, {})) from None
     issues: list[Any] = []
+    if isinstance(providers, dict):
+        registry = replace(registry, recorded={k: v for k, v in providers.items() if isinstance(v, dict)})
     resolve(config, ("model",), registry, where, {}, issues)
     if issues:
         raise ConfigError(issues)
@@ -185,7 +190,7 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     spec = _stored_spec(info.meta.get("model"), sidecar)
     run_yaml = _run_yaml(run_dir)
     if spec is not None:
-        config = resolve_model_config(spec["model"], registry, f"{sidecar} (stored model)")
+        config = resolve_model_config(spec["model"], registry, f"{sidecar} (stored model)", spec.get("providers"))
         input_size = spec["input_size"] if input_size is None else input_size
         output_size = spec["output_size"] if output_size is None else output_size
     elif isinstance(run_yaml.get("model"), dict):

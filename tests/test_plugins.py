@@ -6,6 +6,7 @@ pip-installed ones. CLI checks run ``python -m statesim`` in a subprocess with P
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from statesim.cli import main
-from statesim.errors import ConfigError, PluginError
+from statesim.errors import ConfigError, PluginError, UnknownNameError
 from statesim.plugin_manager import build_plugin_host
 
 GOOD_CELL = '''
@@ -197,6 +198,60 @@ def test_broken_plugin_cli_warns_strict_fails_without_traceback(site, tmp_path, 
     assert capsys.readouterr().err.startswith("error: plugin 'broken' (distribution broken-dist 0.3)")
 
 
+def test_a_name_from_a_plugin_that_failed_to_import_is_reported_with_the_plugin_and_why(site, tmp_path):
+    """Issue 19 item 1: not `unknown cell 'indrnn'. Did you mean 'window'?` but who failed, why, and the fix."""
+    _write_dist(site, "statesim-indrnn", "0.1", {"indrnn": "indrnn_mod"},
+                {"indrnn_mod": "raise ImportError('No module named numba')\n"})
+    scenario = tmp_path / "indrnn.yaml"
+    scenario.write_text("scenario: {type: moving_average}\nmodel:\n  cell: {type: indrnn, hidden_size: 4}\n")
+    for command in (["validate", str(scenario)], ["run", str(scenario), "--out", str(tmp_path / "run")]):
+        done = _cli(command, site)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert ("`model.cell.type`: unknown cell 'indrnn': plugin 'indrnn' (distribution statesim-indrnn 0.1) "
+                "failed to import: ImportError: No module named numba. Fix or uninstall it") in done.stderr
+        assert "Did you mean" not in done.stderr
+    assert not (tmp_path / "run").exists()
+    host = build_plugin_host()
+    with pytest.raises(UnknownNameError, match="plugin 'indrnn' .*statesim-indrnn 0.1.*failed to import"):
+        host.registry.get("cell", "indrnn")
+
+
+def test_a_name_from_a_dropped_plugin_lists_the_plugins_that_did_not_load(site):
+    _write_dist(site, "clash-dist", "0.9", {"clash": "clash_mod"}, {"clash_mod": GOOD_CELL.replace("{name}", "lstm")})
+    message = build_plugin_host().registry.unknown("cell", "ctrnn2")
+    assert message.startswith("unknown cell 'ctrnn2'. Plugins that did not load (one may provide it): plugin "
+                              "'clash' (distribution clash-dist 0.9) was refused: The cell name 'lstm' is "
+                              "registered twice"), message
+    assert "Did you mean" not in message  # 'ctrnn2' resembles no registered cell
+
+
+def test_checkpoints_record_who_provided_each_component_and_a_host_without_it_says_what_to_install(
+        site, tmp_path):
+    """Issue 19 item 6: a checkpoint (and an export sidecar) names the distribution and version of its cell."""
+    from statesim.export import export_model
+    from statesim.run import execute
+    from statesim.runfolder import load_model
+
+    scenario = tmp_path / "leaky.yaml"
+    scenario.write_text("scenario:\n  type: moving_average\n  steps: 10\n  train_sequences: 4\n  test_sequences: 2\n"
+                        "  models:\n    leaky: {cell: {type: leaky, hidden_size: 2}, head: linear}\n"
+                        "training: {steps: 2}\noutput: {plots: false}\n")
+    run_dir = execute(str(scenario), [], out=tmp_path / "run", host=build_plugin_host(), echo=lambda m: None)
+    job = sorted(p.name for p in (run_dir / "checkpoints").iterdir())[0]  # leaky-on-ema, leaky-on-ma...
+    model, info = load_model(run_dir, job=job, registry=build_plugin_host().registry)
+    version = metadata.version("statesim-example")
+    example = {"plugin": "example", "distribution": "statesim-example", "version": version}
+    assert info.meta["model"]["providers"]["cell"] == {"leaky": example}
+    assert info.meta["model"]["providers"]["topology"]["unidirectional"]["distribution"] is None  # built-in
+    sidecar = export_model(model, tmp_path / "leaky.pt", "torchscript")
+    assert json.loads(Path(sidecar).read_text())["model"]["providers"]["cell"] == {"leaky": example}
+    without = build_plugin_host(block=["example"]).registry
+    expected = (rf"unknown cell 'leaky'\. It was provided by distribution statesim-example {version} where this "
+                rf"was saved.*pip install 'statesim-example=={version}'")
+    with pytest.raises(ConfigError, match=expected):
+        load_model(run_dir, job=job, registry=without)
+
+
 def test_wrong_signature_misspelled_unmarked_and_raising_hooks_are_each_reported(site):
     sources = {
         "wrongsig": "import statesim\n@statesim.hookimpl\ndef statesim_cells(config):\n    return []\n",
@@ -239,10 +294,11 @@ def test_duplicate_cell_name_names_both_providers_and_keeps_the_first(site):
     host = build_plugin_host()
     message = _one_problem(host, "'lstm'")
     assert "plugin 'statesim.builtin.cells' (distribution statesim (built-in))" in message
-    assert "plugin 'clash' (distribution clash-dist)" in message and "'clash' was not loaded" in message
+    assert "plugin 'clash' (distribution clash-dist 0.9)" in message and "'clash' was not loaded" in message
     assert host.registry.get("cell", "lstm").plugin == "statesim.builtin.cells"
     message = _one_problem(host, "'gain' is registered twice")
-    assert "plugin 'acme' (distribution acme-cells)" in message and "plugin 'zeta' (distribution zeta-cells)" in message
+    assert "plugin 'acme' (distribution acme-cells 2.0.1)" in message and \
+        "plugin 'zeta' (distribution zeta-cells 1.1)" in message
     assert host.registry.get("cell", "gain").distribution == "acme-cells"
     with pytest.raises(PluginError, match="'lstm' is registered twice"):
         build_plugin_host(strict=True)
