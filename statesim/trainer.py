@@ -190,6 +190,11 @@ class Trainer:
         self.scenario_state = dict(scenario_state or {})
         self.sampling = sampling
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:  # torch.optim would say only "optimizer got an empty parameter list"
+            raise TrainingError(f"job '{job}': the model has no trainable parameter (its cell, topology, initial "
+                                f"state and head are all fixed or parameter-free), so there is nothing to train. "
+                                f"Use a cell with parameters, set the job's head: linear, or un-fix the cell's "
+                                f"parameters (model.cell.fixed).")
         self.optimizer = make_optimizer(self.params, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
         self.order = torch.Generator().manual_seed(seed)

@@ -309,6 +309,12 @@ def test_a_cells_declared_projection_follows_every_update_and_keeps_the_gradient
     assert any(bool((g[bounded][at_bound] != 0).any()) for g in grads[1:])
 
 
+def test_a_model_without_trainable_parameters_is_refused_by_name():
+    cell = LinearCell(2, 2, fixed=["A", "B", "C", "D"])
+    with pytest.raises(TrainingError, match="job 'main': the model has no trainable parameter"):
+        _trainer(_model(cell), steps=1)
+
+
 def _expected_lr(s, lr, steps, kind, warmup=0, step_size=1000, gamma=0.5, min_lr=0.0):
     """The schedules written from their definitions (s counts updates from 0)."""
     warm = min(1.0, (s + 1) / warmup) if warmup else 1.0
