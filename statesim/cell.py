@@ -265,11 +265,7 @@ def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:
     return ": wrong width"
 
 
-def constrain_parameters(module: nn.Module) -> int:
-    """Apply :meth:`Cell.constrain_parameters_` of every cell inside ``module``; returns how many declare one."""
-    declared = [m for m in module.modules()
-                if isinstance(m, Cell) and type(m).constrain_parameters_ is not Cell.constrain_parameters_]
-    with torch.no_grad():
-        for cell in declared:
-            cell.constrain_parameters_()
-    return len(declared)
+def constrained_cells(module: nn.Module) -> list[Cell]:
+    """The cells inside ``module`` that declare :meth:`Cell.constrain_parameters_` (found once, applied often)."""
+    return [m for m in module.modules()
+            if isinstance(m, Cell) and type(m).constrain_parameters_ is not Cell.constrain_parameters_]

@@ -21,7 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationIn
 from statesim import kinds
 from statesim.errors import ConfigError
 from statesim.forcing import ClampConfig
-from statesim.registry import Registry, did_you_mean, unknown_name_message
+from statesim.registry import Registry, did_you_mean
 from statesim.safepath import PathName, default_run_name
 from statesim.yamlio import Lines, dump_yaml, load_yaml, parse_yaml
 
@@ -302,10 +302,7 @@ def resolve(node: Any, path: tuple, registry: Registry, file: str, lines: Lines,
         table = registry.entries.get(node.kind, {})
         if node.type not in table:
             issues.append(ConfigIssue(file, _line(lines, path + ("type",)), ".".join(map(str, path + ("type",))),
-                                      unknown_name_message(node.kind.replace("_", "-"), node.type, list(table),
-                                                           missing=registry.missing,
-                                                           recorded=registry.recorded.get(node.kind, {})
-                                                           .get(node.type))))
+                                      registry.unknown(node.kind, node.type, node.kind.replace("_", "-"))))
             return
         params_model = table[node.type].record.params
         bad = _nonfinite(node.model_extra or {}, path)

@@ -76,9 +76,10 @@ class Registry:
             raise UnknownNameError(self.unknown(kind, name))
         return table[name]
 
-    def unknown(self, kind: str, name: str) -> str:
-        """The message for a ``kind`` named ``name`` that no loaded plugin registered."""
-        return unknown_name_message(kind, name, list(self.entries.get(kind, {})), missing=self.missing,
+    def unknown(self, kind: str, name: str, label: str | None = None) -> str:
+        """The message for a ``kind`` named ``name`` that no loaded plugin registered (``label``: the kind as the
+        user reads it, e.g. ``initial-state``)."""
+        return unknown_name_message(label or kind, name, list(self.entries.get(kind, {})), missing=self.missing,
                                     recorded=self.recorded.get(kind, {}).get(name))
 
 

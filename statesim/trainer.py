@@ -26,7 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from statesim.cell import State, constrain_parameters
+from statesim.cell import State, constrained_cells
 from statesim.checkpoint import list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from statesim.config import TrainingConfig
 from statesim.data import DataSplits, SequenceData, mse_loss
@@ -196,6 +196,7 @@ class Trainer:
                                 f"Use a cell with parameters, set the job's head: linear, or un-fix the cell's "
                                 f"parameters (model.cell.fixed).")
         self.optimizer = make_optimizer(self.params, config)
+        self.constrained = constrained_cells(self.model)  # looked up once, not on every update
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config))
         self.order = torch.Generator().manual_seed(seed)
         self.step = 0
@@ -274,7 +275,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self.optimizer.step()
-            constrain_parameters(self.model)  # a cell's declared projection, after every update (issue 19 item 8)
+            with torch.no_grad():  # each cell's declared projection, after every update (issue 19 item 8)
+                for cell in self.constrained:
+                    cell.constrain_parameters_()
             self.scheduler.step()
             self.norm_mean = before if self.norm_mean is None else 0.95 * self.norm_mean + 0.05 * before
         self.step += 1
