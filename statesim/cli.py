@@ -41,7 +41,9 @@ def _host(args: argparse.Namespace):
 def _set_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help="scenario YAML file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a config key (dotted path, value as YAML), e.g. --set training.lr=0.01")
+                        help="override a config key (dotted path, value as YAML), e.g. --set training.lr=0.01; "
+                             "a whole mapping: --set 'model.cell={type: gru, hidden_size: 32}'; a new component "
+                             "type (--set model.cell.type=gru) keeps only the keys that type accepts")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -154,6 +154,10 @@ class TrainingConfig(Strict):
     momentum: float = Field(0.0, ge=0, description="'sgd': momentum")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
     bptt: BPTTConfig = Field(default_factory=BPTTConfig, description="full or truncated BPTT")
+    batching: Literal["random", "by_length"] = Field(
+        "random", description="'random': any sequences share a batch; 'by_length': each batch holds sequences of "
+                              "one length (padded data with lengths), so it runs only as long as its members and, "
+                              "under truncated BPTT, every update costs the same")
     clip: ClipConfig = Field(default_factory=ClipConfig, description="gradient clipping")
     loss_from_step: int = Field(0, ge=0, description="ignore the first steps of every sequence in the loss "
                                                       "(lets the state settle)")
@@ -371,8 +375,11 @@ def _check_raw_components(data: Any, model: type[BaseModel], path: tuple, regist
 
 
 # --------------------------------------------------------------------------- overrides and loading
-def apply_override(data: dict, assignment: str, lines: Lines) -> None:
-    """Apply one ``dotted.key=value`` (value parsed as YAML) to ``data`` in place."""
+def apply_override(data: dict, assignment: str, lines: Lines, registry: Registry | None = None) -> None:
+    """Apply one ``dotted.key=value`` (value parsed as YAML) to ``data`` in place.
+
+    With a ``registry``, a new ``type`` of a component (``model.cell.type=gru``) drops the keys of the previous
+    one that the new type does not take, so switching a cell does not fail on the old cell's parameters."""
     def fail(message: str) -> ConfigError:
         return ConfigError([ConfigIssue(f"--set {assignment}", None, "", message)])
 
@@ -397,12 +404,28 @@ def apply_override(data: dict, assignment: str, lines: Lines) -> None:
                     target[int(part)] = {}
                 target = target[int(part)]
         elif last:
+            if part == "type" and registry is not None:
+                _drop_foreign_keys(target, value, registry, tuple(parts[:-1]), lines)
             target[part] = value
         else:
             if not isinstance(target.get(part), (dict, list)):
                 target[part] = {}
             target = target[part]
     lines.pop(tuple(int(p) if p.isdigit() else p for p in parts), None)
+
+
+def _drop_foreign_keys(spec: dict, new_type: Any, registry: Registry, path: tuple, lines: Lines) -> None:
+    """Keep only the keys of a component mapping that its new type's parameters accept (``type`` aside)."""
+    old_type = spec.get("type")
+    if not isinstance(old_type, str) or not isinstance(new_type, str) or old_type == new_type:
+        return
+    kinds = [kind for kind, table in registry.entries.items() if old_type in table and new_type in table]
+    if len(kinds) != 1:  # not a component mapping we can place (or an ambiguous one): leave it to validation
+        return
+    accepted = registry.entries[kinds[0]][new_type].record.params.model_fields
+    for key in [k for k in spec if k != "type" and k not in accepted]:
+        del spec[key]
+        lines.pop(tuple(int(p) if p.isdigit() else p for p in path + (key,)), None)
 
 
 def _blame_overrides(error: ConfigError, overrides: list[str], file_lines: Lines) -> ConfigError:
@@ -499,7 +522,7 @@ def load_config(path: str | Path, registry: Registry, overrides: list[str] = ())
     for assignment in overrides:
         if not isinstance(data, dict):
             break
-        apply_override(data, assignment, lines)
+        apply_override(data, assignment, lines, registry)
     try:
         config = validate_data(data, registry, str(path), lines)
     except ConfigError as exc:

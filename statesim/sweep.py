@@ -323,7 +323,7 @@ def validate_combinations(spec: SweepSpec, host: Any) -> None:
     for combo in combos:
         data = json.loads(json.dumps(spec.base))
         for assignment in overrides_of(combo):
-            apply_override(data, assignment, {})
+            apply_override(data, assignment, {}, host.registry)
         try:
             validate_data(data, host.registry, str(spec.file))
         except StatesimError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from statesim.config import dump_config, load_config
+from statesim.config import dump_config, load_config, validate_data
 from statesim.errors import ConfigError
 from statesim.plugin_manager import build_plugin_host
 from statesim.yamlio import parse_yaml
@@ -175,6 +175,23 @@ def test_override_into_a_list_and_a_section_the_file_lacks(registry):
     # moving_average has no `model:`; a --set that creates half of one is blamed on the --set.
     issues = _issues(path, registry, ["model.cell.hidden_size=32"])
     assert [(i.file, i.key) for i in issues] == [("--set model.cell.hidden_size=32", "model.cell.type")]
+
+
+def test_a_new_component_type_keeps_only_the_keys_it_accepts(tmp_path, registry):
+    """--set model.cell.type=gru on a vanilla cell with `activation` drops that key (gru has none) and keeps
+    hidden_size; a later --set of the new type's own key still applies, and a foreign key set after the switch
+    is still an error."""
+    path = _write(tmp_path, "scenario: {type: linear_system}\n"
+                            "model:\n  cell: {type: vanilla, hidden_size: 5, activation: relu}\n")
+    with pytest.raises(ConfigError, match="unknown key 'activation'"):
+        validate_data({"scenario": {"type": "linear_system"},
+                       "model": {"cell": {"type": "gru", "hidden_size": 5, "activation": "relu"}}}, registry)
+    config = load_config(path, registry, ["model.cell.type=gru", "model.cell.bias=false"])
+    assert config.model.cell.type == "gru" and config.model.cell.model_extra == {"hidden_size": 5, "bias": False}
+    issues = _issues(path, registry, ["model.cell.type=gru", "model.cell.activation=tanh"])
+    assert [(i.file, i.key) for i in issues] == [("--set model.cell.activation=tanh", "model.cell.activation")]
+    # the same type again changes nothing
+    assert load_config(path, registry, ["model.cell.type=vanilla"]).model.cell.model_extra["activation"] == "relu"
 
 
 # --------------------------------------------------------------------------- the resolved config
