@@ -17,7 +17,7 @@ import copy
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -216,13 +216,35 @@ class Trainer:
     # ------------------------------------------------------------------ batching
     def _next_batch(self, data: SequenceData) -> SequenceData:
         size = min(self.config.batch_size, len(data))
+        by_length = self.config.batching == "by_length" and data.lengths is not None
         if self.epoch_perm is None or self.epoch_pos + size > len(self.epoch_perm):
-            self.epoch_perm, self.epoch_pos = torch.randperm(len(data), generator=self.order), 0
+            self.epoch_perm = self._length_epoch(data.lengths, size) if by_length \
+                else torch.randperm(len(data), generator=self.order)
+            self.epoch_pos = 0
         index = self.epoch_perm[self.epoch_pos:self.epoch_pos + size]
         self.epoch_pos += size
         if self.dist is not None:  # every rank drew the same global batch; each trains on its part
             index = self.dist.shard(index)
-        return data.select(index).to(self.device)
+        batch = data.select(index)
+        if by_length and batch.lengths is not None and bool((batch.lengths == batch.steps).all()):
+            batch = replace(batch, lengths=None)  # all full: the unpadded path, same numbers
+        return batch.to(self.device)
+
+    def _length_epoch(self, lengths: Tensor, size: int) -> Tensor:
+        """One epoch's order for ``batching: by_length``: whole batches of equal-length sequences, shuffled.
+
+        Each length's sequences are shuffled and cut into full batches (the remainder waits for a later epoch,
+        drawn afresh), and the batches are shuffled, so consecutive slices of ``size`` are the batches and the
+        epoch is a plain index order that checkpoints and resumes like a random one."""
+        batches = []
+        for length in torch.unique(lengths):
+            members = torch.nonzero(lengths == length).flatten()
+            members = members[torch.randperm(len(members), generator=self.order)]
+            batches += list(members[:len(members) // size * size].split(size))
+        if not batches:  # every length has fewer sequences than a batch: mixed batches after all
+            return torch.randperm(len(lengths), generator=self.order)
+        order = torch.randperm(len(batches), generator=self.order)
+        return torch.cat([batches[i] for i in order])
 
     # ------------------------------------------------------------------ one update
     def _loss(self, batch: SequenceData, outputs: Tensor, t0: int) -> Tensor:

@@ -200,6 +200,57 @@ def test_truncated_bptt_validates_whenever_an_eval_every_boundary_is_crossed():
     assert validated == [end for end in range(4, 25, 4) if end // 3 > (end - 4) // 3] == [4, 8, 12, 16, 20, 24]
 
 
+def _two_length_data(short=4, long=12, n_short=6, n_long=4):
+    """Sequences of two lengths in one padded set: the short ones zero-padded to the long length."""
+    x = torch.randn(long, n_short + n_long, 2, dtype=DT)
+    x[short:, :n_short] = 0
+    lengths = torch.tensor([short] * n_short + [long] * n_long)
+    return SequenceData(x, x.clone(), lengths, trim=True)
+
+
+def test_by_length_batching_keeps_each_batch_to_one_length_and_every_update_to_k1_steps():
+    """batching: by_length + truncated BPTT at the short length: every forward runs k1 steps (never the padded
+    long length), a long batch makes long/k1 updates, and an epoch holds every full batch of each length once."""
+    data = _two_length_data()
+    model = _vanilla_model()
+    seen_steps: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: seen_steps.append(args[0].shape[0]))
+    records: list[dict] = []
+    trainer = _trainer(model, log=records.append, steps=14, batch_size=2, lr=0.01, batching="by_length",
+                       bptt={"mode": "truncated", "k1": 4})
+    batches = [trainer._next_batch(data) for _ in range(5)]  # one epoch: 3 short and 2 long batches
+    assert sorted(b.steps for b in batches) == [4, 4, 4, 12, 12]
+    assert all(b.lengths is None for b in batches)  # homogeneous batches run unpadded
+    members = torch.cat(list(trainer.epoch_perm.split(2)))
+    assert sorted(members.tolist()) == list(range(10))
+    for chunk in trainer.epoch_perm.split(2):  # each batch is one length
+        assert len(set(data.lengths[chunk].tolist())) == 1
+    trainer.epoch_perm = None
+    trainer.fit(DataSplits(data))
+    assert trainer.step == 14 and len(seen_steps) == 14 and set(seen_steps) == {4}
+
+
+def test_by_length_batching_gives_the_numbers_of_the_unpadded_sequences():
+    """One update on a batch drawn from padded data equals one update on the same sequences stored unpadded."""
+    torch.manual_seed(0)
+    short, long = _data(n=2, steps=4), _data(n=2, steps=8)
+    pad = torch.zeros(4, 2, 2, dtype=DT)
+    padded = SequenceData(torch.cat([torch.cat([short.inputs, pad]), long.inputs], 1),
+                          torch.cat([torch.cat([short.targets, pad]), long.targets], 1),
+                          torch.tensor([4, 4, 8, 8]), trim=True)
+    model = _vanilla_model()
+    twin, before = copy.deepcopy(model), _params(model)
+    trainer = _trainer(model, steps=1, batch_size=2, lr=0.1, batching="by_length")
+    trainer.fit(DataSplits(padded))
+    drawn = trainer.epoch_perm[:2]
+    source, offset = (short, 0) if int(drawn[0]) < 2 else (long, 2)
+    plain = _trainer(twin, steps=1, batch_size=2, lr=0.1)
+    plain.fit(DataSplits(source.select(drawn - offset)))
+    for p, q in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-15)
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # the update did something
+
+
 # --------------------------------------------------------------------------- clipping
 def _reference_grads(model, data):
     """Gradients of the trainer's default loss (masked MSE) on a copy of the model."""

@@ -83,11 +83,12 @@ def make_data(p: SalamanderParams, cpg: SalamanderCPG, seed: int) -> tuple[DataS
         state["r"] = R.clone()  # start on the cycle: random phases at the first plateau's amplitude
         return drives, simulate(cpg, drives, state), lengths
 
-    def windows(drives: torch.Tensor, observed: torch.Tensor, lengths: list[int]) -> SequenceData:
+    def windows(drives: torch.Tensor, observed: torch.Tensor, lengths: list[int], size: int = window,
+                step: int = stride) -> SequenceData:
         xs, ys = [], []
         for b, length in enumerate(lengths):
-            for start in range(0, length - window + 1, stride):
-                d, y = drives[start:start + window, b:b + 1], observed[start:start + window, b:b + 1]
+            for start in range(0, length - size + 1, step):
+                d, y = drives[start:start + size, b:b + 1], observed[start:start + size, b:b + 1]
                 xs.append(model_inputs(d, y, warmup))
                 ys.append(y)
         return SequenceData(torch.cat(xs, 1), torch.cat(ys, 1))
@@ -98,8 +99,29 @@ def make_data(p: SalamanderParams, cpg: SalamanderCPG, seed: int) -> tuple[DataS
         drives, observed, lengths = torch.cat([drives, flipped[0]], 1), torch.cat([observed, flipped[1]], 1), \
             lengths * 2
     train = windows(drives, observed, lengths)
+    long_count = 0
+    if p.long_window_seconds is not None:
+        size = steps(p.long_window_seconds, dt)
+        long = windows(drives, observed, lengths, size, steps(p.long_window_stride_seconds or
+                                                               p.long_window_seconds, dt))
+        long_count = len(long)
+        train = pad_together(train, long)
     val = windows(*trajectories(p.val_trajectories, recipe)) if p.val_trajectories else None
     test_drives, test_observed, _ = trajectories(p.test_trajectories, test_recipe)
-    info = {"train_windows": len(train), "val_windows": len(val) if val is not None else 0,
+    info = {"train_windows": len(train), "long_windows": long_count, "val_windows": len(val) if val is not None else 0,
             "window_steps": window, "warmup_steps": warmup}
     return DataSplits(train, val), {"info": info, "test": (test_drives, test_observed)}
+
+
+def pad_together(short: SequenceData, long: SequenceData) -> SequenceData:
+    """Short and long windows in one set, the short ones zero-padded, with lengths (and ``trim``) so a batch of
+    short windows runs only their steps."""
+    steps_short, steps_long = short.steps, long.steps
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t.new_zeros(steps_long - steps_short, *t.shape[1:])], 0)
+
+    lengths = torch.tensor([steps_short] * len(short) + [steps_long] * len(long))
+    return SequenceData(torch.cat([pad(short.inputs), long.inputs], 1),
+                        torch.cat([pad(short.targets), long.targets], 1),
+                        lengths=lengths, trim=True)

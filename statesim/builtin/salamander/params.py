@@ -41,6 +41,13 @@ class SalamanderParams(ScenarioParams):
     window_seconds: float = Field(5.0, gt=0, description="length of a training window cut from a trajectory, s")
     window_stride_seconds: float = Field(2.5, gt=0, description="stride between training windows, s")
     warmup_seconds: float = Field(1.0, ge=0, description="observation warm-up at the start of every window, s")
+    long_window_seconds: float | None = Field(
+        None, gt=0, description="also cut windows this long (one warm-up, then the model runs on the drives "
+                                "alone), so training sees the autonomous run well past window_seconds; meant for "
+                                "truncated BPTT with k1 = the short window's steps and batching: by_length, "
+                                "which keep every update's cost; null: short windows only")
+    long_window_stride_seconds: float | None = Field(None, gt=0, description="stride between long windows, s "
+                                                     "(default: long_window_seconds, no overlap)")
     eval_levels: list[float] = Field(
         [0.5, 0.9, 1.1, 1.25, 1.75, 2.25, 2.75, 2.9, 3.1, 3.5, 4.0, 4.5, 4.9, 5.1, 5.5],
         description="constant drives evaluated; training plateaus avoid them (held out)")
@@ -79,6 +86,10 @@ class SalamanderParams(ScenarioParams):
     def _lengths(self) -> "SalamanderParams":
         if self.warmup_seconds >= self.window_seconds:
             raise ValueError("warmup_seconds must be shorter than window_seconds")
+        if self.long_window_seconds is not None and self.long_window_seconds <= self.window_seconds:
+            raise ValueError("long_window_seconds must be longer than window_seconds")
+        if self.long_window_seconds is not None and self.trajectory_seconds[0] < self.long_window_seconds:
+            raise ValueError("trajectory_seconds must be at least long_window_seconds")
         if self.trajectory_seconds[0] < self.window_seconds:
             raise ValueError("trajectory_seconds must be at least window_seconds")
         if self.measure_seconds * 2 > self.eval_seconds:
