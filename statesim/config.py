@@ -485,31 +485,57 @@ def _model_configs(node: Any, path: tuple) -> Iterator[tuple[tuple, ModelConfig]
             yield from _model_configs(item, path + (index,))
 
 
+def _topology_fits(found: Any) -> bool:
+    return not found.scenario and not found.topology
+
+
 def _unmet_needs(config: RunConfig, registry: Registry, file: str, lines: Lines) -> list[ConfigIssue]:
-    """An initial-state policy whose needs (an encoding, ...) neither the scenario nor the topology supplies."""
+    """A topology or initial-state policy whose needs (a source, an encoding, a prefix) nothing supplies."""
+    from statesim.compatibility import default_params, fit, need_words
+
     scenario = registry.get("scenario", config.scenario.type).record.cls
+    given = config.scenario.params
+
+    def cls(kind: str, name: str) -> Any:
+        return registry.get(kind, name).record.cls
+
+    def givers(unmet: frozenset[str], kind: str) -> list[str]:
+        return [n for n in registry.names(kind) if unmet <= frozenset(getattr(cls(kind, n), "supplies", ()))]
+
     issues = []
     for path, model in _model_configs(config, ()):
-        policy = registry.get("initial_state", model.initial_state.type).record.cls
-        topology = registry.get("topology", model.topology.type).record.cls
-        supplied = set(getattr(scenario, "supplies", ())) | set(getattr(topology, "supplies", ()))
-        unmet = sorted(set(getattr(policy, "needs", ())) - supplied)
-        if not unmet:
-            continue
-        fine = [n for n in registry.names("initial_state")
-                if not set(getattr(registry.get("initial_state", n).record.cls, "needs", ())) - supplied]
-        givers = [n for n in registry.names("scenario")
-                  if set(unmet) <= set(getattr(registry.get("scenario", n).record.cls, "supplies", ()))]
-        tops = [n for n in registry.names("topology")
-                if set(unmet) <= set(getattr(registry.get("topology", n).record.cls, "supplies", ()))]
-        key = path + ("initial_state", "type")
-        issues.append(ConfigIssue(
-            file, _line(lines, key), ".".join(map(str, key)),
-            f"initial_state '{model.initial_state.type}' needs {' and '.join('an ' + u for u in unmet)}, but "
-            f"scenario '{config.scenario.type}' with topology '{model.topology.type}' supplies none, so the "
-            f"model's first forward would fail. Choose one of {', '.join(fine)} here"
-            + (f", or the topology {' / '.join(tops)}" if tops else "")
-            + (f", or a scenario that supplies it ({', '.join(givers)})" if givers else "") + "."))
+        topology, policy = cls("topology", model.topology.type), cls("initial_state", model.initial_state.type)
+        found = fit(scenario, topology, model.topology.params, policy, model.initial_state.params, given)
+        where = f"scenario '{config.scenario.type}'"
+        if found.scenario or found.topology:
+            unmet = found.scenario or found.topology
+            fine = [n for n in registry.names("topology")
+                    if _topology_fits(fit(scenario, cls("topology", n),
+                                          default_params(registry.get("topology", n).record), policy,
+                                          model.initial_state.params, given))]
+            key = path + ("topology", "type")
+            problem = (f"{where} needs {need_words(unmet)}, which topology '{model.topology.type}' is not"
+                       if found.scenario else
+                       f"topology '{model.topology.type}' needs {need_words(unmet)}, but {where} supplies none")
+            issues.append(ConfigIssue(
+                file, _line(lines, key), ".".join(map(str, key)),
+                f"{problem}, so the model could not be built. Choose one of {', '.join(fine) or 'none installed'} "
+                f"here" + ("" if found.scenario else
+                           f", or a scenario that supplies it ({', '.join(givers(unmet, 'scenario')) or 'none'})")
+                + "."))
+        elif found.policy:
+            fine = [n for n in registry.names("initial_state") if not fit(
+                scenario, topology, model.topology.params, cls("initial_state", n),
+                default_params(registry.get("initial_state", n).record), given).policy]
+            tops = givers(found.policy, "topology")
+            key = path + ("initial_state", "type")
+            issues.append(ConfigIssue(
+                file, _line(lines, key), ".".join(map(str, key)),
+                f"initial_state '{model.initial_state.type}' needs {need_words(found.policy)}, but {where} with "
+                f"topology '{model.topology.type}' supplies none, so the model's first forward would fail. "
+                f"Choose one of {', '.join(fine)} here" + (f", or the topology {' / '.join(tops)}" if tops else "")
+                + (f", or a scenario that supplies it ({', '.join(givers(found.policy, 'scenario'))})"
+                   if givers(found.policy, "scenario") else "") + "."))
     return issues
 
 

@@ -233,11 +233,45 @@ def _plugin_sections(writer: _Writer, host: PluginHost) -> None:
                            intro=intro)
 
 
+def _compatibility(writer: _Writer, host: PluginHost) -> None:
+    """Scenarios x topologies x initial-state policies: which combinations validation accepts."""
+    from statesim.compatibility import default_params, fit, need_words
+
+    registry = host.registry
+
+    def entry(kind: str, name: str) -> tuple[type, Any]:
+        record = registry.get(kind, name).record
+        return record.cls, default_params(record)
+
+    topologies, policies = registry.names("topology"), registry.names("initial_state")
+    writer.lines += ["", '<a id="where-components-fit"></a>', "", "## Where components fit", "",
+                     "Which topologies and initial-state policies each scenario accepts, with their default "
+                     "parameters. Computed from what each component declares it needs and supplies (a source to "
+                     "encode, an encoding, a prefix), which is what `statesim validate` checks, so a combination "
+                     "that validates runs (tests/test_failed_start.py runs every one). A cell lists the policies "
+                     "that fit; a parameter can change a need (warmup's default `prefix: given` needs a prefix, "
+                     "its other prefixes need none).", "",
+                     "| scenario | " + " | ".join(f"`{t}`" for t in topologies) + " |",
+                     "|---|" + "---|" * len(topologies)]
+    for scenario in registry.names("scenario"):
+        scenario_cls, scenario_params = entry("scenario", scenario)
+        row = []
+        for topology in topologies:
+            found = [fit(scenario_cls, *entry("topology", topology), *entry("initial_state", p), scenario_params)
+                     for p in policies]
+            if found and (found[0].scenario or found[0].topology):
+                row.append("needs " + need_words(found[0].scenario or found[0].topology).split(" (")[0])
+            else:
+                row.append(", ".join(p for p, f in zip(policies, found) if f.ok) or "none")
+        writer.lines.append(f"| `{scenario}` | " + " | ".join(row) + " |")
+
+
 def generate(host: PluginHost | None = None) -> str:
     """The Markdown reference for RunConfig and every plugin registered in ``host`` (built-ins by default)."""
     host = host or build_plugin_host(autoload=False)
     writer = _Writer()
     writer.section("", "Top level", RunConfig, 2)
+    _compatibility(writer, host)
     _plugin_sections(writer, host)
     return "\n".join([HEADER.rstrip("\n"), *writer.lines]).rstrip() + "\n"
 

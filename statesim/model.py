@@ -82,6 +82,11 @@ class InitialState(nn.Module):
     #: each need (see :attr:`Scenario.supplies`), so a combination that validates can run.
     needs: ClassVar[frozenset[str]] = frozenset()
 
+    @classmethod
+    def requires(cls, params: BaseModel) -> frozenset[str]:
+        """What the policy needs with these parameters (``needs`` unless a parameter changes it)."""
+        return cls.needs
+
     def __init__(self, state_spec: dict[str, tuple[int, ...]]) -> None:
         super().__init__()
         self.state_spec = dict(state_spec)
@@ -104,6 +109,27 @@ class Topology(nn.Module):
     #: What the topology gives the model's initial-state policy, e.g. ``{"encoding"}`` for an encoder-decoder
     #: (its encoder's final state); matched against :attr:`InitialState.needs` at validation.
     supplies: ClassVar[frozenset[str]] = frozenset()
+    #: What the topology needs from the scenario, beyond ``{"source"}`` when its parameters name an encoder.
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def requires(cls, params: BaseModel) -> frozenset[str]:
+        """What the topology needs from the scenario with these parameters: a source to encode if it has an
+        encoder (:meth:`encoder_spec`), and its declared ``needs``."""
+        return cls.needs | ({"source"} if cls.encoder_spec(params) is not None else frozenset())
+
+    @classmethod
+    def offers(cls, params: BaseModel) -> frozenset[str]:
+        """What the topology gives the scenario and the policy with these parameters: its ``supplies``,
+        ``{"encoder"}`` when it runs a sequence encoder (:meth:`encoder_spec`), and ``{"stepping"}`` when it
+        can advance one tick at a time (:meth:`steppable`)."""
+        return (cls.supplies | ({"encoder"} if cls.encoder_spec(params) is not None else frozenset())
+                | ({"stepping"} if cls.steppable(params) else frozenset()))
+
+    @classmethod
+    def steppable(cls, params: BaseModel) -> bool:
+        """Whether a topology with these parameters can run one tick at a time (:meth:`as_cell` gives a cell)."""
+        return True
 
     def __init__(self, input_size: int) -> None:
         super().__init__()

@@ -197,6 +197,14 @@ class Scenario:
     #: What the scenario gives the models it builds, e.g. ``{"encoding"}`` when it builds them with a
     #: conditioning encoder (captioning's CNN); matched against :attr:`InitialState.needs` at validation.
     supplies: ClassVar[frozenset[str]] = frozenset()
+    #: What the scenario needs from its models' topology, e.g. ``{"encoder"}`` (a topology that runs a sequence
+    #: encoder over the source, :meth:`Topology.offers`); checked at validation.
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def requires(cls, params: BaseModel) -> frozenset[str]:
+        """What the scenario needs from its topology with these parameters (``needs`` unless one changes it)."""
+        return cls.needs
 
     def __init__(self, params: BaseModel) -> None:
         self.params = params

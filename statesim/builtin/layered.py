@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from statesim.cell import Cell, NumpyStep, State
@@ -93,6 +93,11 @@ class Bidirectional(Topology):
     """A forward and a backward cell over the sequence; outputs merged per step. Needs the whole sequence."""
 
     Params = BidirectionalParams
+
+    @classmethod
+    def steppable(cls, params: BaseModel) -> bool:
+        """Never: the backward cell reads the sequence from its end."""
+        return False
 
     def __init__(self, input_size: int, cell_factory: CellFactory, merge: str = "concat") -> None:
         super().__init__(input_size)
@@ -218,6 +223,11 @@ class Stacked(Topology):
     """N layers of cells, each reading the previous layer's outputs; optional residuals, dropout, bi first layer."""
 
     Params = StackedParams
+
+    @classmethod
+    def steppable(cls, params: BaseModel) -> bool:
+        """Unless the first layer is bidirectional."""
+        return not getattr(params, "bidirectional_first", False)
 
     def __init__(self, input_size: int, cell_factory: CellFactory, layers: int = 2, residual: bool = False,
                  residual_from: int = 1, dropout: float = 0.0, bidirectional_first: bool = False,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import BaseModel, Field
 from torch import Tensor, nn
 
 from statesim.cell import State, flatten_state, state_size, unflatten_state  # noqa: F401 - flatten_state for users
@@ -49,6 +49,11 @@ class Warmup(InitialState):
         super().__init__(state_spec)
         self.steps, self.start, self.scale = steps, start, scale
         self.prefix, self.noise_scale, self.grad = prefix, noise_scale, grad
+
+    @classmethod
+    def requires(cls, params: BaseModel) -> frozenset[str]:
+        """``prefix: given`` reads the steps before each sequence, which the scenario must supply."""
+        return frozenset({"prefix"}) if getattr(params, "prefix", None) == "given" else frozenset()
 
     @property
     def deterministic(self) -> bool:  # type: ignore[override]

@@ -99,7 +99,7 @@ def make_data(p: SalamanderParams, cpg: SalamanderCPG, seed: int) -> tuple[DataS
         drives, observed, lengths = torch.cat([drives, flipped[0]], 1), torch.cat([observed, flipped[1]], 1), \
             lengths * 2
     train = windows(drives, observed, lengths)
-    long_count = 0
+    long_count, size = 0, 0
     if p.long_window_seconds is not None:
         size = steps(p.long_window_seconds, dt)
         long = windows(drives, observed, lengths, size, steps(p.long_window_stride_seconds or
@@ -108,7 +108,8 @@ def make_data(p: SalamanderParams, cpg: SalamanderCPG, seed: int) -> tuple[DataS
         train = pad_together(train, long)
     val = windows(*trajectories(p.val_trajectories, recipe)) if p.val_trajectories else None
     test_drives, test_observed, _ = trajectories(p.test_trajectories, test_recipe)
-    info = {"train_windows": len(train), "long_windows": long_count, "val_windows": len(val) if val is not None else 0,
+    info = {"train_windows": len(train) - long_count, "long_windows": long_count, "long_window_steps": size,
+            "val_windows": len(val) if val is not None else 0,
             "window_steps": window, "warmup_steps": warmup}
     return DataSplits(train, val), {"info": info, "test": (test_drives, test_observed)}
 

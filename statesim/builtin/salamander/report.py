@@ -213,9 +213,11 @@ def _figure_lines(figures: dict[str, str], keys: tuple[str, ...]) -> list[str]:
 
 def _target_lines(ctx: RunContext, results: dict[str, Any]) -> list[str]:
     ev = results["evaluation"]
+    data = results["data"]
+    longer = f" and {data['long_windows']} of {data['long_window_steps']}" if data.get("long_windows") else ""
     lines = ["# Salamander locomotion: a learned RNN model of the spinal CPG", "",
-             f"Model: `{ctx.config.model.cell.type}` cell; trained on {results['data']['train_windows']} windows "
-             f"of {results['data']['window_steps']} steps (50 Hz) with a {results['data']['warmup_steps']}-step "
+             f"Model: `{ctx.config.model.cell.type}` cell; trained on {data['train_windows']} windows of "
+             f"{data['window_steps']} steps (50 Hz){longer}, each with a {data['warmup_steps']}-step "
              f"observation warm-up; evaluated on held-out drives, running autonomously for "
              f"{ev['eval_seconds']:.0f} s.", "", provenance_line(results), "",
              "## Targets", "", "| target | value | goal | met |",

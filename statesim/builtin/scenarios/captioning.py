@@ -136,7 +136,8 @@ class Captioning(Scenario):
     """Train CNN + LSTM captioner on synthetic shapes; report exact match and BLEU; save a captioned grid."""
 
     Params = CaptioningParams
-    supplies = frozenset({"encoding"})  # the model is built with the image's CNN encoder
+    needs = frozenset({"stepping"})  # captions are decoded one word at a time (greedy and beam search)
+    supplies = frozenset({"encoding"})  # the model is built with the image's CNN encoder (no source sequence)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_sacrebleu("captioning")  # before training, not after it

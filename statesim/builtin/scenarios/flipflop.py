@@ -53,6 +53,7 @@ class FlipFlop(Scenario):
     """Train the run's model on the flip-flop task; count its fixed points at zero input."""
 
     Params = FlipFlopParams
+    needs = frozenset({"stepping"})  # its model is run one tick at a time (evaluation, forcing)
 
     def _splits(self, seed: int) -> tuple[SequenceData, SequenceData]:
         gen = torch.Generator().manual_seed(seed)

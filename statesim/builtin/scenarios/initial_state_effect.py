@@ -76,6 +76,7 @@ class InitialStateEffect(Scenario):
     """Train the run's model once per initial-state policy; compare the early-step prediction error."""
 
     Params = InitialStateEffectParams
+    supplies = frozenset({"prefix"})  # every sequence comes with the steps before it (for a warm-up)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         p = self.params

@@ -219,7 +219,8 @@ class _LongLag(Scenario):
             "steps_to_solve": tracker.solved_at, "updates": result.steps, "final_train_loss": result.final_loss,
             "nonfinite_updates": result.nonfinite_steps,
             f"val_{self.metric_name}_history": [[s, v] for s, v in tracker.history], **self.reference(data)}
-        if ctx.plots_enabled and p.diagnose:
+        # The gradient-flow diagnosis steps the cell; a bidirectional model cannot be stepped, so it goes without.
+        if ctx.plots_enabled and p.diagnose and model.topology.as_cell() is not None:
             batch = data.test.select(slice(0, 4))
             flow = diagnostics.gradient_flow(model.step_cell(), batch.inputs.to(ctx.device))
             grads = diagnostics.loss_gradients(model, batch.inputs.to(ctx.device), batch.targets.to(ctx.device),

@@ -164,7 +164,8 @@ class Translation(Scenario):
     """Train an encoder-decoder on German number words (or a user corpus); report accuracy and BLEU."""
 
     Params = TranslationParams
-    supplies = frozenset({"encoding"})  # every model is built with a source-sequence encoder
+    supplies = frozenset({"encoding", "source"})  # every model is built with a source-sequence encoder
+    needs = frozenset({"encoder"})  # which runs the topology's own encoder (encoder_decoder names it)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_sacrebleu("translation")  # before training, not after it
