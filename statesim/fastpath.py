@@ -473,10 +473,9 @@ class Resolved:
                                 f"here: {why}. Use fast_path: auto to fall back to the generic loop.")
 
 
-def resolve(stepper: "Stepper", has_lengths: bool) -> Resolved:
+def resolve(stepper: "Stepper") -> Resolved:
     """Prepare the paths ``stepper`` may take under its pinned path or the policy in force (once per stepper)."""
-    # has_lengths is unused: every path takes lengths at run time. It stays only because engine.Stepper
-    # passes it (and keys its cache by it); drop it together with that call.
+    # No path depends on whether lengths are given: every one takes them when it runs.
     mode = stepper.path or _POLICY.get().mode
     if mode not in ("auto", "generic") and mode not in known_modes():
         raise FastPathError(f"unknown fast path '{mode}'; choose one of {', '.join(known_modes())}.")
