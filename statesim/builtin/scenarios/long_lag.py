@@ -18,7 +18,7 @@ final model (:mod:`statesim.diagnostics`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from pydantic import Field
@@ -155,7 +155,11 @@ class CopyParams(LongLagParams):
     solve_accuracy: float = Field(0.99, gt=0, le=1, description="validation recall accuracy counted as solved")
 
 
-class _LongLag(Scenario):
+#: The parameters of one long-lag task (adding or copy).
+LP = TypeVar("LP", bound=LongLagParams)
+
+
+class _LongLag(Scenario[LP]):
     """Shared flow: data, train with a solve tracker, test metric, diagnostics."""
 
     metric_name = ""
@@ -260,7 +264,7 @@ class _LongLag(Scenario):
         return fig
 
 
-class Adding(_LongLag):
+class Adding(_LongLag[AddingParams]):
     """The adding problem: output the sum of the two marked values at the end of the sequence."""
 
     Params = AddingParams
@@ -288,7 +292,7 @@ class Adding(_LongLag):
         return {"baseline_mse_predict_mean": float(((target - 1.0) ** 2).mean()), "solve_mse": self.params.solve_mse}
 
 
-class Copy(_LongLag):
+class Copy(_LongLag[CopyParams]):
     """The copy (memory) task: reproduce a short symbol sequence after a delay."""
 
     Params = CopyParams
