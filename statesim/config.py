@@ -13,7 +13,7 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, TypeVar
+from typing import Any, ClassVar, Iterator, Literal, Sequence, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, ValidationError, ValidationInfo,
                       field_validator, model_serializer, model_validator)
@@ -494,7 +494,7 @@ def _unmet_needs(config: RunConfig, registry: Registry, file: str, lines: Lines)
     return issues
 
 
-def load_config(path: str | Path, registry: Registry, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> RunConfig:
     """Load, override and validate a scenario file."""
     data, lines = load_yaml(path)
     if data is None:

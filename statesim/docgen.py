@@ -111,7 +111,8 @@ def _default_value(field: FieldInfo, registry: Registry) -> Any:
     else:
         value = field.default
     if field.validate_default and value is not PydanticUndefined:
-        value = TypeAdapter(field.annotation).validate_python(value, context=registry_context(registry))
+        adapter: TypeAdapter[Any] = TypeAdapter(field.annotation if field.annotation is not None else Any)
+        value = adapter.validate_python(value, context=registry_context(registry))
     return value
 
 

@@ -85,6 +85,7 @@ class InitialStateEffect(Scenario[InitialStateEffectParams]):
                                    "target_variance": float(test.targets.var()), "policies": {}}
         curves = {}
         for label, spec in p.policies.items():
+            assert ctx.config.model is not None  # ctx.build_model refused a run without one above
             config = ctx.config.model.model_copy(update={"initial_state": spec})
             model = ctx.build_model(config, 1, 1)
             ctx.train(model, DataSplits(train), job=label)

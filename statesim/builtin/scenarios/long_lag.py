@@ -195,6 +195,7 @@ class _LongLag(Scenario[LP]):
 
         p = self.params
         data = self.splits()
+        assert data.val is not None and data.test is not None  # splits() makes all three
         input_size, output_size = self.sizes()
         model = ctx.build_model(None, input_size, output_size)
         val = data.val.to(ctx.device)
@@ -288,6 +289,7 @@ class Adding(_LongLag[AddingParams]):
         return value < self.params.solve_mse
 
     def reference(self, data: DataSplits) -> dict[str, Any]:
+        assert data.test is not None  # splits() makes all three
         target = data.test.targets[-1]
         return {"baseline_mse_predict_mean": float(((target - 1.0) ** 2).mean()), "solve_mse": self.params.solve_mse}
 
