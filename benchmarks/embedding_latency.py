@@ -61,13 +61,12 @@ def per_call(fn: Callable[[], Any], calls: int, repeats: int, budget_s: float = 
 # --------------------------------------------------------------------------- models
 def build(cell: dict, output_size: int | None = None) -> Any:
     """A statesim model from the built-in registry, weights perturbed so biases are non-trivial."""
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
     from statesim.model import build_model
     from statesim.plugin_manager import build_plugin_host
 
     registry = build_plugin_host(autoload=False).registry
-    config = ModelConfig.model_validate({"cell": cell, "head": "none"})
-    resolve(config, ("model",), registry, "benchmark", {}, [])
+    config = validate_model({"cell": cell, "head": "none"}, registry, "benchmark")
     torch.manual_seed(0)
     model = build_model(registry, config, INPUT, output_size)
     with torch.no_grad():

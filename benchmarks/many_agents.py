@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from statesim.config import CellSpec, ModelConfig, resolve
+from statesim.config import validate_model
 from statesim.embed import as_embedded
 from statesim.engine import unroll
 from statesim.model import build_model
@@ -29,10 +29,7 @@ from statesim.plugin_manager import build_plugin_host
 def cpg_model():
     """A SequenceModel holding one salamander CPG cell, built through the registry like any scenario's."""
     host = build_plugin_host(autoload=False)
-    config = ModelConfig(cell=CellSpec(type="salamander_cpg"), head="none")
-    issues: list = []
-    resolve(config, (), host.registry, "<benchmark>", {}, issues)
-    assert not issues, issues
+    config = validate_model({"cell": {"type": "salamander_cpg"}, "head": "none"}, host.registry, "<benchmark>")
     return build_model(host.registry, config, input_size=2, output_size=None)
 
 

@@ -87,14 +87,13 @@ def untrained_cells() -> None:
 
 def truncated_horizon() -> None:
     """Figure 5: truncated BPTT (k1 = k2 = 10) cuts every gradient at 10 steps, measured through the trainer."""
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
     from statesim.model import build_model
     from statesim.plugin_manager import build_plugin_host
 
     torch.manual_seed(0)
     host = build_plugin_host(autoload=False)
-    config = ModelConfig.model_validate({"cell": {"type": "lstm", "hidden_size": 16}})
-    resolve(config, (), host.registry, "docs", {}, [])
+    config = validate_model({"cell": {"type": "lstm", "hidden_size": 16}}, host.registry, "docs")
     model = build_model(host.registry, config, 2, 1)
     data = adding_data(40, 16, torch.Generator().manual_seed(1))
     data.targets[:] = data.targets[-1:]  # a target at every step, so each chunk has a loss

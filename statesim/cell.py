@@ -44,9 +44,9 @@ def device_and_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     for tensor in module.parameters():
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
-    for tensor in module.buffers():
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            return buffer.device, buffer.dtype
     return torch.device("cpu"), torch.get_default_dtype()
 
 

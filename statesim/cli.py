@@ -4,7 +4,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from statesim.plugin_manager import PluginHost
 
 EPILOG = """examples:
   statesim run scenarios/moving_average.yaml
@@ -32,7 +36,7 @@ def _plugin_args(parser: argparse.ArgumentParser) -> None:
                         help="fail when any plugin cannot be loaded instead of skipping it")
 
 
-def _host(args: argparse.Namespace):
+def _host(args: argparse.Namespace) -> PluginHost:
     from statesim.plugin_manager import build_plugin_host
 
     return build_plugin_host(block=args.block_plugin, strict=args.strict_plugins)
@@ -76,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _targets_summary(results_file) -> str | None:
+def _targets_summary(results_file: Path) -> str | None:
     """One closing line for a scenario whose results carry ``targets_met`` (name -> met), so a user sees it last."""
     import json
 
@@ -184,7 +188,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             from statesim.sweep import SweepError
 
             raise SweepError("--ray-address goes with --executor ray.")
-        executor.address = args.ray_address
+        executor.address = args.ray_address  # type: ignore[attr-defined]  # the ray executor (checked above)
     result = run_sweep(spec, executor, host=_host(args))
     print((result.out / "summary.md").read_text(encoding="utf-8"))
     return 1 if result.failed else 0

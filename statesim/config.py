@@ -1,10 +1,10 @@
 """Scenario configuration: pydantic v2 models, registry-resolved components, errors with file and line.
 
 A scenario file names parts by registered name (``cell: {type: lstm, hidden_size: 64}``). Validation
-runs in two passes: the static schema below, then every :class:`ComponentSpec` is resolved against
-the plugin registry and its parameters validated by the plugin's own pydantic model. All problems
-of both passes are reported at once, each with file, line, dotted key and, for unknown keys or
-names, a "did you mean".
+runs with the plugin registry as pydantic's validation context (:func:`registry_context`): every
+:class:`ComponentSpec` looks its name up there and validates its parameters with the plugin's own
+pydantic model, in the same pass as the static schema below. All problems are reported at once, each
+with file, line, dotted key and, for unknown keys or names, a "did you mean".
 """
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Iterator, Literal, Sequence, TypeVar
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, ValidationError, field_validator,
-                      model_serializer)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, ValidationError, ValidationInfo,
+                      field_validator, model_serializer, model_validator)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from statesim import kinds
 from statesim.errors import ConfigError
@@ -46,25 +47,60 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def registry_context(registry: Registry) -> dict[str, Any]:
+    """The pydantic validation context that resolves component specs: ``model_validate(data, context=...)``."""
+    return {"registry": registry}
+
+
 class ComponentSpec(BaseModel):
-    """A part chosen by registered name; its other keys are validated by that plugin's model."""
+    """A part chosen by registered name; its other keys are validated by that plugin's model.
+
+    The registry comes through the validation context (:func:`registry_context`), so a spec exists only
+    resolved: validating one without a registry is a validation error, never a late ``RuntimeError``.
+    """
 
     model_config = ConfigDict(extra="allow")
     kind: ClassVar[str] = ""
     type: str = Field(..., description="registered name (see `statesim plugins`)")
-    _params: BaseModel | None = PrivateAttr(None)
+    _params: BaseModel = PrivateAttr()
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> ComponentSpec:
+        # Problems are raised as custom errors carrying what _issues needs to report them at their own key
+        # (the plugin's errors, its params model): pydantic adds the spec's location.
+        registry = (info.context or {}).get("registry")
+        if not isinstance(registry, Registry):
+            raise PydanticCustomError(
+                "registry_missing", "{kind} '{name}' needs the plugin registry to validate its parameters: "
+                "validate with context=statesim.config.registry_context(registry)", {"kind": self.kind,
+                                                                                     "name": self.type})
+        table = registry.entries.get(self.kind, {})
+        if self.type not in table:
+            raise PydanticCustomError("component_unknown", "{message}",
+                                      {"message": registry.unknown(self.kind, self.type, self.kind.replace("_", "-"))})
+        extra = self.model_extra or {}
+        bad = _nonfinite(extra, ())
+        if bad:  # whatever base a plugin's model has: .nan/.inf are refused as in the core keys
+            raise PydanticCustomError("component_nonfinite", "NaN or infinity in {kind} '{name}'",
+                                      {"kind": self.kind, "name": self.type, "bad": bad})
+        params_model = table[self.type].record.params
+        try:
+            self._params = params_model.model_validate(extra, context=info.context)
+        except ValidationError as exc:
+            errors = exc.errors()
+            summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+            raise PydanticCustomError("component_params", "invalid parameters of {kind} '{name}': {summary}",
+                                      {"kind": self.kind, "name": self.type, "summary": summary, "errors": errors,
+                                       "model": params_model}) from None
+        return self
 
     @property
     def params(self) -> BaseModel:
-        """The validated parameters (after :func:`resolve`)."""
-        if self._params is None:
-            raise RuntimeError(f"{self.kind} '{self.type}' has not been resolved against a registry")
+        """The parameters, validated by the registered plugin's model."""
         return self._params
 
     @model_serializer(mode="wrap")
     def _dump(self, handler: Any, info: SerializationInfo) -> dict[str, Any]:
-        if self._params is None:
-            return handler(self)
         return {"type": self.type, **self._params.model_dump(mode=info.mode)}
 
 
@@ -90,9 +126,10 @@ class ModelConfig(Strict):
     """A model: a cell (or several, per the topology), how they are wired, how state starts, a head."""
 
     cell: CellSpec = Field(..., description="the cell stepped by the engine, e.g. {type: lstm, hidden_size: 64}")
-    topology: TopologySpec = Field(default_factory=lambda: TopologySpec(type="unidirectional"),
+    # Defaults are data, validated like given values: that is when the registry (the context) resolves them.
+    topology: TopologySpec = Field(default_factory=lambda: {"type": "unidirectional"}, validate_default=True,
                                    description="how cells are wired over time")
-    initial_state: InitialStateSpec = Field(default_factory=lambda: InitialStateSpec(type="zeros"),
+    initial_state: InitialStateSpec = Field(default_factory=lambda: {"type": "zeros"}, validate_default=True,
                                             description="policy giving the state at t = 0")
     head: Literal["auto", "linear", "none"] = Field(
         "auto", description="output head y = W h (+ b): 'auto' adds one only when sizes differ")
@@ -263,12 +300,26 @@ def _line(lines: Lines, loc: tuple) -> int | None:
     return None
 
 
-def _issues_from_validation(exc: ValidationError, model: type[BaseModel], prefix: tuple, file: str,
-                            lines: Lines, extra_fields: tuple[str, ...] = ()) -> list[ConfigIssue]:
+def _issues(errors: list[ErrorDetails], model: type[BaseModel], prefix: tuple, file: str, lines: Lines,
+            extra_fields: tuple[str, ...] = ()) -> list[ConfigIssue]:
+    """One issue per validation error of ``model`` at ``prefix``; a component's own errors at their keys."""
     issues = []
-    for err in exc.errors():
+    for err in errors:
         loc = prefix + tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
+        ctx: dict[str, Any] = dict(err.get("ctx") or {})
+        if err["type"] == "component_unknown":
+            key_loc = loc + ("type",)
+            issues.append(ConfigIssue(file, _line(lines, key_loc), ".".join(map(str, key_loc)), ctx["message"]))
+            continue
+        if err["type"] == "component_nonfinite":
+            issues += [ConfigIssue(file, _line(lines, loc + bad), ".".join(map(str, loc + bad)),
+                                   f"{value} is not allowed here (NaN and infinity are refused in every parameter). "
+                                   f"Give a finite number.") for bad, value in ctx["bad"]]
+            continue
+        if err["type"] == "component_params":
+            issues += _issues(ctx["errors"], ctx["model"], loc, file, lines, extra_fields=("type",))
+            continue
         if err["type"] == "extra_forbidden":
             options = _fields_at(model, tuple(err["loc"])[:-1]) + list(extra_fields)
             message = (f"unknown key '{loc[-1]}'.{did_you_mean(str(loc[-1]), options)} "
@@ -300,36 +351,22 @@ def _nonfinite(data: Any, path: tuple) -> list[tuple[tuple, str]]:
     return []
 
 
-def resolve(node: Any, path: tuple, registry: Registry, file: str, lines: Lines, issues: list[ConfigIssue]) -> None:
-    """Resolve every ComponentSpec under ``node`` against ``registry``, collecting problems."""
-    if isinstance(node, ComponentSpec):
-        table = registry.entries.get(node.kind, {})
-        if node.type not in table:
-            issues.append(ConfigIssue(file, _line(lines, path + ("type",)), ".".join(map(str, path + ("type",))),
-                                      registry.unknown(node.kind, node.type, node.kind.replace("_", "-"))))
-            return
-        params_model = table[node.type].record.params
-        bad = _nonfinite(node.model_extra or {}, path)
-        if bad:  # whatever base a plugin's model has: .nan/.inf are refused as in the core keys
-            issues += [ConfigIssue(file, _line(lines, loc), ".".join(map(str, loc)),
-                                   f"{value} is not allowed here (NaN and infinity are refused in every parameter). "
-                                   f"Give a finite number.") for loc, value in bad]
-            return
-        try:
-            node._params = params_model.model_validate(node.model_extra or {})
-        except ValidationError as exc:
-            issues += _issues_from_validation(exc, params_model, path, file, lines, extra_fields=("type",))
-            return
-        resolve(node._params, path, registry, file, lines, issues)
-    elif isinstance(node, BaseModel):
-        for name in type(node).model_fields:
-            resolve(getattr(node, name), path + (name,), registry, file, lines, issues)
-    elif isinstance(node, (list, tuple)):
-        for index, item in enumerate(node):
-            resolve(item, path + (index,), registry, file, lines, issues)
-    elif isinstance(node, dict):
-        for key, item in node.items():
-            resolve(item, path + (key,), registry, file, lines, issues)
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_as(model: type[M], data: Any, registry: Registry, file: str = "<config>", lines: Lines | None = None,
+                path: tuple = ()) -> M:
+    """``data`` validated as ``model`` (found at ``path`` of ``file``), every component resolved against
+    ``registry``; one ConfigError lists every problem, with its line and dotted key."""
+    try:
+        return model.model_validate(data, context=registry_context(registry))
+    except ValidationError as exc:
+        raise ConfigError(_issues(exc.errors(), model, path, file, lines or {})) from None
+
+
+def validate_model(data: Any, registry: Registry, file: str = "<model>") -> ModelConfig:
+    """A model description (``{cell: {type: lstm, ...}, ...}``, plain data) validated and resolved."""
+    return validate_as(ModelConfig, data, registry, file, path=("model",))
 
 
 def components(node: Any) -> list[tuple[str, str]]:
@@ -337,7 +374,7 @@ def components(node: Any) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     if isinstance(node, ComponentSpec):
         found.append((node.kind, node.type))
-        node = node._params
+        node = node.params
     if isinstance(node, BaseModel):
         for name in type(node).model_fields:
             found += components(getattr(node, name))
@@ -348,30 +385,6 @@ def components(node: Any) -> list[tuple[str, str]]:
         for item in node.values():
             found += components(item)
     return found
-
-
-def _check_raw_components(data: Any, model: type[BaseModel], path: tuple, registry: Registry, file: str,
-                          lines: Lines, issues: list[ConfigIssue]) -> None:
-    """Validate component specs found in raw data when the static pass already failed elsewhere."""
-    if not isinstance(data, dict):
-        return
-    for name, field in model.model_fields.items():
-        if name not in data:
-            continue
-        for cls in _unwrap(field.annotation):
-            raw = data[name]
-            if issubclass(cls, ComponentSpec) and isinstance(raw, dict) and isinstance(raw.get("type"), str):
-                try:
-                    spec = cls.model_validate(raw)
-                except ValidationError:
-                    continue
-                resolve(spec, path + (name,), registry, file, lines, issues)
-            elif not issubclass(cls, ComponentSpec):
-                if isinstance(raw, list):
-                    for index, item in enumerate(raw):
-                        _check_raw_components(item, cls, path + (name, index), registry, file, lines, issues)
-                else:
-                    _check_raw_components(raw, cls, path + (name,), registry, file, lines, issues)
 
 
 # --------------------------------------------------------------------------- overrides and loading
@@ -451,17 +464,9 @@ def validate_data(data: Any, registry: Registry, file: str = "<config>", lines: 
     if not isinstance(data, dict):
         raise ConfigError([ConfigIssue(file, 1, "", "a scenario file must be a mapping with at least a "
                                                     "`scenario:` key.")])
-    try:
-        config = RunConfig.model_validate(data)
-    except ValidationError as exc:
-        issues = _issues_from_validation(exc, RunConfig, (), file, lines)
-        # Report the plugins' own problems in the same message, so one edit-run cycle fixes everything.
-        _check_raw_components(data, RunConfig, (), registry, file, lines, issues)
-        raise ConfigError(issues) from None
-    issues: list[ConfigIssue] = []
-    resolve(config, (), registry, file, lines, issues)
-    if not issues:
-        issues += _unmet_needs(config, registry, file, lines)
+    # The plugins' own problems come in the same message as the core keys', so one edit-run cycle fixes all.
+    config = validate_as(RunConfig, data, registry, file, lines)
+    issues = _unmet_needs(config, registry, file, lines)
     if issues:
         raise ConfigError(issues)
     return config
@@ -474,9 +479,8 @@ def _model_configs(node: Any, path: tuple) -> Iterator[tuple[tuple, ModelConfig]
     elif isinstance(node, BaseModel):
         for name in type(node).model_fields:
             yield from _model_configs(getattr(node, name), path + (name,))
-        params = getattr(node, "_params", None)
-        if isinstance(params, BaseModel):
-            yield from _model_configs(params, path)
+        if isinstance(node, ComponentSpec):
+            yield from _model_configs(node.params, path)
     elif isinstance(node, dict):
         for key, item in node.items():
             yield from _model_configs(item, path + (key,))
@@ -539,7 +543,7 @@ def _unmet_needs(config: RunConfig, registry: Registry, file: str, lines: Lines)
     return issues
 
 
-def load_config(path: str | Path, registry: Registry, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> RunConfig:
     """Load, override and validate a scenario file."""
     data, lines = load_yaml(path)
     if data is None:

@@ -53,7 +53,7 @@ def _paths(node: Any) -> list[str]:
     from statesim.config import ComponentSpec
 
     if isinstance(node, ComponentSpec):
-        return _paths(node._params) if node._params is not None else []
+        return _paths(node.params)
     if isinstance(node, BaseModel):
         found = []
         for name, field in type(node).model_fields.items():

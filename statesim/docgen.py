@@ -17,13 +17,14 @@ import types
 import typing
 from typing import Any, Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from statesim.config import ComponentSpec, RunConfig
+from statesim.config import ComponentSpec, RunConfig, registry_context
 from statesim.kinds import BY_NAME
 from statesim.plugin_manager import PluginHost, build_plugin_host
+from statesim.registry import Registry
 from statesim.yamlio import dump_yaml
 
 HEADER = """\
@@ -99,14 +100,20 @@ def _type_name(annotation: Any, link: Link) -> str:
     return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
 
 
-def _default_value(field: FieldInfo) -> Any:
-    """The field's default (PydanticUndefined when required)."""
+def _default_value(field: FieldInfo, registry: Registry) -> Any:
+    """The field's default (PydanticUndefined when required), validated as pydantic would (``validate_default``:
+    component specs given as data are resolved against the registry)."""
     if field.default_factory is not None:
         try:
-            return field.default_factory()
+            value = field.default_factory()  # type: ignore[call-arg]  # the no-argument form; TypeError otherwise
         except TypeError:  # factories that take the validated data
             return PydanticUndefined
-    return field.default
+    else:
+        value = field.default
+    if field.validate_default and value is not PydanticUndefined:
+        adapter: TypeAdapter[Any] = TypeAdapter(field.annotation if field.annotation is not None else Any)
+        value = adapter.validate_python(value, context=registry_context(registry))
+    return value
 
 
 def _render_default(value: Any, required: bool) -> str:
@@ -163,7 +170,8 @@ def _same_as_class_defaults(model: type[BaseModel], instance: BaseModel | None) 
 class _Writer:
     """Emits one section per model; a sub-model already documented with the same defaults is linked to."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
         self.lines: list[str] = []
         self.canonical: dict[type[BaseModel], str] = {}
 
@@ -180,7 +188,7 @@ class _Writer:
         pending: list[tuple[str, type[BaseModel], BaseModel | None]] = []
         long_defaults: list[tuple[str, Any]] = []
         for name, field in model.model_fields.items():
-            value = getattr(instance, name) if instance is not None else _default_value(field)
+            value = getattr(instance, name) if instance is not None else _default_value(field, self.registry)
             targets: dict[type[BaseModel], str] = {}
             for sub in _sub_models(field.annotation):
                 sub_instance = value if isinstance(value, sub) else None
@@ -269,7 +277,7 @@ def _compatibility(writer: _Writer, host: PluginHost) -> None:
 def generate(host: PluginHost | None = None) -> str:
     """The Markdown reference for RunConfig and every plugin registered in ``host`` (built-ins by default)."""
     host = host or build_plugin_host(autoload=False)
-    writer = _Writer()
+    writer = _Writer(host.registry)
     writer.section("", "Top level", RunConfig, 2)
     _compatibility(writer, host)
     _plugin_sections(writer, host)

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from statesim import engine
-from statesim.cell import Cell, device_and_dtype
+from statesim.cell import Cell, NumpyStep, device_and_dtype
 from statesim.errors import EmbedError, NotSteppableError, StatesimError
 from statesim.forcing import Clamp, Forcing, ForcingValue
 from statesim.kernelcheck import numpy_step_mismatch, warn_mismatch
@@ -108,7 +108,8 @@ class EmbeddedModel:
         self._t = 0
         self._batch = 0
         self._state: dict[str, Any] = {}
-        self._kernel = self._numpy_kernel = None
+        self._kernel: NumpyStep | None = None
+        self._numpy_kernel: NumpyStep | None = None
         self._head = self._numpy_head = None
         self.refresh()
         if model.encoder is None:
@@ -150,7 +151,7 @@ class EmbeddedModel:
             kernel = None
             if self._fast_requested and self.device.type == "cpu" and self.cell is not None and not self.tokens:
                 kernel = self.cell.numpy_step()
-            if kernel is not None:  # checked on every refresh: the kernel is a snapshot of these weights
+            if kernel is not None and self.cell is not None:  # checked on every refresh: a snapshot of these weights
                 wrong = numpy_step_mismatch(self.cell, kernel)
                 if wrong is not None:
                     warn_mismatch(self.cell, "numpy_step", wrong, "the torch step")

@@ -125,7 +125,7 @@ class Stepper:
         #: The step the loop runs on (projected) inputs: ``transition`` for cells that hoist, else ``forward``.
         self.transition: StepFn = cell.transition if self.hoisted else cell.forward
         self._forward: StepFn = cell.forward
-        self._resolved: dict[bool, fastpath.Resolved] = {}
+        self._resolved: fastpath.Resolved | None = None
         self._checked_batch = -1
         self._strict = strict_mode()
 
@@ -184,9 +184,9 @@ class Stepper:
                 raise ShapeError(f"{type(cell).__name__}: lengths must have shape [{batch}], "
                                  f"got {list(lengths.shape)}.")
             mask = lengths_to_mask(lengths, steps)
-        resolved = self._resolved.get(lengths is not None)
+        resolved = self._resolved
         if resolved is None:
-            resolved = self._resolved[lengths is not None] = fastpath.resolve(self, lengths is not None)
+            resolved = self._resolved = fastpath.resolve(self)
         fast, why = resolved.run(inputs, state, lengths)
         if fast is not None:
             return Trajectory(*fast)

@@ -1,6 +1,11 @@
 """Errors statesim reports to users: each renders as a short paragraph that names the fix."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from statesim.config import ConfigIssue  # statesim.config imports this module
+
 
 class StatesimError(Exception):
     """Base of every error the CLI turns into a message and a non-zero exit, without a traceback."""
@@ -11,7 +16,7 @@ class StatesimError(Exception):
 class ConfigError(StatesimError):
     """One or more problems in a scenario document; all of them are listed at once."""
 
-    def __init__(self, issues: list["ConfigIssue"]):  # noqa: F821 - defined in statesim.config
+    def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = issues
         super().__init__(self.render())
 

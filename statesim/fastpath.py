@@ -152,6 +152,7 @@ def fused_sequence(forms: list[list[FusedForm]], inputs: Tensor, states: list[li
         from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
         packed = pack_padded_sequence(inputs, lengths.clamp(max=steps).cpu(), enforce_sorted=False)
+        assert packed.sorted_indices is not None  # enforce_sorted=False always sorts
         hx_parts = [h.index_select(1, packed.sorted_indices) for h in hx_parts]
         hx = tuple(hx_parts) if len(parts) > 1 else hx_parts[0]
         result = kernel(packed.data, packed.batch_sizes, hx, params, first.has_biases, len(forms), 0.0, train,
@@ -167,8 +168,8 @@ def fused_sequence(forms: list[list[FusedForm]], inputs: Tensor, states: list[li
 def fused_incompatibility(forms: list[list[FusedForm | None]], inputs: Tensor,
                           lengths: Tensor | None) -> str | None:
     """None when :func:`fused_sequence` can run these forms, else why not."""
-    flat = [f for layer in forms for f in layer]
-    if any(f is None for f in flat):
+    flat = [f for layer in forms for f in layer if f is not None]
+    if len(flat) < sum(len(layer) for layer in forms):
         return "the cell offers no fused form"
     first = flat[0]
     if first.kernel not in FUSED_KERNELS:
@@ -368,7 +369,8 @@ class scope:  # noqa: N801 - used like the context managers above
     __slots__ = ("policy", "sink", "tokens")
 
     def __init__(self, mode: str | None, compile: bool | None, sink: dict) -> None:
-        self.policy, self.sink, self.tokens = (mode, compile), sink, ()
+        self.policy, self.sink = (mode, compile), sink
+        self.tokens: tuple[Any, ...] = ()
 
     def __enter__(self) -> "scope":
         mode, compile = self.policy
@@ -473,10 +475,9 @@ class Resolved:
                                 f"here: {why}. Use fast_path: auto to fall back to the generic loop.")
 
 
-def resolve(stepper: "Stepper", has_lengths: bool) -> Resolved:
+def resolve(stepper: "Stepper") -> Resolved:
     """Prepare the paths ``stepper`` may take under its pinned path or the policy in force (once per stepper)."""
-    # has_lengths is unused: every path takes lengths at run time. It stays only because engine.Stepper
-    # passes it (and keys its cache by it); drop it together with that call.
+    # No path depends on whether lengths are given: every one takes them when it runs.
     mode = stepper.path or _POLICY.get().mode
     if mode not in ("auto", "generic") and mode not in known_modes():
         raise FastPathError(f"unknown fast path '{mode}'; choose one of {', '.join(known_modes())}.")
@@ -524,7 +525,8 @@ def plan(model: Any, **request: bool) -> list[dict[str, str]]:
     """What :func:`explain` says for every outermost cell of ``model`` under the model's own policy."""
     from statesim.cell import Cell
 
-    cells, inner = [], set()
+    cells: list[Cell] = []
+    inner: set[int] = set()
     for module in model.modules():
         if isinstance(module, Cell) and id(module) not in inner:
             cells.append(module)

@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import pluggy
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from statesim.registry import Registration
 
 if TYPE_CHECKING:
+    from statesim.cell import Cell
     from statesim.fastpath import FastPath
+    from statesim.model import Encoder, InitialState, Topology
+    from statesim.scenario import Scenario
     from statesim.sweep import Executor
 
 hookspec = pluggy.HookspecMarker("statesim")
 
 
 @hookspec
-def statesim_cells() -> list[Registration]:
+def statesim_cells() -> list[Registration[Cell]]:
     """Return the cells this plugin provides.
 
     Each record's ``cls`` subclasses :class:`statesim.Cell`; ``params`` is the pydantic model that
@@ -44,7 +47,7 @@ def statesim_cells() -> list[Registration]:
 
 
 @hookspec
-def statesim_topologies() -> list[Registration]:
+def statesim_topologies() -> list[Registration[Topology]]:
     """Return the topologies (how cells are wired over time) this plugin provides.
 
     Each record's ``cls`` subclasses :class:`statesim.Topology`. Results of all plugins are merged.
@@ -52,7 +55,7 @@ def statesim_topologies() -> list[Registration]:
 
 
 @hookspec
-def statesim_initial_states() -> list[Registration]:
+def statesim_initial_states() -> list[Registration[InitialState]]:
     """Return the initial-state policies this plugin provides.
 
     Each record's ``cls`` subclasses :class:`statesim.InitialState`. Results of all plugins are merged.
@@ -60,7 +63,7 @@ def statesim_initial_states() -> list[Registration]:
 
 
 @hookspec
-def statesim_scenarios() -> list[Registration]:
+def statesim_scenarios() -> list[Registration[Scenario[Any]]]:
     """Return the scenarios (data, training recipe, evaluation and plots) this plugin provides.
 
     Each record's ``cls`` subclasses :class:`statesim.Scenario`. Results of all plugins are merged.
@@ -89,7 +92,7 @@ def statesim_sweep_executors() -> "dict[str, Callable[[int | None], Executor]]":
 
 
 @hookspec
-def statesim_encoders() -> list[Registration]:
+def statesim_encoders() -> list[Registration[Encoder]]:
     """Return the conditioning encoders this plugin provides (what a model reads once per sequence).
 
     Each record's ``cls`` subclasses :class:`statesim.Encoder`: it reads a sequence's condition (a source

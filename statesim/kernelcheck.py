@@ -143,7 +143,7 @@ class FormVerdicts:
         """The cached verdict for ``cell``'s ``kind`` of form, checking (and warning) the first time."""
         verdicts = self._seen.setdefault(cell, {})
         if kind not in verdicts:
-            verdicts[kind] = check()
-            if verdicts[kind] is not None:
-                warn_mismatch(cell, kind, verdicts[kind], instead)
+            verdict = verdicts[kind] = check()
+            if verdict is not None:
+                warn_mismatch(cell, kind, verdict, instead)
         return verdicts[kind]

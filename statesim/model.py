@@ -170,7 +170,8 @@ class Topology(nn.Module):
     @classmethod
     def from_params(cls, input_size: int, cell_factory: CellFactory, params: BaseModel) -> "Topology":
         """Build from validated YAML parameters."""
-        return cls(input_size, cell_factory, **dict(params))
+        # A subclass's __init__ takes the cell factory and its parameters; the base's takes neither.
+        return cls(input_size, cell_factory, **dict(params))  # type: ignore[call-arg]
 
     @classmethod
     def from_config(cls, input_size: int, cell_factory: CellFactory, params: BaseModel,

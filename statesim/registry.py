@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from pydantic import BaseModel
 
 from statesim.errors import PluginError, UnknownNameError
+
+if TYPE_CHECKING:
+    from statesim.cell import Cell
+    from statesim.model import Encoder, InitialState, Topology
+    from statesim.scenario import Scenario
+
+#: The registered class: a Cell, Topology, InitialState, Scenario or Encoder subclass (statesim.kinds).
+T = TypeVar("T")
 
 
 class NameClashError(PluginError):
@@ -19,20 +27,20 @@ class NameClashError(PluginError):
 
 
 @dataclass(frozen=True)
-class Registration:
+class Registration(Generic[T]):
     """One named thing a plugin provides: its class and the pydantic model of its YAML parameters."""
 
     name: str
-    cls: type
+    cls: type[T]
     params: type[BaseModel]
     description: str = ""
 
 
 @dataclass(frozen=True)
-class Provided:
+class Provided(Generic[T]):
     """A registration together with the plugin (and distribution) that provided it."""
 
-    record: Registration
+    record: Registration[T]
     plugin: str
     distribution: str | None
     version: str | None
@@ -48,11 +56,11 @@ class Registry:
     a host without that distribution is told what to install.
     """
 
-    entries: dict[str, dict[str, Provided]] = field(default_factory=dict)
+    entries: dict[str, dict[str, Provided[Any]]] = field(default_factory=dict)
     missing: list[Any] = field(default_factory=list)
     recorded: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
-    def add(self, kind: str, provided: Provided) -> None:
+    def add(self, kind: str, provided: Provided[Any]) -> None:
         """Add one record; a name already taken raises a NameClashError naming both providers."""
         table = self.entries.setdefault(kind, {})
         name = provided.record.name
@@ -69,7 +77,22 @@ class Registry:
         """Registered names of one kind, sorted."""
         return sorted(self.entries.get(kind, {}))
 
-    def get(self, kind: str, name: str) -> Provided:
+    # The plugin manager checks every registered class against its kind's base (statesim.kinds), so the
+    # record of a known kind holds a subclass of that base.
+    @overload
+    def get(self, kind: Literal["cell"], name: str) -> Provided[Cell]: ...
+    @overload
+    def get(self, kind: Literal["topology"], name: str) -> Provided[Topology]: ...
+    @overload
+    def get(self, kind: Literal["initial_state"], name: str) -> Provided[InitialState]: ...
+    @overload
+    def get(self, kind: Literal["scenario"], name: str) -> Provided[Scenario[Any]]: ...
+    @overload
+    def get(self, kind: Literal["encoder"], name: str) -> Provided[Encoder]: ...
+    @overload
+    def get(self, kind: str, name: str) -> Provided[Any]: ...
+
+    def get(self, kind: str, name: str) -> Provided[Any]:
         """The record for ``name``; an UnknownNameError (a KeyError) carrying a did-you-mean when unknown."""
         table = self.entries.get(kind, {})
         if name not in table:
@@ -83,7 +106,7 @@ class Registry:
                                     recorded=self.recorded.get(kind, {}).get(name))
 
 
-def _origin(provided: Provided) -> str:
+def _origin(provided: Provided[Any]) -> str:
     if provided.distribution is None:
         return "statesim (built-in)"
     return " ".join(part for part in (provided.distribution, provided.version) if part)
@@ -123,7 +146,7 @@ def _install_hint(recorded: Any) -> str:
             f" where this was saved, which is not installed (or did not load) here: pip install '{pin}'.")
 
 
-def unknown_name_message(kind: str, name: str, options: list[str], *, missing: list[Any] = (),
+def unknown_name_message(kind: str, name: str, options: list[str], *, missing: list[Any] | tuple[()] = (),
                          recorded: Any = None) -> str:
     """The message for an unregistered name: who should have provided it and why it did not, else what exists
     and the closest one."""

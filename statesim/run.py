@@ -10,7 +10,7 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -96,7 +96,7 @@ class Progress:
                                 TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
         self.tasks: dict[str, Any] = {}
 
-    def start(self, job: str, total: int, done: int):
+    def start(self, job: str, total: int, done: int) -> Callable[..., None]:
         """Begin a job's bar; returns the per-update callback."""
         if not self.tasks:
             self.bar.start()
@@ -136,14 +136,14 @@ def graceful_interrupt() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def prepare(config_file: str | Path, overrides: list[str] = (), *, host: PluginHost | None = None
+def prepare(config_file: str | Path, overrides: Sequence[str] = (), *, host: PluginHost | None = None
             ) -> tuple[RunConfig, PluginHost]:
     """Load plugins and validate a scenario file with its overrides."""
     host = host or build_plugin_host()
     return load_config(config_file, host.registry, list(overrides)), host
 
 
-def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Path | None = None,
+def execute(config_file: str | Path, overrides: Sequence[str] = (), *, out: str | Path | None = None,
             resume: str | Path | None = None, device: str | None = None, host: PluginHost | None = None,
             echo: Any = None) -> Path:
     """Run a scenario file end to end; returns the run folder (locked while the run lives)."""
@@ -161,10 +161,10 @@ def execute(config_file: str | Path, overrides: list[str] = (), *, out: str | Pa
             lock.release()
 
 
-def _execute(config_file: str | Path, overrides: list[str], *, out: str | Path | None, resume: str | Path | None,
+def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Path | None, resume: str | Path | None,
              device: str | None, host: PluginHost | None, echo: Any, held: list[RunLock]) -> Path:
     echo = echo or (lambda message: print(message, file=sys.stderr))
-    overrides = list(overrides) + ([f"device={device}"] if device else [])
+    overrides = list(overrides) + ([f"device={device}"] if device else [])  # a copy: the caller's stays
     config, host = prepare(config_file, overrides, host=host)
     for problem in host.problems:
         echo(f"warning: {problem}")
@@ -177,7 +177,7 @@ def _execute(config_file: str | Path, overrides: list[str], *, out: str | Path |
     created = False  # whether this run made its folder (a failure before anything was saved removes it again)
     if resume is not None:
         run_dir = _reopen_run_dir(Path(resume), config, writer, held)
-    elif not writer:
+    elif dp is not None and not writer:
         run_dir = Path(dp.share_text(""))  # the folder rank 0 made
     else:
         created = not run_dir_exists(out)

@@ -105,22 +105,11 @@ def resolve_model_config(data: Any, registry: Registry, where: str, providers: A
     checkpoint's record of who provided each component) turns an unknown name into what to install."""
     from dataclasses import replace
 
-    from pydantic import ValidationError
+    from statesim.config import validate_model
 
-    from statesim.config import ModelConfig, _issues_from_validation, resolve
-    from statesim.errors import ConfigError
-
-    try:
-        config = ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_issues_from_validation(exc, ModelConfig, ("model",), where, {})) from None
-    issues: list[Any] = []
     if isinstance(providers, dict):
         registry = replace(registry, recorded={k: v for k, v in providers.items() if isinstance(v, dict)})
-    resolve(config, ("model",), registry, where, {}, issues)
-    if issues:
-        raise ConfigError(issues)
-    return config
+    return validate_model(data, registry, where)
 
 
 def _stored_spec(spec: Any, sidecar: Path) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -190,8 +190,16 @@ class RunContext:
         return save_figure(fig, self.run_dir / "plots" / f"{name}.png")
 
 
-class Scenario:
-    """Base class of scenarios: ``run(ctx)`` trains and evaluates, returning the results dict."""
+#: A scenario's parameter model: ``class MyScenario(Scenario[MyParams])`` types ``self.params`` as ``MyParams``.
+P = TypeVar("P", bound=BaseModel)
+
+
+class Scenario(Generic[P]):
+    """Base class of scenarios: ``run(ctx)`` trains and evaluates, returning the results dict.
+
+    Subclass it as ``Scenario[MyParams]`` and set ``Params = MyParams`` (a ClassVar cannot name the type
+    variable, so the two are spelled separately; the first lets a type checker check ``self.params.foo``).
+    """
 
     Params: ClassVar[type[BaseModel]] = ScenarioParams
     #: What the scenario gives the models it builds, e.g. ``{"encoding"}`` when it builds them with a
@@ -206,8 +214,8 @@ class Scenario:
         """What the scenario needs from its topology with these parameters (``needs`` unless one changes it)."""
         return cls.needs
 
-    def __init__(self, params: BaseModel) -> None:
-        self.params = params
+    def __init__(self, params: P) -> None:
+        self.params: P = params
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Do the scenario's work and return its final metrics."""

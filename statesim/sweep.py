@@ -460,7 +460,7 @@ def aggregate(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
         for col in metric_cols:
             values = [m.get(col) for m in members if m.get("status") == "ok"]
             if values and all(isinstance(v, bool) for v in values):
-                agg[col] = f"{sum(values)}/{len(values)}"
+                agg[col] = f"{sum(bool(v) for v in values)}/{len(values)}"
             elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                 for v in values if v is not None):
                 present = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -538,11 +538,11 @@ def plot_comparison(spec: SweepSpec, rows: list[dict[str, Any]]) -> Any:
                     vals = [r.get(metric) for r in ok if json.dumps(r.get(x_key)) == x
                             and (not hue_key or json.dumps(r.get(hue_key)) == hue)
                             and (not facet_key or json.dumps(r.get(facet_key)) == facet)]
-                    vals = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)
                             and math.isfinite(float(v))]
-                    if vals:
+                    if nums:
                         pos = x_values[x_index] if numeric_x else x_index
-                        points.append((pos, sum(vals) / len(vals), min(vals), max(vals)))
+                        points.append((pos, sum(nums) / len(nums), min(nums), max(nums)))
                 if points:
                     px, py, lo, hi = zip(*points)
                     ax.errorbar(px, py, yerr=[[a - b for a, b in zip(py, lo)], [b - a for a, b in zip(py, hi)]],
@@ -550,7 +550,7 @@ def plot_comparison(spec: SweepSpec, rows: list[dict[str, Any]]) -> Any:
                                 label=f"{_short(hue_key)}={json.loads(hue)}" if hue_key else None)
             if not numeric_x:
                 ax.set_xticks(range(len(xs)), [str(v) for v in x_values])
-            positive = [r.get(metric) for r in ok if isinstance(r.get(metric), (int, float)) and r.get(metric)]
+            positive = [v for v in (r.get(metric) for r in ok) if isinstance(v, (int, float)) and v]
             if positive and min(positive) > 0 and max(positive) / min(positive) > 50:
                 ax.set_yscale("log")
             ax.set(xlabel=x_key, ylabel=metric,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from statesim.config import ModelConfig, resolve
+from statesim.config import validate_model
 from statesim.model import build_model
 
 #: Every built-in cell, with settings that exercise its less common branches.
@@ -28,10 +28,7 @@ def make_model(registry, cell: dict, *, head: str = "auto", output_size: int | N
     data = {"cell": dict(cell), "head": head}
     if initial_state:
         data["initial_state"] = initial_state
-    config = ModelConfig.model_validate(data)
-    issues: list = []
-    resolve(config, ("model",), registry, "test", {}, issues)
-    assert not issues, issues
+    config = validate_model(data, registry)
     model = build_model(registry, config, input_size, output_size)
     with torch.no_grad():  # make biases and heads non-trivial
         for p in model.parameters():

@@ -55,13 +55,12 @@ def test_clip_with_another_p_norm():
 def _train(clip: dict, steps: int = 30) -> list[dict]:
     torch.manual_seed(0)
     model_cfg = {"cell": {"type": "vanilla", "hidden_size": 8}}
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
     from statesim.model import build_model
     from statesim.plugin_manager import build_plugin_host
 
     host = build_plugin_host(autoload=False)
-    config = ModelConfig.model_validate(model_cfg)
-    resolve(config, (), host.registry, "test", {}, [])
+    config = validate_model(model_cfg, host.registry)
     model = build_model(host.registry, config, 2, 1)
     gen = torch.Generator().manual_seed(1)
     data = SequenceData(torch.randn(12, 64, 2, generator=gen) * 3, torch.randn(12, 64, 1, generator=gen) * 3)

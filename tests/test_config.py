@@ -210,6 +210,26 @@ def test_resolved_config_fills_defaults_and_round_trips(tmp_path, registry):
     assert again.resolved() == resolved and again.digest() == config.digest()
 
 
+def test_components_resolve_through_the_validation_context_or_not_at_all(registry):
+    """A spec is validated with the registry (pydantic's validation context) or refused at validation time: no
+    half-built spec whose params raise when read too early. Defaults given as data are resolved the same way."""
+    from pydantic import ValidationError
+
+    from statesim.config import ModelConfig, registry_context, validate_model
+
+    config = ModelConfig.model_validate({"cell": {"type": "lstm", "hidden_size": 4}},
+                                        context=registry_context(registry))
+    assert config.cell.params.hidden_size == 4
+    assert config.topology.type == "unidirectional" and config.topology.params is not None  # a default, resolved
+    with pytest.raises(ValidationError, match="registry_context"):
+        ModelConfig.model_validate({"cell": {"type": "lstm", "hidden_size": 4}})
+    with pytest.raises(ConfigError) as info:
+        validate_model({"cell": {"type": "lstm", "hidden_size": 0, "hiden": 1}, "head": "some"}, registry)
+    keys = {issue.key for issue in info.value.issues}
+    assert keys == {"model.cell.hidden_size", "model.cell.hiden", "model.head"}, keys
+    assert "Did you mean 'hidden_size'?" in str(info.value)
+
+
 def test_digest_changes_with_what_is_computed(registry):
     path = ROOT / "scenarios" / "linear_system.yaml"
     base = load_config(path, registry).digest()

@@ -109,14 +109,11 @@ def test_window_cell_has_a_finite_gradient_horizon():
 
 
 def _tiny_model(cell_type="linear", hidden=4, input_size=2, output_size=1):
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
     from statesim.model import build_model
 
     host = build_plugin_host(autoload=False)
-    config = ModelConfig.model_validate({"cell": {"type": cell_type, "hidden_size": hidden}})
-    issues = []
-    resolve(config, (), host.registry, "test", {}, issues)
-    assert not issues
+    config = validate_model({"cell": {"type": cell_type, "hidden_size": hidden}}, host.registry)
     return build_model(host.registry, config, input_size, output_size).to(torch.float64)
 
 

@@ -313,11 +313,10 @@ def test_large_batches_switch_to_torch_and_back(builtin_host):
                                       {"type": "stacked", "layers": 2}])
 def test_stacked_topology_steps_on_the_numpy_path(builtin_host, topology):
     """A stack of built-in cells chains their NumPy kernels; stepping equals the stack's layer-by-layer unroll."""
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
 
-    config = ModelConfig.model_validate({"cell": {"type": "lstm", "hidden_size": 5}, "topology": topology,
-                                         "head": "linear"})
-    resolve(config, ("model",), builtin_host.registry, "test", {}, [])
+    config = validate_model({"cell": {"type": "lstm", "hidden_size": 5}, "topology": topology, "head": "linear"},
+                            builtin_host.registry)
     model = build_model(builtin_host.registry, config, 5, 2).eval()
     inputs = torch.randn(12, 3, 5)
     with torch.no_grad():

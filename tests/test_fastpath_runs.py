@@ -15,13 +15,10 @@ DOUBLE = torch.float64
 
 
 def _layered(host, topology: dict, cell: str, size: int = 4, input_size: int = 3):
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
 
-    config = ModelConfig.model_validate({"cell": {"type": cell, "hidden_size": size}, "topology": topology,
-                                         "head": "none"})
-    issues: list = []
-    resolve(config, ("model",), host.registry, "<test>", {}, issues)
-    assert not issues
+    config = validate_model({"cell": {"type": cell, "hidden_size": size}, "topology": topology, "head": "none"},
+                            host.registry)
     from statesim.model import build_model
 
     return build_model(host.registry, config, input_size).to(DOUBLE)

@@ -5,16 +5,13 @@ import numpy as np
 import torch
 
 import statesim.embed
-from statesim.config import ModelConfig, resolve
+from statesim.config import validate_model
 from statesim.engine import unroll
 from statesim.model import build_model
 
 
 def test_parameter_free_model_gives_its_initial_state_and_steps_embedded_like_the_engine(builtin_host):
-    config = ModelConfig(cell={"type": "salamander_cpg"}, head="none")
-    issues: list = []
-    resolve(config, ("model",), builtin_host.registry, "<test>", {}, issues)
-    assert not issues
+    config = validate_model({"cell": {"type": "salamander_cpg"}, "head": "none"}, builtin_host.registry)
     model = build_model(builtin_host.registry, config, 2, None)
     assert next(model.parameters(), None) is None
     state = model.initial(3)  # zeros policy: dtype and device come from the cell's buffers
@@ -39,8 +36,7 @@ def test_one_device_and_dtype_rule_covers_parameter_free_models(builtin_host):
     assert all(v.dtype == torch.float64 for v in cpg.zero_state(2).values())  # its buffers' dtype, not the default
     assert device_and_dtype(LSTMCell(2, 3).to(torch.float64))[1] == torch.float64
     assert device_and_dtype(torch.nn.Identity()) == (torch.device("cpu"), torch.get_default_dtype())
-    config = ModelConfig(cell={"type": "salamander_cpg"}, head="none")
-    resolve(config, ("model",), builtin_host.registry, "<test>", {}, [])
+    config = validate_model({"cell": {"type": "salamander_cpg"}, "head": "none"}, builtin_host.registry)
     model = build_model(builtin_host.registry, config, 2, None).to(torch.float64)
     sim = statesim.embed.as_embedded(model, batch_size=2)
     assert (sim.device, sim.dtype) == device_and_dtype(model) == (torch.device("cpu"), torch.float64)

@@ -90,11 +90,10 @@ def test_wrong_state_names_cell_part_expected_and_actual(name, cell):
 
 
 def test_a_model_built_from_config_reports_the_cell_too(builtin_host):
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
     from statesim.model import build_model
 
-    config = ModelConfig.model_validate({"cell": {"type": "lstm", "hidden_size": 3}})
-    resolve(config, (), builtin_host.registry, "<test>", {}, [])
+    config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, builtin_host.registry)
     model = build_model(builtin_host.registry, config, 2, 1)
     with pytest.raises(ShapeError, match=r"LSTM.*input_size=2.*\[6, 4, 5\]"):
         model(torch.zeros(6, 4, 5))

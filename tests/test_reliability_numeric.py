@@ -183,7 +183,7 @@ def test_clipping_never_lets_a_parameter_become_non_finite(gain, input_scale, st
                                                            activation, seed):
     """Recurrent weights scaled far past the edge of stability (identity activation: gradients grow like
     gain**T and overflow), huge inputs; with clipping on, every parameter stays finite after every update."""
-    from statesim.config import ModelConfig, TrainingConfig, resolve
+    from statesim.config import TrainingConfig, validate_model
     from statesim.data import DataSplits, SequenceData
     from statesim.errors import TrainingError
     from statesim.model import build_model
@@ -191,9 +191,8 @@ def test_clipping_never_lets_a_parameter_become_non_finite(gain, input_scale, st
 
     torch.manual_seed(seed)
     host = _HOST.setdefault("host", build_plugin_host(autoload=False))
-    model_config = ModelConfig.model_validate({"cell": {"type": "vanilla", "hidden_size": 4,
-                                                        "activation": activation}})
-    resolve(model_config, (), host.registry, "<test>", {}, [])
+    model_config = validate_model({"cell": {"type": "vanilla", "hidden_size": 4, "activation": activation}},
+                                  host.registry)
     model = build_model(host.registry, model_config, 2, 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -230,14 +229,14 @@ _HOST: dict = {}
 
 def test_the_setup_above_does_explode():
     """Control for the property: without clipping the same kind of model has astronomically large gradients."""
-    from statesim.config import ModelConfig, TrainingConfig, resolve
+    from statesim.config import TrainingConfig, validate_model
     from statesim.data import DataSplits, SequenceData
     from statesim.model import build_model
     from statesim.plugin_manager import build_plugin_host
 
     host = _HOST.setdefault("host", build_plugin_host(autoload=False))
-    model_config = ModelConfig.model_validate({"cell": {"type": "vanilla", "hidden_size": 4, "activation": "identity"}})
-    resolve(model_config, (), host.registry, "<test>", {}, [])
+    model_config = validate_model({"cell": {"type": "vanilla", "hidden_size": 4, "activation": "identity"}},
+                                  host.registry)
     model = build_model(host.registry, model_config, 2, 1)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -110,12 +110,9 @@ def test_checkpoint_of_another_config_is_refused_by_the_trainer(tmp_path, builti
 
 
 def _resolved_model(host):
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
 
-    config = ModelConfig.model_validate({"cell": {"type": "vanilla", "hidden_size": 2}})
-    issues: list = []
-    resolve(config, (), host.registry, "<test>", {}, issues)
-    assert not issues
+    config = validate_model({"cell": {"type": "vanilla", "hidden_size": 2}}, host.registry)
     return config
 
 

@@ -90,6 +90,7 @@ def sample_starts(cell: Cell, inputs: Tensor, state: State | None, count: int, *
     """
     with torch.no_grad():
         traj = unroll(cell, inputs, state, return_states=True)
+    assert traj.states is not None  # return_states=True
     visited = torch.cat([traj.states[p].reshape(-1, *cell.state_spec[p]).flatten(1) for p in cell.state_spec], 1)
     pick = torch.randint(visited.shape[0], (count,), generator=generator)
     chosen = visited[pick].to(torch.float64)

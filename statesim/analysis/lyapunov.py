@@ -76,6 +76,7 @@ def trajectory(step: StepMap, inputs: Tensor, flat: Tensor, *, final: bool = Fal
     """Flat states entering each step of ``inputs [T, F]`` from ``flat [1, N]`` (``final``: the states after each)."""
     with torch.no_grad():
         traj = unroll(step.cell, inputs.unsqueeze(1), step.unflatten(flat), return_states=True)
+    assert traj.states is not None  # return_states=True
     after = step.flatten({k: v[:, 0] for k, v in traj.states.items()})
     return after if final else torch.cat([flat, after[:-1]])
 
@@ -96,7 +97,7 @@ def lyapunov_spectrum(cell: Cell, inputs: Tensor, state: Any, *, steps: int | No
     k = n if count is None else min(count, n)
     q = torch.eye(n, k, dtype=torch.float64)
     logs = torch.zeros(k, dtype=torch.float64)
-    history = []
+    history: list[Any] = []
     states, xs = entering, xs[warmup:]
     for first in range(0, len(states), JACOBIAN_CHUNK):
         # The steps' Jacobians are independent given the trajectory: one batched call per chunk of steps.

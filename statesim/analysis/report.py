@@ -183,6 +183,7 @@ def _trajectory_states(cell: Any, inputs: Tensor, state0: dict[str, Tensor]) -> 
 
     with torch.no_grad():
         traj = unroll(cell, inputs, state0, return_states=True)
+    assert traj.states is not None  # return_states=True
     steps, batch = inputs.shape[0], inputs.shape[1]
     return flatten_state({k: v.reshape(steps * batch, *v.shape[2:]) for k, v in traj.states.items()},
                          cell.state_spec).reshape(steps, batch, -1)

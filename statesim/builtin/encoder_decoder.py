@@ -97,10 +97,10 @@ def build_topology(registry: Registry, spec: TopologySpec, input_size: int, cell
 
 
 class EncoderDecoderParams(PluginParams):
-    encoder: TopologySpec = Field(default_factory=lambda: TopologySpec(type="unidirectional"),
+    encoder: TopologySpec = Field(default_factory=lambda: {"type": "unidirectional"}, validate_default=True,
                                   description="topology reading the source, e.g. {type: stacked, layers: 2, "
                                               "bidirectional_first: true}")
-    decoder: TopologySpec = Field(default_factory=lambda: TopologySpec(type="unidirectional"),
+    decoder: TopologySpec = Field(default_factory=lambda: {"type": "unidirectional"}, validate_default=True,
                                   description="topology generating the target; must be steppable (unidirectional "
                                               "or stacked without a bidirectional first layer)")
     decoder_cell: CellSpec | None = Field(None, description="the decoder's cell when it differs from model.cell")

@@ -70,13 +70,10 @@ def test_cpg_drives_the_swimmer_faster_with_drive_and_turns_toward_the_stronger_
 
 
 def _tiny_rnn(host, segments: int = 8) -> RNNController:
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import validate_model
     from statesim.model import build_model
 
-    config = ModelConfig(cell={"type": "lstm", "hidden_size": 8})
-    issues: list = []
-    resolve(config, ("model",), host.registry, "<test>", {}, issues)
-    assert not issues
+    config = validate_model({"cell": {"type": "lstm", "hidden_size": 8}}, host.registry)
     torch.manual_seed(0)
     model = build_model(host.registry, config, 2 + segments + 4 + 1, segments + 4)
     return RNNController(statesim.embed.as_embedded(model), segments)

@@ -132,7 +132,7 @@ class CaptioningParams(ScenarioParams):
     grid: int = Field(4, ge=1, le=8, description="the PNG shows grid x grid test images")
 
 
-class Captioning(Scenario):
+class Captioning(Scenario[CaptioningParams]):
     """Train CNN + LSTM captioner on synthetic shapes; report exact match and BLEU; save a captioned grid."""
 
     Params = CaptioningParams

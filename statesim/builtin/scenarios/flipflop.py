@@ -49,7 +49,7 @@ def flipflop_data(p: FlipFlopParams, count: int, generator: torch.Generator) -> 
     return SequenceData(inputs, targets)
 
 
-class FlipFlop(Scenario):
+class FlipFlop(Scenario[FlipFlopParams]):
     """Train the run's model on the flip-flop task; count its fixed points at zero input."""
 
     Params = FlipFlopParams

@@ -23,11 +23,12 @@ from statesim.safepath import PathName
 from statesim.scenario import RunContext, Scenario, ScenarioParams
 
 
-def default_policies() -> dict[str, InitialStateSpec]:
-    return {"zeros": InitialStateSpec(type="zeros"),
-            "random": InitialStateSpec(type="random", scale=0.5),
-            "learned": InitialStateSpec(type="learned"),
-            "warmup": InitialStateSpec(type="warmup", steps=20, prefix="given")}
+def default_policies() -> dict[str, Any]:
+    """The compared policies by label, as plain data (validated and resolved like a value given in the file)."""
+    return {"zeros": {"type": "zeros"},
+            "random": {"type": "random", "scale": 0.5},
+            "learned": {"type": "learned"},
+            "warmup": {"type": "warmup", "steps": 20, "prefix": "given"}}
 
 
 class InitialStateEffectParams(ScenarioParams):
@@ -38,8 +39,8 @@ class InitialStateEffectParams(ScenarioParams):
     test_sequences: int = Field(256, gt=0, description="held-out windows (from other trajectories)")
     dt: float = Field(0.01, gt=0, description="RK4 step of the Lorenz system")
     every: int = Field(4, ge=1, description="observe x every this many RK4 steps")
-    policies: dict[PathName, InitialStateSpec] = Field(default_factory=default_policies,
-                                                  description="policies compared, by label")
+    policies: dict[PathName, InitialStateSpec] = Field(default_factory=default_policies, validate_default=True,
+                                                       description="policies compared, by label")
 
 
 def lorenz_x(count: int, steps: int, dt: float, every: int, seed: int, burn_in: int = 500) -> torch.Tensor:
@@ -72,7 +73,7 @@ def windows(count: int, p: InitialStateEffectParams, seed: int) -> SequenceData:
     return SequenceData(series[k:-1].unsqueeze(-1), series[k + 1:].unsqueeze(-1), prefix=series[:k].unsqueeze(-1))
 
 
-class InitialStateEffect(Scenario):
+class InitialStateEffect(Scenario[InitialStateEffectParams]):
     """Train the run's model once per initial-state policy; compare the early-step prediction error."""
 
     Params = InitialStateEffectParams
@@ -85,6 +86,7 @@ class InitialStateEffect(Scenario):
                                    "target_variance": float(test.targets.var()), "policies": {}}
         curves = {}
         for label, spec in p.policies.items():
+            assert ctx.config.model is not None  # ctx.build_model refused a run without one above
             config = ctx.config.model.model_copy(update={"initial_state": spec})
             model = ctx.build_model(config, 1, 1)
             ctx.train(model, DataSplits(train), job=label)

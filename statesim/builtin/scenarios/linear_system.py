@@ -65,7 +65,7 @@ def matched_eigenvalue_error(true: torch.Tensor, learned: torch.Tensor) -> float
                for perm in itertools.permutations(range(n)))
 
 
-class LinearSystem(Scenario):
+class LinearSystem(Scenario[LinearSystemParams]):
     """Fit the run's ``model`` (a linear cell) to data from a random stable system."""
 
     Params = LinearSystemParams

@@ -18,7 +18,7 @@ final model (:mod:`statesim.diagnostics`).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from pydantic import Field
@@ -155,7 +155,11 @@ class CopyParams(LongLagParams):
     solve_accuracy: float = Field(0.99, gt=0, le=1, description="validation recall accuracy counted as solved")
 
 
-class _LongLag(Scenario):
+#: The parameters of one long-lag task (adding or copy).
+LP = TypeVar("LP", bound=LongLagParams)
+
+
+class _LongLag(Scenario[LP]):
     """Shared flow: data, train with a solve tracker, test metric, diagnostics."""
 
     metric_name = ""
@@ -191,6 +195,7 @@ class _LongLag(Scenario):
 
         p = self.params
         data = self.splits()
+        assert data.val is not None and data.test is not None  # splits() makes all three
         input_size, output_size = self.sizes()
         model = ctx.build_model(None, input_size, output_size)
         val = data.val.to(ctx.device)
@@ -261,7 +266,7 @@ class _LongLag(Scenario):
         return fig
 
 
-class Adding(_LongLag):
+class Adding(_LongLag[AddingParams]):
     """The adding problem: output the sum of the two marked values at the end of the sequence."""
 
     Params = AddingParams
@@ -285,11 +290,12 @@ class Adding(_LongLag):
         return value < self.params.solve_mse
 
     def reference(self, data: DataSplits) -> dict[str, Any]:
+        assert data.test is not None  # splits() makes all three
         target = data.test.targets[-1]
         return {"baseline_mse_predict_mean": float(((target - 1.0) ** 2).mean()), "solve_mse": self.params.solve_mse}
 
 
-class Copy(_LongLag):
+class Copy(_LongLag[CopyParams]):
     """The copy (memory) task: reproduce a short symbol sequence after a delay."""
 
     Params = CopyParams

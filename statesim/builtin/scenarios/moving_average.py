@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from statesim.config import CellSpec, ModelConfig
+from statesim.config import ModelConfig
 from statesim.data import DataSplits, SequenceData
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
@@ -37,10 +37,11 @@ def exponential_moving_average(x: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _default_models() -> dict[str, ModelConfig]:
+def _default_models() -> dict[str, Any]:
+    # Plain data, validated (and its cells resolved against the registry) like a value given in the file.
     return {
-        "window": ModelConfig(cell=CellSpec(type="window", window=3, output_size=1), head="none"),
-        "linear": ModelConfig(cell=CellSpec(type="linear", hidden_size=1, output_size=1), head="none"),
+        "window": {"cell": {"type": "window", "window": 3, "output_size": 1}, "head": "none"},
+        "linear": {"cell": {"type": "linear", "hidden_size": 1, "output_size": 1}, "head": "none"},
     }
 
 
@@ -52,11 +53,11 @@ class MovingAverageParams(ScenarioParams):
     test_sequences: int = Field(64, gt=0, description="held-out series")
     noise: float = Field(0.0, ge=0, description="std of Gaussian noise added to the training targets")
     tolerance: float = Field(0.01, gt=0, description="coefficient error that counts as recovered")
-    models: dict[PathName, ModelConfig] = Field(default_factory=_default_models,
-                                           description="models to train on each system, by name")
+    models: dict[PathName, ModelConfig] = Field(default_factory=_default_models, validate_default=True,
+                                                description="models to train on each system, by name")
 
 
-class MovingAverage(Scenario):
+class MovingAverage(Scenario[MovingAverageParams]):
     """Train each model on each system; report coefficients, test MSE and whether each recovers its system."""
 
     Params = MovingAverageParams

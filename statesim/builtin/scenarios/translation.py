@@ -160,7 +160,7 @@ def build_translator(ctx: RunContext, source_vocab: int, target_vocab: int, embe
                            encoder={"type": "sequence", "vocab": source_vocab, "size": embed_size})
 
 
-class Translation(Scenario):
+class Translation(Scenario[TranslationParams]):
     """Train an encoder-decoder on German number words (or a user corpus); report accuracy and BLEU."""
 
     Params = TranslationParams

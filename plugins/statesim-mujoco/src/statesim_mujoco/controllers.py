@@ -23,13 +23,15 @@ class ClosedLoopError(StatesimError):
 
 def build_cpg(registry: Any, cpg_params: dict[str, Any]) -> Any:
     """A ``SequenceModel`` around the registered ``salamander_cpg`` cell (no head: outputs are the CPG's own)."""
-    from statesim.config import ModelConfig, resolve
+    from statesim.config import ModelConfig, validate_as
+    from statesim.errors import ConfigError
 
-    config = ModelConfig(cell={"type": "salamander_cpg", **cpg_params}, head="none")
-    issues: list[Any] = []
-    resolve(config, ("scenario", "cpg"), registry, "<salamander_swim>", {}, issues)
-    if issues:
-        raise ClosedLoopError("salamander_swim: the CPG parameters are invalid: " + "; ".join(map(str, issues)))
+    try:
+        config = validate_as(ModelConfig, {"cell": {"type": "salamander_cpg", **cpg_params}, "head": "none"},
+                             registry, "<salamander_swim>", path=("scenario", "cpg"))
+    except ConfigError as exc:
+        raise ClosedLoopError("salamander_swim: the CPG parameters are invalid: "
+                              + "; ".join(map(str, exc.issues))) from None
     from statesim.model import build_model
 
     return build_model(registry, config, 2, None)

@@ -130,7 +130,7 @@ def _r(value: float | None, digits: int = 4) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
-class SalamanderSwim(Scenario):
+class SalamanderSwim(Scenario[SalamanderSwimParams]):
     """The CPG and a learned RNN swim a MuJoCo body through PD servos; speed, heading, steering by forcing."""
 
     Params = SalamanderSwimParams
