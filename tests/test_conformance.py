@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-from statesim.testing import CellContractTests
+from statesim.testing import CellContractTests, PolicyContractTests, TopologyContractTests
 
 #: Small, non-default settings of every built-in cell (each branch a plugin cell could also take).
 CELL_SPECS = {
@@ -29,3 +29,31 @@ for _name, _spec in CELL_SPECS.items():
 class TestCell_salamander_cpg(CellContractTests):
     cell_spec = {"type": "salamander_cpg"}
     input_size = 2  # the two drives (d_L, d_R)
+
+
+# --------------------------------------------------------------------------- topologies and policies
+TOPOLOGY_SPECS = {
+    "unidirectional": {"type": "unidirectional"},
+    "bidirectional": {"type": "bidirectional", "merge": "sum"},
+    "stacked": {"type": "stacked", "layers": 2},
+    "stacked_residual_bifirst": {"type": "stacked", "layers": 3, "residual": True, "residual_from": 2,
+                                 "bidirectional_first": True, "merge": "sum"},
+    "encoder_decoder": {"type": "encoder_decoder", "encoder": {"type": "bidirectional"}},
+    "encoder_decoder_attention": {"type": "encoder_decoder", "attention": "additive", "attention_size": 4},
+}
+POLICY_SPECS = {
+    "zeros": {"type": "zeros"},
+    "random": {"type": "random", "scale": 0.3},
+    "learned": {"type": "learned"},
+    "warmup": {"type": "warmup", "steps": 3, "prefix": "noise"},
+    "warmup_inputs": {"type": "warmup", "steps": 2, "prefix": "inputs", "start": "random"},
+    "encoded": {"type": "encoded"},  # sized by the encoding it is given (the encoder's, or the suite's)
+}
+
+for _name, _spec in TOPOLOGY_SPECS.items():
+    # an encoder-decoder without attention reaches its encoder only through the encoded initial state
+    _policy = {"type": "encoded"} if _spec["type"] == "encoder_decoder" else None
+    globals()[f"TestTopology_{_name}"] = type(f"TestTopology_{_name}", (TopologyContractTests,),
+                                              {"topology_spec": _spec, "initial_state_spec": _policy})
+for _name, _spec in POLICY_SPECS.items():
+    globals()[f"TestPolicy_{_name}"] = type(f"TestPolicy_{_name}", (PolicyContractTests,), {"policy_spec": _spec})

@@ -5,5 +5,6 @@ plugin"); statesim runs the very same suites on every built-in.
 Importing this module needs pytest (it is a test helper, not a runtime dependency).
 """
 from statesim.testing.cells import CellContractTests
+from statesim.testing.components import PolicyContractTests, TopologyContractTests
 
-__all__ = ["CellContractTests"]
+__all__ = ["CellContractTests", "PolicyContractTests", "TopologyContractTests"]

@@ -83,12 +83,21 @@ class Batch:
         one.condition_lengths = None if self.condition_lengths is None else self.condition_lengths[b:b + 1]
         return one
 
-    def run(self, model: SequenceModel, state: State | None = None, **kwargs: Any) -> Any:
+    def memory(self, model: SequenceModel) -> Any:
+        """The conditioning encoder's memory of this batch's source (None without one)."""
+        return None if self.condition is None else model.encode(self.condition, self.condition_lengths)
+
+    def initial(self, model: SequenceModel, encoded: Tensor | None = None) -> State:
+        """The model's initial-state policy for this batch."""
+        return model.initial(self.inputs.shape[1], inputs=self.inputs, lengths=self.lengths,
+                             memory=self.memory(model), encoded=encoded)
+
+    def run(self, model: SequenceModel, state: State | None = None, *, encoded: Tensor | None = None,
+            **kwargs: Any) -> Any:
         """``model`` over this batch from ``state`` (the model's initial-state policy when None)."""
-        memory = None if self.condition is None else model.encode(self.condition, self.condition_lengths)
         if state is None:
-            state = model.initial(self.inputs.shape[1], inputs=self.inputs, lengths=self.lengths, memory=memory)
-        return model(self.inputs, state, lengths=self.lengths, memory=memory, **kwargs)
+            state = self.initial(model, encoded)
+        return model(self.inputs, state, lengths=self.lengths, memory=self.memory(model), **kwargs)
 
 
 def random_state(spec: Mapping[str, tuple[int, ...]], batch: int, dtype: torch.dtype, seed: int = 1) -> State:
