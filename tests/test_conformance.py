@@ -1,8 +1,10 @@
 """statesim's own built-ins run the contract suites plugin authors run (statesim.testing)."""
 from __future__ import annotations
 
+from pathlib import Path
 
-from statesim.testing import CellContractTests, PolicyContractTests, TopologyContractTests
+
+from statesim.testing import CellContractTests, PolicyContractTests, ScenarioContractTests, TopologyContractTests
 
 #: Small, non-default settings of every built-in cell (each branch a plugin cell could also take).
 CELL_SPECS = {
@@ -57,3 +59,51 @@ for _name, _spec in TOPOLOGY_SPECS.items():
                                               {"topology_spec": _spec, "initial_state_spec": _policy})
 for _name, _spec in POLICY_SPECS.items():
     globals()[f"TestPolicy_{_name}"] = type(f"TestPolicy_{_name}", (PolicyContractTests,), {"policy_spec": _spec})
+
+
+# --------------------------------------------------------------------------- scenarios
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_TRAINING = ["training.steps=2", "training.checkpoint_every=1", "output.plots=false"]
+#: Per shipped scenario file: its scenario type and the overrides that make a run take seconds.
+SCENARIO_RUNS = {
+    "moving_average": ("moving_average", ["scenario.steps=10", "scenario.train_sequences=4",
+                                          "scenario.test_sequences=2"]),
+    "linear_system": ("linear_system", ["scenario.steps=12", "scenario.train_sequences=4", "scenario.test_sequences=2",
+                                        "scenario.impulse_steps=5"]),
+    "adding": ("adding", ["scenario.length=8", "scenario.train_sequences=8", "scenario.val_sequences=4",
+                          "scenario.test_sequences=4", "scenario.diagnose=false", "model.cell.hidden_size=4"]),
+    "copy": ("copy", ["scenario.delay=2", "scenario.symbols=2", "scenario.train_sequences=8",
+                      "scenario.val_sequences=4", "scenario.test_sequences=4", "scenario.diagnose=false",
+                      "model.cell.hidden_size=4"]),
+    "flipflop": ("flipflop", ["scenario.steps=8", "scenario.train_sequences=8", "scenario.test_sequences=4",
+                              "model.cell.hidden_size=4"]),
+    "initial_state_effect": ("initial_state_effect", ["scenario.prefix_steps=3", "scenario.window_steps=6",
+                                                      "scenario.first_steps=2", "scenario.train_sequences=8",
+                                                      "scenario.test_sequences=4", "model.cell.hidden_size=4"]),
+    "translation": ("translation", ["scenario.max_number=999", "scenario.train_size=24", "scenario.val_size=0",
+                                    "scenario.test_size=4", "scenario.embed_size=4", "scenario.examples=2",
+                                    "scenario.beam_size=1", "model.cell.hidden_size=4", "training.batch_size=8"]),
+    "captioning": ("captioning", ["scenario.train_images=8", "scenario.val_images=0", "scenario.test_images=4",
+                                  "scenario.channels=2", "scenario.features=4", "scenario.embed_size=4",
+                                  "scenario.beam_size=1", "model.cell.hidden_size=4", "training.batch_size=4"]),
+}
+
+for _name, (_type, _sets) in SCENARIO_RUNS.items():
+    globals()[f"TestScenario_{_name}"] = type(f"TestScenario_{_name}", (ScenarioContractTests,), {
+        "scenario_file": ROOT / "scenarios" / f"{_name}.yaml", "scenario_type": _type,
+        "tiny_overrides": [*SMALL_TRAINING, *_sets]})
+
+
+class TestScenario_salamander(ScenarioContractTests):
+    """Its evaluation simulates every drive level and steering window even after two updates: tens of seconds."""
+
+    scenario_file = ROOT / "scenarios" / "salamander.yaml"
+    scenario_type = "salamander"
+    slow_run = True
+    tiny_overrides = [*SMALL_TRAINING, "scenario.train_trajectories=2", "scenario.val_trajectories=1",
+                      "scenario.test_trajectories=1", "scenario.trajectory_seconds=[6, 6]", "scenario.eval_seconds=16",
+                      "scenario.measure_seconds=6", "scenario.ablation_seconds=2", "scenario.steer_seconds=8",
+                      "model.cell.hidden_size=4", "scenario.eval_levels=[0.5, 2.5, 3.5, 4.0]",
+                      "scenario.validation_levels=[1.5, 4.25]", "scenario.validation_turns=[[4.3, 3.7]]",
+                      "scenario.turn_conditions=[[4.5, 3.5]]", "scenario.ablation_drives=[4.0]", "forcing=[]",
+                      "scenario.forced_units=2"]

@@ -6,5 +6,6 @@ Importing this module needs pytest (it is a test helper, not a runtime dependenc
 """
 from statesim.testing.cells import CellContractTests
 from statesim.testing.components import PolicyContractTests, TopologyContractTests
+from statesim.testing.scenarios import ScenarioContractTests
 
-__all__ = ["CellContractTests", "PolicyContractTests", "TopologyContractTests"]
+__all__ = ["CellContractTests", "PolicyContractTests", "ScenarioContractTests", "TopologyContractTests"]
