@@ -107,3 +107,53 @@ class TestScenario_salamander(ScenarioContractTests):
                       "scenario.validation_levels=[1.5, 4.25]", "scenario.validation_turns=[[4.3, 3.7]]",
                       "scenario.turn_conditions=[[4.5, 3.5]]", "scenario.ablation_drives=[4.0]", "forcing=[]",
                       "scenario.forced_units=2"]
+
+
+# --------------------------------------------------------------------------- the suite can fail
+BROKEN_CELL = '''
+import pytest
+import torch
+
+from statesim.builtin.cells import GRUCell
+from statesim.testing import CellContractTests
+
+
+class Broken(GRUCell):
+    def numpy_step(self):
+        inner = super().numpy_step()
+
+        def step(x, state):
+            y, new = inner(x, state)
+            return y + 1e-3, new  # a stray term
+
+        return step
+
+    def project_inputs(self, inputs):
+        return super().project_inputs(inputs.cumsum(0))  # mixes time steps: one step alone is still right
+
+
+class TestBroken(CellContractTests):
+    cell_spec = {"type": "gru", "hidden_size": 4}
+
+    @pytest.fixture
+    def make_cell(self):
+        def make(seed=0):
+            torch.manual_seed(seed)
+            return Broken(3, 4).double().eval()
+        return make
+'''
+
+
+def test_the_cell_suite_fails_a_cell_that_breaks_its_contract(tmp_path):
+    """A wrong numpy_step and a project_inputs that mixes time steps fail their checks (the checks can fail)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_broken.py").write_text(BROKEN_CELL, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k",
+                           "numpy_step or project_inputs or plain_loop", str(tmp_path / "test_broken.py")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "3 failed" in done.stdout, done.stdout[-2000:]
+    for name in ("test_numpy_step_equals_generic_loop", "test_project_inputs_then_transition_equals_forward",
+                 "test_unroll_equals_its_step_in_a_plain_loop"):
+        assert f"FAILED test_broken.py::TestBroken::{name}" in done.stdout
