@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 
 from statesim.testing import CellContractTests, PolicyContractTests, ScenarioContractTests, TopologyContractTests
 
@@ -144,6 +146,7 @@ class TestBroken(CellContractTests):
 '''
 
 
+@pytest.mark.slow  # a second pytest process: 17 s on 2 busy cores
 def test_the_cell_suite_fails_a_cell_that_breaks_its_contract(tmp_path):
     """A wrong numpy_step and a project_inputs that mixes time steps fail their checks (the checks can fail)."""
     import subprocess

@@ -52,7 +52,12 @@ class ScenarioContractTests:
         """The tiny run's overrides are valid keys of this scenario (so a rename is reported here, plainly)."""
         load_config(self.scenario_file, _common.registry(), list(self.tiny_overrides))
 
-    def test_tiny_run_writes_config_run_and_results(self, run_dir: Path) -> None:
+    def test_tiny_run_leaves_a_complete_run_folder(self, run_dir: Path) -> None:
+        """One test, so that pytest-xdist never runs the tiny run twice (once per worker)."""
+        self.check_config_run_and_results(run_dir)
+        self.check_metrics_and_checkpoints(run_dir)
+
+    def check_config_run_and_results(self, run_dir: Path) -> None:
         """``config.yaml`` (loadable), ``run.json`` and ``results.json`` naming the scenario and seed."""
         config = load_config(run_dir / "config.yaml", _common.registry())
         assert config.scenario.type == self.scenario_type
@@ -61,13 +66,12 @@ class ScenarioContractTests:
         results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
         assert results["scenario"] == self.scenario_type and results["seed"] == config.seed
 
-    def test_tiny_run_writes_metrics_and_checkpoints_that_load(self, run_dir: Path, trained: bool | None = None
-                                                               ) -> None:
+    def check_metrics_and_checkpoints(self, run_dir: Path, trained: bool | None = None) -> None:
         """Every trained job logged metrics and left a checkpoint that rebuilds its model."""
         from statesim.runfolder import load_model, trained_jobs
 
         if not (self.trains if trained is None else trained):
-            pytest.skip("the scenario trains no model in its own run folder")
+            return  # the scenario trains no model in its own run folder
         jobs = trained_jobs(run_dir)
         assert jobs, "the run left no checkpoint (checkpoints/<job>/step_*.json)"
         lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
