@@ -184,7 +184,7 @@ class Cell(nn.Module):
                              f"got shape {list(x.shape)}.")
         if not x.is_floating_point():
             raise ShapeError(f"{name}: expected a floating-point input, got dtype {x.dtype}.")
-        ref = next(self.parameters(), None)
+        ref = _reference(self)
         if ref is not None and x.device != ref.device:
             raise ShapeError(f"{name}: input is on {x.device} but the cell's parameters are on {ref.device}; "
                              f"move one of them (model.to(device)).")
@@ -247,13 +247,22 @@ class Cell(nn.Module):
             if got != (batch_size, *shape):
                 raise ShapeError(f"{name}: state part '{part}' should have shape {[batch_size, *shape]}, "
                                  f"got {list(got)}.")
-        ref = next(self.parameters(), None)
+        ref = _reference(self)
         if ref is not None and ref.is_floating_point():
             for part, value in state.items():
                 if value.dtype != ref.dtype or value.device != ref.device:
                     raise ShapeError(f"{name}: state part '{part}' is {value.dtype} on {value.device} but the "
                                      f"cell's parameters are {ref.dtype} on {ref.device}; convert the state "
                                      f"(or the model) so they agree.")
+
+
+def _reference(cell: nn.Module) -> Tensor | None:
+    """The tensor inputs and states must match in device and dtype: the first floating parameter, else the first
+    floating buffer (a parameter-free dynamical system such as the salamander CPG computes in its buffers' dtype)."""
+    for tensor in (*cell.parameters(), *cell.buffers()):
+        if tensor.is_floating_point():
+            return tensor
+    return next(cell.parameters(), None)
 
 
 def _shape_hint(got: tuple[int, ...], want: tuple[int, ...]) -> str:

@@ -3,11 +3,15 @@ import pytest
 import torch
 from torch import nn
 
+from statesim import fastpath
 from statesim.builtin.cells import GRUCell, LinearCell, LSTMCell, VanillaCell, WindowCell
 from statesim.engine import unroll
 
 DT = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-12)
+#: statesim's side of a comparison with torch.nn.LSTM/GRU/RNN runs pinned to each path: under the default policy
+#: a cell with a fused form runs torch's own kernel, and the comparison would be the kernel against itself.
+PATHS = pytest.mark.parametrize("path", ["generic", "fused"])
 
 
 def _linear_cell(n_in=2, n_h=3, n_out=2, **kw):
@@ -79,13 +83,16 @@ def test_linear_default_spectral_radius():
 
 
 # --------------------------------------------------------------------------- torch references
-def _compare_with_torch(cell, ref, state0, ref_state0, steps=6, batch=3):
-    """Outputs, final states and gradients wrt every parameter, the input and the initial state."""
+def _compare_with_torch(cell, ref, state0, ref_state0, path, steps=6, batch=3):
+    """Outputs, final states and gradients wrt every parameter, the input and the initial state, with statesim's
+    side on ``path`` (``generic``: the engine's loop over the cell's own step; ``fused``: its fused form)."""
     x = torch.randn(steps, batch, cell.input_size, dtype=DT, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     state0 = {k: v.clone().requires_grad_(True) for k, v in state0.items()}
     ref_state0 = tuple(v.clone().requires_grad_(True) for v in ref_state0)
-    traj = unroll(cell, x, state0)
+    with fastpath.policy(path), fastpath.record_decisions() as decisions:
+        traj = unroll(cell, x, state0)
+    assert {key[1] for key in decisions} == {path}, decisions  # the path really taken
     out_ref, final_ref = ref(x_ref, ref_state0 if len(ref_state0) > 1 else ref_state0[0])
     final_ref = final_ref if isinstance(final_ref, tuple) else (final_ref,)
     torch.testing.assert_close(traj.outputs, out_ref, **TOL)
@@ -116,24 +123,27 @@ def _copy_into(ref, cell):
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_vanilla_matches_torch_rnn(activation, bias):
+@PATHS
+def test_vanilla_matches_torch_rnn(activation, bias, path):
     cell = VanillaCell(3, 4, activation=activation, bias=bias).to(DT)
     ref = nn.RNN(3, 4, nonlinearity=activation, bias=bias, dtype=DT)
     _copy_into(ref, cell)
     h0 = torch.randn(1, 3, 4, dtype=DT)
-    _compare_with_torch(cell, ref, {"h": h0[0]}, (h0,))
+    _compare_with_torch(cell, ref, {"h": h0[0]}, (h0,), path)
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_lstm_matches_torch_lstm(bias):
+@PATHS
+def test_lstm_matches_torch_lstm(bias, path):
     cell = LSTMCell(3, 4, bias=bias).to(DT)
     ref = nn.LSTM(3, 4, bias=bias, dtype=DT)
     _copy_into(ref, cell)
     h0, c0 = torch.randn(1, 3, 4, dtype=DT), torch.randn(1, 3, 4, dtype=DT)
-    _compare_with_torch(cell, ref, {"h": h0[0], "c": c0[0]}, (h0, c0))
+    _compare_with_torch(cell, ref, {"h": h0[0], "c": c0[0]}, (h0, c0), path)
 
 
-def test_lstm_forget_bias_shifts_only_the_forget_gate_and_still_matches_torch():
+@PATHS
+def test_lstm_forget_bias_shifts_only_the_forget_gate_and_still_matches_torch(path):
     torch.manual_seed(5)
     plain = LSTMCell(2, 3, forget_bias=0.0)
     torch.manual_seed(5)
@@ -148,7 +158,7 @@ def test_lstm_forget_bias_shifts_only_the_forget_gate_and_still_matches_torch():
     ref = nn.LSTM(2, 3, dtype=DT)
     _copy_into(ref, cell)
     _compare_with_torch(cell, ref, {"h": torch.zeros(2, 3, dtype=DT), "c": torch.zeros(2, 3, dtype=DT)},
-                        (torch.zeros(1, 2, 3, dtype=DT), torch.zeros(1, 2, 3, dtype=DT)), batch=2)
+                        (torch.zeros(1, 2, 3, dtype=DT), torch.zeros(1, 2, 3, dtype=DT)), path, batch=2)
 
 
 def test_lstm_step_follows_the_seed_gate_equations():
@@ -167,12 +177,13 @@ def test_lstm_step_follows_the_seed_gate_equations():
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_gru_matches_torch_gru(bias):
+@PATHS
+def test_gru_matches_torch_gru(bias, path):
     cell = GRUCell(3, 4, bias=bias).to(DT)
     ref = nn.GRU(3, 4, bias=bias, dtype=DT)
     _copy_into(ref, cell)
     h0 = torch.randn(1, 3, 4, dtype=DT)
-    _compare_with_torch(cell, ref, {"h": h0[0]}, (h0,))
+    _compare_with_torch(cell, ref, {"h": h0[0]}, (h0,), path)
 
 
 def test_vanilla_identity_activation_and_forward_equals_transition():

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from statesim import fastpath
 from statesim.builtin.cells import LSTMCell
 from statesim.builtin.layered import Bidirectional, Stacked, reverse_padded
 from statesim.engine import unroll
@@ -16,6 +17,11 @@ from statesim.plugin_manager import build_plugin_host
 
 _HOST = build_plugin_host()
 CELLS = _HOST.registry.names("cell")
+
+
+#: The statesim side of a comparison with torch.nn.LSTM on each path: under the default policy the LSTM cells run
+#: torch's own fused kernel, and the comparison would be the kernel against itself.
+PATHS = pytest.mark.parametrize("path", ["generic", "fused"])
 
 
 def copy_lstm(cell: LSTMCell, torch_lstm: nn.LSTM, suffix: str) -> None:
@@ -39,7 +45,8 @@ def test_reverse_padded_reverses_each_sequence_within_its_length():
     assert out[:3, 1, 0].tolist() == [2, 1, 0]
 
 
-def test_bidirectional_matches_torch_lstm_on_ragged_batch():
+@PATHS
+def test_bidirectional_matches_torch_lstm_on_ragged_batch(path):
     x, lengths = ragged_batch()
     ref = nn.LSTM(3, 5, bidirectional=True)
     topo = Bidirectional(3, lambda n: LSTMCell(n, 5))
@@ -49,7 +56,8 @@ def test_bidirectional_matches_torch_lstm_on_ragged_batch():
     out_packed, (h_n, c_n) = ref(packed)
     expected, _ = pad_packed_sequence(out_packed, total_length=x.shape[0])
     state = {name: torch.zeros(4, 5) for name in topo.state_spec}
-    traj = topo(x, state, lengths=lengths)
+    with fastpath.policy(path):
+        traj = topo(x, state, lengths=lengths)
     torch.testing.assert_close(traj.outputs, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(traj.final_state["fwd.h"], h_n[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(traj.final_state["bwd.h"], h_n[1], atol=1e-5, rtol=1e-5)
@@ -73,7 +81,8 @@ def test_bidirectional_merge(merge):
     torch.testing.assert_close(other(x, state, lengths=lengths).outputs, total if merge == "sum" else total / 2)
 
 
-def test_stacked_matches_torch_two_layer_lstm():
+@PATHS
+def test_stacked_matches_torch_two_layer_lstm(path):
     x, lengths = ragged_batch()
     ref = nn.LSTM(3, 6, num_layers=2)
     topo = Stacked(3, lambda n: LSTMCell(n, 6), layers=2)
@@ -82,13 +91,15 @@ def test_stacked_matches_torch_two_layer_lstm():
     out_packed, (h_n, c_n) = ref(pack_padded_sequence(x, lengths, enforce_sorted=False))
     expected, _ = pad_packed_sequence(out_packed, total_length=x.shape[0])
     state = {name: torch.zeros(4, 6) for name in topo.state_spec}
-    traj = topo(x, state, lengths=lengths)
+    with fastpath.policy(path):
+        traj = topo(x, state, lengths=lengths)
     torch.testing.assert_close(traj.outputs, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(traj.final_state["layer1.h"], h_n[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(traj.final_state["layer0.c"], c_n[0], atol=1e-5, rtol=1e-5)
 
 
-def test_stacked_residual_bidirectional_first_matches_torch_layers():
+@PATHS
+def test_stacked_residual_bidirectional_first_matches_torch_layers(path):
     """GNMT's encoder: bi layer 0, layers 1..2 uni, residual from layer 2 on; built from torch layers by hand."""
     x = torch.randn(6, 3, 4)
     bi, l1, l2 = nn.LSTM(4, 5, bidirectional=True), nn.LSTM(10, 10), nn.LSTM(10, 10)
@@ -102,7 +113,9 @@ def test_stacked_residual_bidirectional_first_matches_torch_layers():
     y1, _ = l1(y0)
     y2 = l2(y1)[0] + y1
     state = {name: torch.zeros(3, *shape) for name, shape in topo.state_spec.items()}
-    torch.testing.assert_close(topo(x, state).outputs, y2, atol=1e-5, rtol=1e-5)
+    with fastpath.policy(path):
+        out = topo(x, state).outputs
+    torch.testing.assert_close(out, y2, atol=1e-5, rtol=1e-5)
     assert "layer0.bwd.c" in topo.state_spec and topo.as_cell() is None
 
 
