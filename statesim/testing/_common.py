@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from statesim.cell import State
-from statesim.config import ModelConfig, resolve
+from statesim.config import ModelConfig, validate_model
 from statesim.kernelcheck import tolerance
 from statesim.model import SequenceModel, build_model
 from statesim.registry import Registry
@@ -42,11 +42,7 @@ def model_config(registry: Registry, cell: Mapping[str, Any], topology: Mapping[
         data["topology"] = dict(topology)
     if initial_state is not None:
         data["initial_state"] = dict(initial_state)
-    config = ModelConfig.model_validate(data)
-    issues: list[Any] = []
-    resolve(config, ("model",), registry, "contract test", {}, issues)
-    assert not issues, "; ".join(str(issue) for issue in issues)
-    return config
+    return validate_model(data, registry, "contract test")
 
 
 def needs_encoder(registry: Registry, config: ModelConfig) -> bool:

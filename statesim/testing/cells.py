@@ -112,6 +112,7 @@ class CellContractTests:
             truth_y, truth_state = hand_loop(cell, xs, state0)
         assert_close(traj.outputs, truth_y, "unroll's outputs")
         assert_states_close(traj.final_state, truth_state, "unroll's final state")
+        assert traj.states is not None, "unroll(return_states=True) returned no states"
         for part in cell.state_spec:
             assert_close(traj.states[part][-1], truth_state[part], f"unroll's last returned state '{part}'")
 
@@ -219,7 +220,8 @@ class CellContractTests:
             width = len({0, int(np.prod(cell.state_spec[part])) - 1})
             value = torch.full((self.batch, width), 0.7, dtype=self.dtype)
             value[0] = float("nan")  # sample 0 is not forced at all
-            got, want = [], []
+            got: list[tuple[Tensor, State, list[Tensor]]] = []
+            want: list[tuple[Tensor, State, list[Tensor]]] = []
             for engine in (True, False):
                 v = value.clone().requires_grad_(True)
                 forcing, read = self._clamps(cell, part, v)
@@ -365,6 +367,7 @@ class CellContractTests:
         traj = batch.run(model)
         assert traj.outputs.shape == (self.steps, self.batch, model.output_size)
         assert set(traj.final_state) == set(model.state_spec)
+        assert batch.lengths is not None
         for b in range(self.batch):
             n = int(batch.lengths[b])
             with torch.no_grad():

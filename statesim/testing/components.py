@@ -64,6 +64,7 @@ class _ModelSuite:
         traj = batch.run(model, state0)
         assert traj.outputs.shape == (self.steps, self.batch, model.output_size), f"{what}: output shape"
         assert set(traj.final_state) == set(model.state_spec), f"{what}: final state parts"
+        assert batch.lengths is not None
         for b in range(self.batch):
             n = int(batch.lengths[b])
             with torch.no_grad():
