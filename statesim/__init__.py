@@ -14,7 +14,7 @@ _EXPORTS = {
     "Trajectory": "statesim.engine", "unroll": "statesim.engine", "step": "statesim.engine",
     "Stepper": "statesim.engine",
     "Clamp": "statesim.forcing", "Forcing": "statesim.forcing",
-    "hookimpl": "statesim.hookimpl", "Registration": "statesim.registry",
+    "hookimpl": "statesim.hookimpl", "Registration": "statesim.registry", "PLUGIN_API": "statesim.hookspecs",
     "Topology": "statesim.model", "InitialState": "statesim.model", "InitialContext": "statesim.model",
     "PluginParams": "statesim.model", "SequenceModel": "statesim.model", "build_model": "statesim.model",
     "Encoder": "statesim.model", "EncoderParams": "statesim.model", "Memory": "statesim.model",

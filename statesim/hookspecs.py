@@ -12,6 +12,7 @@ tracing (``STATESIM_TRACE_HOOKS=1``) shows every call.
 Example plugin module::
 
     import statesim
+    STATESIM_PLUGIN_API = 1  # the statesim plugin API this plugin was written for (statesim.PLUGIN_API)
     from mypkg.cells import LeakyCell
 
     @statesim.hookimpl
@@ -25,6 +26,14 @@ import pluggy
 from typing import TYPE_CHECKING, Any, Callable
 
 from statesim.registry import Registration
+
+#: The plugin API this statesim provides: the hooks below, the base classes their records subclass and the
+#: contracts in docs/writing-plugins.md. It changes only when an existing plugin would break. A plugin module
+#: says which version it was written for with ``STATESIM_PLUGIN_API = 1``; a different value is reported as a
+#: warning naming both versions (the plugin still loads), and no declaration is taken to mean this one.
+PLUGIN_API = 1
+#: The module attribute a plugin declares its plugin API version in.
+PLUGIN_API_ATTRIBUTE = "STATESIM_PLUGIN_API"
 
 if TYPE_CHECKING:
     from statesim.cell import Cell

@@ -74,6 +74,9 @@ class PluginProblem:
     version: str | None
     what: str
     fix: str
+    #: The plugin was loaded despite the problem (a warning, e.g. another plugin API version): it is not
+    #: among the plugins an unknown name may be missing from.
+    loaded: bool = False
 
     @property
     def where(self) -> str:
@@ -215,7 +218,24 @@ def _load_entry_points(manager: pluggy.PluginManager, blocked: set[str], problem
         for attr in _unmarked_hooks(manager, plugin):
             problem(info, f"defines {attr}() without the @statesim.hookimpl marker, so statesim ignores it",
                     "Decorate it with @statesim.hookimpl.")
+        _check_api(plugin, info, problem)
         loaded.append((plugin, info))
+
+
+def _check_api(plugin: object, info: PluginInfo, problem: Callable[..., None]) -> None:
+    """Warn when a plugin declares another plugin API version than this statesim provides."""
+    declared = getattr(plugin, hookspecs.PLUGIN_API_ATTRIBUTE, None)
+    if declared is None or declared == hookspecs.PLUGIN_API:
+        return
+    from statesim import __version__
+
+    problem(info, f"was written for statesim plugin API {declared!r} ({hookspecs.PLUGIN_API_ATTRIBUTE} in "
+                  f"{getattr(plugin, '__name__', info.name)}), but statesim {__version__} provides plugin API "
+                  f"{hookspecs.PLUGIN_API}; it was loaded, and hooks or base classes it relies on may behave "
+                  f"differently",
+            f"Install a release of {info.distribution or info.name} written for plugin API {hookspecs.PLUGIN_API} "
+            f"(or a statesim that provides API {declared!r}); its author sets {hookspecs.PLUGIN_API_ATTRIBUTE} = "
+            f"{hookspecs.PLUGIN_API} once it is ported.", loaded=True)
 
 
 def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = (), strict: bool = False) -> PluginHost:
@@ -228,8 +248,8 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
         autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in {"1", "true", "yes"}
     host = PluginHost(manager, Registry())
 
-    def problem(info: PluginInfo, what: str, fix: str) -> None:
-        record = PluginProblem(info.name, info.distribution, info.version, what, fix)
+    def problem(info: PluginInfo, what: str, fix: str, loaded: bool = False) -> None:
+        record = PluginProblem(info.name, info.distribution, info.version, what, fix, loaded)
         if strict:
             raise PluginError(f"{record} (--strict-plugins is on, so statesim stops here.)")
         host.problems.append(record)
@@ -263,7 +283,8 @@ def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = ()
     order = sorted(range(len(loaded)), key=lambda index: (_priority(manager, loaded[index][0]), index))
     for plugin, info in (loaded[index] for index in order):
         _merge(host, plugin, info, problem)
-    host.registry.missing = host.problems  # an unknown name is then reported with the plugin that failed
+    # an unknown name is then reported with the plugin that failed (not one that loaded with a warning)
+    host.registry.missing = [p for p in host.problems if not p.loaded]
     return host
 
 

@@ -165,6 +165,28 @@ def test_fake_distribution_cell_is_listed_and_usable_from_yaml(site, tmp_path, c
     assert f"{scenario}, line 3: `model.cell.gian`: unknown key 'gian'. Did you mean 'gain'?" in done.stderr
 
 
+def test_a_plugin_written_for_another_plugin_api_loads_with_a_warning_naming_both_versions(site, capsys):
+    """STATESIM_PLUGIN_API = 2 against statesim's 1: a warning with both versions and the fix, the cell still
+    usable, and no warning for a plugin that declares the current version or none."""
+    import statesim
+
+    _write_dist(site, "future-cells", "3.0", {"future": "future_cells"},
+                {"future_cells": GOOD_CELL.replace("{name}", "gain") + "    STATESIM_PLUGIN_API = 2\n"})
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"},
+                {"acme_cells": GOOD_CELL.replace("{name}", "amp")
+                               + f"    STATESIM_PLUGIN_API = {statesim.PLUGIN_API}\n"})
+    host = build_plugin_host()
+    message = str(_one_problem(host, "plugin API"))
+    assert message.startswith("plugin 'future' (distribution future-cells 3.0) was written for statesim plugin API "
+                              f"2 (STATESIM_PLUGIN_API in future_cells), but statesim {statesim.__version__} "
+                              f"provides plugin API {statesim.PLUGIN_API}; it was loaded"), message
+    assert "Install a release of future-cells written for plugin API 1" in message
+    assert "gain" in host.registry.names("cell") and "amp" in host.registry.names("cell")
+    assert host.registry.missing == []  # it loaded: an unknown name is not blamed on it
+    assert main(["plugins"]) == 0
+    assert "was written for statesim plugin API 2" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- broken plugins
 def test_broken_plugin_is_reported_by_name_and_distribution_and_the_rest_still_load(site):
     _write_dist(site, "broken-dist", "0.3", {"broken": "broken_mod"}, {"broken_mod": "raise RuntimeError('boom')\n"})

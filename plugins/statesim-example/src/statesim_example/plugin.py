@@ -9,6 +9,9 @@ import statesim
 from statesim_example.leaky import LeakyCell, LeakyParams
 
 
+STATESIM_PLUGIN_API = 1  # the statesim plugin API this plugin is written for (statesim.PLUGIN_API)
+
+
 @statesim.hookimpl
 def statesim_cells() -> list[statesim.Registration]:
     """Register the ``leaky`` cell with its parameter model."""

@@ -7,6 +7,9 @@ import statesim
 from statesim_mujoco.scenario import SalamanderSwim, SalamanderSwimParams
 
 
+STATESIM_PLUGIN_API = 1  # the statesim plugin API this plugin is written for (statesim.PLUGIN_API)
+
+
 @statesim.hookimpl
 def statesim_scenarios() -> list[statesim.Registration]:
     """Register the ``salamander_swim`` scenario."""
