@@ -151,7 +151,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Gradient-flow diagnostics of a finished run."""
-    from statesim.diagnostics import diagnose_run
+    from statesim.diagnostics.report import diagnose_run
 
     diagnose_run(args.run_dir, host=_host(args), batch=args.batch, steps=args.steps, max_lag=args.max_lag,
                  norm=args.norm, seed=args.seed)

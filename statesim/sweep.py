@@ -409,7 +409,7 @@ def collect_rows(spec: SweepSpec, combos: list[dict[str, Any]], outcomes: list[R
 
 def _training_columns(run_dir: Path, results: dict[str, Any]) -> dict[str, Any]:
     """Training time (results.json or run.json) and, from metrics.jsonl, clipping and gradient-norm statistics."""
-    from statesim.diagnostics import read_metrics, training_summary
+    from statesim.diagnostics.records import read_metrics, training_summary
 
     seconds = results.get("train_seconds")
     if seconds is None and (run_dir / "run.json").is_file():
