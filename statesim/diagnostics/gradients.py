@@ -69,11 +69,14 @@ def bptt_horizon(model: Any, data: Any, training: Any, loss_fn: Callable[[Tensor
             _LeafBatches.leaf = inputs
             return replace(picked, inputs=inputs)
 
-    def f64(value: Tensor | None) -> Tensor | None:
-        return value.to(torch.float64) if value is not None and value.is_floating_point() else value
+    def f64(value: Tensor) -> Tensor:
+        return value.to(torch.float64) if value.is_floating_point() else value
 
-    source = _LeafBatches(f64(data.inputs.detach()), f64(data.targets), data.lengths, f64(data.condition),
-                          data.condition_lengths, f64(data.prefix))
+    def f64_or_none(value: Tensor | None) -> Tensor | None:
+        return None if value is None else f64(value)
+
+    source = _LeafBatches(f64(data.inputs.detach()), f64(data.targets), data.lengths, f64_or_none(data.condition),
+                          data.condition_lengths, f64_or_none(data.prefix))
     truncated = training.bptt.mode == "truncated"
     k1 = (training.bptt.k1 or data.steps) if truncated else data.steps
     updates = math.ceil(data.steps / k1)
@@ -83,6 +86,7 @@ def bptt_horizon(model: Any, data: Any, training: Any, loss_fn: Callable[[Tensor
 
     def capture(trainer: Trainer, record: dict[str, Any]) -> None:
         leaf = _LeafBatches.leaf
+        assert leaf is not None  # the trainer drew this update's batch through select()
         grad = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
         rows.append(grad.detach().flatten(1).norm(dim=1))
         leaf.grad = None

@@ -56,7 +56,8 @@ def step_jacobians(cell: Cell, inputs: Tensor, state: State | None = None, *, ex
         inputs = inputs.to(torch.float64)
         state = None if state is None else {k: v.to(torch.float64) for k, v in state.items()}
     spec = cell.state_spec
-    jacobians, states = [], []
+    jacobians: list[Tensor] = []
+    states: list[Tensor] = []
 
     def observe(t: int, x_t: Tensor, entering: State, y: Tensor, new_state: State) -> None:
         def advance(z: Tensor) -> Tensor:

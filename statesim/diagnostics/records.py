@@ -9,7 +9,7 @@ from typing import Any
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """Records of ``metrics.jsonl`` (lines cut by a kill are skipped)."""
-    records = []
+    records: list[dict[str, Any]] = []
     path = Path(path)
     if not path.exists():
         return records
