@@ -151,7 +151,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """Gradient-flow diagnostics of a finished run."""
-    from statesim.diagnostics import diagnose_run
+    from statesim.diagnostics.report import diagnose_run
 
     diagnose_run(args.run_dir, host=_host(args), batch=args.batch, steps=args.steps, max_lag=args.max_lag,
                  norm=args.norm, seed=args.seed)
@@ -179,13 +179,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a grid of configurations, each as an ordinary run folder, and summarise them."""
-    from statesim.sweep import load_sweep, make_executor, run_sweep
+    from statesim.sweep.executors import make_executor
+    from statesim.sweep.runner import run_sweep
+    from statesim.sweep.spec import load_sweep
 
     spec = load_sweep(args.file, args.grid, args.seeds, args.out, args.overrides)
     executor = make_executor(args.executor, args.workers)
     if args.ray_address:
         if args.executor != "ray":
-            from statesim.sweep import SweepError
+            from statesim.sweep.spec import SweepError
 
             raise SweepError("--ray-address goes with --executor ray.")
         executor.address = args.ray_address  # type: ignore[attr-defined]  # the ray executor (checked above)

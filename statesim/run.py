@@ -8,7 +8,7 @@ import platform
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -22,7 +22,7 @@ from statesim.plugin_manager import PluginHost, build_plugin_host
 from statesim.runlock import LOCK_NAME, RunLock
 from statesim.safepath import confined, guard, refuse_symlinks, remove
 from statesim.scenario import RunContext
-from statesim.trainer import Interrupted, seed_everything
+from statesim.trainer import Interrupted, rng_states, seed_everything, set_rng_states
 from statesim.yamlio import parse_yaml
 
 
@@ -136,6 +136,23 @@ def graceful_interrupt() -> Iterator[list[bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def preserved_global_rng() -> Iterator[None]:
+    """Restore torch's (CPU and CUDA), numpy's and random's global RNG states, and torch's deterministic-algorithms
+    setting, after the block: a sub-run seeds them for itself without changing what its caller draws next."""
+    states = rng_states()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        yield
+    finally:
+        set_rng_states(states)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
 def prepare(config_file: str | Path, overrides: Sequence[str] = (), *, host: PluginHost | None = None
             ) -> tuple[RunConfig, PluginHost]:
     """Load plugins and validate a scenario file with its overrides."""
@@ -145,12 +162,21 @@ def prepare(config_file: str | Path, overrides: Sequence[str] = (), *, host: Plu
 
 def execute(config_file: str | Path, overrides: Sequence[str] = (), *, out: str | Path | None = None,
             resume: str | Path | None = None, device: str | None = None, host: PluginHost | None = None,
-            echo: Any = None) -> Path:
-    """Run a scenario file end to end; returns the run folder (locked while the run lives)."""
+            echo: Any = None, parent_stop: Callable[[], bool] | None = None) -> Path:
+    """Run a scenario file end to end; returns the run folder (locked while the run lives).
+
+    ``parent_stop``: this is a sub-run inside a running scenario (:meth:`RunContext.sub_run`), which stops
+    when that callable says so: no SIGINT handler of its own, the caller's RNG states and deterministic-algorithms
+    setting are restored afterwards, and the caller's process group (``--nproc``) stays up.
+    """
     held: list[RunLock] = []
     try:
-        return _execute(config_file, overrides, out=out, resume=resume, device=device, host=host, echo=echo,
-                        held=held)
+        if parent_stop is None:
+            return _execute(config_file, overrides, out=out, resume=resume, device=device, host=host, echo=echo,
+                            held=held)
+        with preserved_global_rng():
+            return _execute(config_file, overrides, out=out, resume=resume, device=device, host=host, echo=echo,
+                            held=held, parent_stop=parent_stop)
     except OSError as exc:  # a full disk, a read-only or vanished folder: one paragraph, not a traceback
         where = f" {exc.filename}" if exc.filename else ""
         raise StatesimError(f"statesim could not read or write{where}: {exc.strerror or exc}. Free disk space or "
@@ -162,7 +188,8 @@ def execute(config_file: str | Path, overrides: Sequence[str] = (), *, out: str 
 
 
 def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Path | None, resume: str | Path | None,
-             device: str | None, host: PluginHost | None, echo: Any, held: list[RunLock]) -> Path:
+             device: str | None, host: PluginHost | None, echo: Any, held: list[RunLock],
+             parent_stop: Callable[[], bool] | None = None) -> Path:
     echo = echo or (lambda message: print(message, file=sys.stderr))
     overrides = list(overrides) + ([f"device={device}"] if device else [])  # a copy: the caller's stays
     config, host = prepare(config_file, overrides, host=host)
@@ -186,7 +213,7 @@ def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Pa
             dp.share_text(str(run_dir))
     try:
         with confined(run_dir):  # from here on every write and delete stays inside the run folder
-            return _execute_in(run_dir, config, config_file, host, dp, writer, resume is not None, echo)
+            return _execute_in(run_dir, config, config_file, host, dp, writer, resume is not None, echo, parent_stop)
     except Exception as exc:
         if writer and resume is None and not isinstance(exc, Interrupted) and _clear_untrained(run_dir, created):
             echo(f"note: removed {run_dir}: the run failed before it saved anything, so the same --out can be "
@@ -195,7 +222,7 @@ def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Pa
 
 
 def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host: PluginHost, dp: Any,
-                writer: bool, resumed: bool, echo: Any) -> Path:
+                writer: bool, resumed: bool, echo: Any, parent_stop: Callable[[], bool] | None = None) -> Path:
     """Run the scenario into its (already opened) run folder."""
     from statesim import distributed
 
@@ -215,13 +242,17 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     seed_everything(config.seed)
     if config.training.deterministic:
         torch.use_deterministic_algorithms(True)
-    with graceful_interrupt() as stop_flag:
+    # A sub-run's Ctrl-C is its caller's: one handler per process, and the caller's message says how to resume.
+    with (graceful_interrupt() if parent_stop is None else nullcontext([False])) as stop_flag:
         device_ = dp.device if dp is not None else resolve_device(config.device)  # a rank uses its own GPU
+        should_stop = parent_stop or (lambda: stop_flag[0])
         ctx = RunContext(config, host, run_dir, device_, resume=resumed,
-                         progress=progress, should_stop=lambda: stop_flag[0], echo=echo)
+                         progress=progress, should_stop=should_stop, echo=echo)
         try:
             results = scenario.run(ctx)
         except Interrupted as exc:
+            if parent_stop is not None:
+                raise
             raise Interrupted(f"{exc} Continue with: statesim run {config_file} --resume {run_dir}") from None
     # Wall times live in run.json so that results.json depends only on the config and seed.
     results = {"scenario": config.scenario.type, "seed": config.seed, **results}
@@ -240,7 +271,8 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     if writer:
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_json(run_dir / "run.json", env)
-    distributed.teardown()
+    if parent_stop is None:  # a sub-run shares its caller's process group, which the caller leaves
+        distributed.teardown()
     return run_dir
 
 

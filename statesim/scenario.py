@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Sequence, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -173,6 +173,23 @@ class RunContext:
             extra = f", compiled in {row['compile_seconds']} s" if "compile_seconds" in row else ""
             self.echo(f"engine: job '{job}': {row['cell']} ran {row['calls']}x on the {row['path']} path "
                       f"({row['reason']}{extra})")
+
+    def sub_run(self, config_file: str | Path, folder: str, overrides: Sequence[str] = ()) -> Path:
+        """Run another scenario file into ``folder`` of this run folder (as ``statesim run``); returns its folder.
+
+        The sub-run seeds the global RNGs from its own ``seed:`` and this run's states are restored afterwards,
+        so what this scenario draws next is unchanged; it stops when this run is asked to (one Ctrl-C handler);
+        it uses this run's plugins and ``echo``. On ``--resume`` a finished sub-run is reused as it is and an
+        interrupted one is resumed.
+        """
+        from statesim.run import execute
+
+        target = self.path(folder)
+        if self.resume and (target / "results.json").is_file():
+            return target
+        again = self.resume and (target / "config.yaml").is_file()
+        return execute(config_file, list(overrides), out=None if again else target, resume=target if again else None,
+                       host=self.host, echo=self.echo, parent_stop=self.should_stop)
 
     @property
     def plots_enabled(self) -> bool:

@@ -13,7 +13,8 @@ import os
 from dataclasses import asdict
 from typing import Any, Callable
 
-from statesim.sweep import Executor, RunOutcome, RunTask, SweepError, run_task
+from statesim.sweep.executors import Executor, RunOutcome, RunTask, run_task
+from statesim.sweep.spec import SweepError
 
 
 def _run_json(task_json: str) -> str:

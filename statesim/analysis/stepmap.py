@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from statesim.cell import Cell, State, flatten_state, state_layout, unflatten_state
-from statesim.diagnostics import _batched_jacobian
+from statesim.diagnostics.jacobians import _batched_jacobian
 
 
 def float64_copy(cell: Cell) -> Cell:

@@ -6,17 +6,17 @@ from typing import TYPE_CHECKING, Callable
 from statesim.hookimpl import hookimpl
 
 if TYPE_CHECKING:
-    from statesim.sweep import Executor
+    from statesim.sweep.executors import Executor
 
 
 def _local(workers: int | None) -> "Executor":
-    from statesim.sweep import LocalExecutor
+    from statesim.sweep.executors import LocalExecutor
 
     return LocalExecutor(workers)
 
 
 def _serial(workers: int | None) -> "Executor":
-    from statesim.sweep import SerialExecutor
+    from statesim.sweep.executors import SerialExecutor
 
     return SerialExecutor()
 

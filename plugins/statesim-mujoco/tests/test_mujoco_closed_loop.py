@@ -40,6 +40,18 @@ def test_the_scenario_is_registered_by_the_distributions_entry_point(host):
     assert [(ep.name, ep.value) for ep in points] == [("mujoco", "statesim_mujoco.plugin")]
 
 
+def test_the_cpg_mapping_is_validated_by_the_registered_cells_own_model(host, monkeypatch):
+    from statesim import ConfigError
+    from statesim.run import prepare
+
+    monkeypatch.chdir(ROOT)
+    config, _ = prepare("scenarios/salamander_mujoco.yaml", host=host)
+    defaults = host.registry.get("cell", "salamander_cpg").record.params(dt=0.02).model_dump()
+    assert config.scenario.params.cpg == defaults  # resolved with the cell's defaults, as config.yaml records
+    with pytest.raises(ConfigError, match=r"`scenario.cpg`: .*dt: Input should be greater than 0"):
+        prepare("scenarios/salamander_mujoco.yaml", ["scenario.cpg.dt=-1"], host=host)
+
+
 def test_cpg_stepped_through_embed_equals_the_engines_unroll(host):
     cpg = CPGController(host.registry, {}, batch_size=2)
     steps = 120

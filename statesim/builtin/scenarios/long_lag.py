@@ -126,7 +126,7 @@ class _MonitorState:
                             for step, flow in self.monitor.history]}
 
     def load_state_dict(self, tree: dict[str, Any]) -> None:
-        from statesim.diagnostics import GradientFlow
+        from statesim.diagnostics.flow import GradientFlow
 
         self.monitor.history = [(int(step), GradientFlow(**fields)) for step, fields in tree["history"]]
 

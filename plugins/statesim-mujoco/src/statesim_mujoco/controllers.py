@@ -32,7 +32,7 @@ def build_cpg(registry: Any, cpg_params: dict[str, Any]) -> Any:
     except ConfigError as exc:
         raise ClosedLoopError("salamander_swim: the CPG parameters are invalid: "
                               + "; ".join(map(str, exc.issues))) from None
-    from statesim.model import build_model
+    from statesim import build_model
 
     return build_model(registry, config, 2, None)
 

@@ -19,14 +19,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from statesim.builtin.salamander.cpg import SalamanderCPGParams
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim import RunContext, Scenario, ScenarioParams
 
 from statesim_mujoco.swimmer import SwimmerParams
 
 Pair = tuple[float, float]
+
+#: The registered cell whose parameters ``cpg`` holds: found through the registry, so this plugin needs no
+#: import path of it (only that the cell is registered, as statesim's built-ins are).
+CPG_CELL = "salamander_cpg"
+
+
+def cpg_params(registry: Any, data: dict[str, Any]) -> Any:
+    """``data`` validated by the params model the registered ``salamander_cpg`` cell declares."""
+    return registry.get("cell", CPG_CELL).record.params.model_validate(data)
 
 
 class Command(BaseModel):
@@ -67,8 +75,9 @@ def _neuron_commands() -> list[Command]:
 
 class SalamanderSwimParams(ScenarioParams):
     swimmer: SwimmerParams = Field(default_factory=SwimmerParams, description="MJCF geometry, medium and PD servo")
-    cpg: SalamanderCPGParams = Field(default_factory=SalamanderCPGParams,
-                                     description="the ground-truth CPG; its dt is the control period")
+    cpg: dict[str, Any] = Field(default_factory=dict, validate_default=True,
+                                description=f"parameters of the ground-truth CPG (cell {CPG_CELL}); its dt is the "
+                                            f"control period")
     rnn_run: str | None = Field(None, description="a finished `statesim run scenarios/salamander.yaml` folder; "
                                                   "null: train one first (train_scenario) inside this run's folder")
     train_scenario: str = Field("scenarios/salamander.yaml", description="scenario file trained when rnn_run is null")
@@ -105,6 +114,19 @@ class SalamanderSwimParams(ScenarioParams):
     speed_margin: float = Field(0.01, ge=0, description="relative speed change that counts as faster/slower")
     render: bool = Field(True, description="try an offscreen frame strip (EGL / OSMesa); reported when unavailable")
     render_frames: int = Field(6, ge=1, le=20, description="frames in the strip (one cycle at the compare drive)")
+
+    @field_validator("cpg")
+    @classmethod
+    def _cpg(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        registry = (info.context or {}).get("registry")
+        if registry is None:  # built without a config: validated where it runs, against ctx.host.registry
+            return value
+        try:
+            return dict(cpg_params(registry, value).model_dump())  # with its defaults, as the resolved config shows
+        except KeyError as exc:  # the cell is not registered (its plugin blocked): the registry's own message
+            raise ValueError(str(exc)) from None
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
 
     @model_validator(mode="after")
     def _checks(self) -> "SalamanderSwimParams":
@@ -144,8 +166,9 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         torch.set_num_threads(1)  # one tick is tiny: threads only add overhead on a shared CPU
         p = self.params
         registry = ctx.host.registry
-        cpg_params = p.cpg.model_dump()
-        n, dt = p.cpg.segments, p.cpg.dt
+        self.cpg = cpg_params(registry, p.cpg)  # typed by the cell's own model (the registry's): self.cpg.dt
+        cpg_dump = self.cpg.model_dump()
+        n, dt = self.cpg.segments, self.cpg.dt
         if n != p.swimmer.joints:
             from statesim.errors import StatesimError
 
@@ -157,10 +180,10 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         self.host_registry = registry
         run_dir, trained_here = self.rnn_run(ctx)  # first: a bad path fails before any simulation
         rnn = RNNController(run_dir, n, registry=registry)
-        cpg_part, episodes = self.cpg_tests(ctx, registry, cpg_params, figures)
+        cpg_part, episodes = self.cpg_tests(ctx, registry, cpg_dump, figures)
         results["cpg"] = cpg_part
         results["rnn"] = {"run": str(run_dir), "trained_here": trained_here}
-        cpg = CPGController(registry, cpg_params)
+        cpg = CPGController(registry, cpg_dump)
         results["rnn"].update(self.compare(ctx, rnn, cpg, figures, episodes))
         results["steering"] = {"input": self.steer(ctx, rnn, cpg, "input", figures),
                                "neurons": self.steer(ctx, rnn, cpg, "neurons", figures)}
@@ -177,7 +200,7 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         return results
 
     # ------------------------------------------------------------------ 1. the CPG drives the swimmer
-    def cpg_tests(self, ctx: RunContext, registry: Any, cpg_params: dict[str, Any], figures: dict[str, Any]
+    def cpg_tests(self, ctx: RunContext, registry: Any, cpg_dump: dict[str, Any], figures: dict[str, Any]
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Speed vs drive and turning, every seed; PD tracking error."""
         from statesim_mujoco.controllers import CPGController
@@ -185,10 +208,10 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         from statesim_mujoco.metrics import locomotion, rounded
         from statesim_mujoco.swimmer import Swimmer
 
-        p, dt = self.params, self.params.cpg.dt
+        p, dt = self.params, self.cpg.dt
         pairs = [(d, d) for d in p.drives] + [tuple(t) for t in p.turn_pairs]
         steps = int(round(p.swim_seconds / dt))
-        cpg = CPGController(registry, cpg_params, len(pairs))
+        cpg = CPGController(registry, cpg_dump, len(pairs))
         swimmer = Swimmer(p.swimmer, dt, len(pairs))
         speed_rows: list[dict[str, Any]] = [{"drive": d, "per_seed": []} for d in p.drives]
         turn_rows: list[dict[str, Any]] = [{"d_L": a, "d_R": b, "per_seed": []} for a, b in p.turn_pairs]
@@ -256,22 +279,16 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
                                     f"`statesim run scenarios/salamander.yaml --out runs/salamander` and pass "
                                     f"--set scenario.rnn_run=runs/salamander (or leave rnn_run: null to train here).")
             return path, False
-        target = ctx.run_dir / "rnn"
-        if ctx.resume and (target / "results.json").is_file():
-            return target, True
-        if not Path(p.train_scenario).is_file():
+        finished = ctx.resume and (ctx.run_dir / "rnn" / "results.json").is_file()  # reused, file or not
+        if not finished and not Path(p.train_scenario).is_file():
             raise StatesimError(f"salamander_swim: rnn_run is null, so the RNN is trained first from "
                                 f"train_scenario '{p.train_scenario}', which does not exist (paths are relative to "
                                 f"where statesim runs: run from the repository root, or pass scenario.rnn_run).")
-        from statesim.run import execute
-
-        ctx.echo(f"salamander_swim: no rnn_run given; training one: statesim run {p.train_scenario} --out {target}")
-        if target.exists() and not (target / "results.json").is_file():
-            import shutil
-
-            shutil.rmtree(target)  # an interrupted nested run: start it over
-        execute(p.train_scenario, p.train_overrides, out=target, host=ctx.host, echo=ctx.echo)
-        return target, True
+        if not finished:
+            ctx.echo(f"salamander_swim: no rnn_run given; training one: statesim run {p.train_scenario} "
+                     f"--out {ctx.run_dir / 'rnn'}")
+        # A sub-run: on --resume a finished one is reused and an interrupted one resumed, not trained again.
+        return ctx.sub_run(p.train_scenario, "rnn", p.train_overrides), True
 
     def compare(self, ctx: RunContext, rnn: Any, cpg: Any, figures: dict[str, Any], episodes: dict[str, Any]
                 ) -> dict[str, Any]:
@@ -281,13 +298,13 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         from statesim_mujoco.metrics import locomotion, rounded
         from statesim_mujoco.swimmer import Swimmer
 
-        p, dt = self.params, self.params.cpg.dt
+        p, dt = self.params, self.cpg.dt
         pairs = [(d, d) for d in p.compare_drives] + [tuple(t) for t in p.turn_pairs]
         steps, warmup = int(round(p.compare_seconds / dt)), int(round(p.warmup_seconds / dt))
         start = p.warmup_seconds + p.settle_seconds
         swimmer = Swimmer(p.swimmer, dt, len(pairs))
         rnn.reset(len(pairs))
-        cpg_many = CPGController(ctx.host.registry, p.cpg.model_dump(), len(pairs))
+        cpg_many = CPGController(ctx.host.registry, self.cpg.model_dump(), len(pairs))
         rows, ratios, turns = [], [], []
         for seed in p.seeds:
             ctx.echo(f"salamander_swim: RNN vs CPG in the loop (seed {seed})")
@@ -331,11 +348,11 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         from statesim_mujoco.controllers import CPGController
         from statesim_mujoco.loop import Force, constant, rnn_open_loop
 
-        p, dt = self.params, self.params.cpg.dt
+        p, dt = self.params, self.cpg.dt
         a = p.unit_asymmetry
         pairs = [(m + s * a / 2, m - s * a / 2) for m in p.unit_grid for s in (-1, 0, 1)]
         steps, warmup = int(round(p.unit_seconds / dt)), int(round(p.warmup_seconds / dt))
-        cpg_many = CPGController(ctx.host.registry, p.cpg.model_dump(), len(pairs))
+        cpg_many = CPGController(ctx.host.registry, self.cpg.model_dump(), len(pairs))
         _, states = rnn_open_loop(rnn, cpg_many, constant(pairs, steps), p.seeds[0], warmup,
                                   int(round(p.unit_seconds * 0.4 / dt)), states=True)
         widths = {part: v.shape[-1] for part, v in states.items() if v.ndim == 3}
@@ -406,11 +423,11 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         from statesim_mujoco.loop import constant, rnn_open_loop
         from statesim_mujoco.metrics import cycle_times
 
-        p, dt, n = self.params, self.params.cpg.dt, self.params.cpg.segments
+        p, dt, n = self.params, self.cpg.dt, self.cpg.segments
         batch = 2 if forces else 1
         steps, warmup = int(round(p.unit_seconds / dt)), int(round(p.warmup_seconds / dt))
         keep = int(round(p.unit_seconds * 0.4 / dt))
-        cpg_many = CPGController(self.host_registry, p.cpg.model_dump(), batch)
+        cpg_many = CPGController(self.host_registry, self.cpg.model_dump(), batch)
         out, _ = rnn_open_loop(rnn, cpg_many, constant([p.neuron_base] * batch, steps), p.seeds[0], warmup, keep,
                                forces)
         rows = []
@@ -429,7 +446,7 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         from statesim_mujoco.metrics import locomotion, rounded
         from statesim_mujoco.swimmer import Swimmer
 
-        p, dt = self.params, self.params.cpg.dt
+        p, dt = self.params, self.cpg.dt
         commands = p.input_commands if which == "input" else p.neuron_commands
         if not commands:
             return {"commands": [], "all_pass": True, "note": "no commands"}
@@ -450,7 +467,7 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         ctx.echo(f"salamander_swim: steering the RNN in the loop by forcing its {which}")
         swimmer = Swimmer(p.swimmer, dt, 1)
         rnn.reset(1)
-        cpg_one = CPGController(ctx.host.registry, p.cpg.model_dump(), 1)
+        cpg_one = CPGController(ctx.host.registry, self.cpg.model_dump(), 1)
         drives = constant([base], steps)
         ep = run_rnn(rnn, cpg_one, swimmer, drives, p.seeds[0], warmup, forces)
         reference = run_cpg(cpg_one, swimmer, drives, p.seeds[0], forces) if which == "input" else None
@@ -533,7 +550,7 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
 
         from statesim_mujoco.metrics import cycle_times, strobe
 
-        dt = self.params.cpg.dt
+        dt = self.cpg.dt
         com, joints = ep.agent(0)
         n = joints.shape[1]
         times = cycle_times(joints[:, 0] - joints[:, n // 2], dt)
@@ -574,9 +591,9 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         from statesim_mujoco.render import frame_strip
         from statesim_mujoco.swimmer import mjcf
 
-        p, dt = self.params, self.params.cpg.dt
+        p, dt = self.params, self.cpg.dt
         ep = episodes["compare_rnn"]
-        period = 1.0 / (p.cpg.body.nu_gain * p.compare_drives[0] + p.cpg.body.nu_offset)
+        period = 1.0 / (self.cpg.body.nu_gain * p.compare_drives[0] + self.cpg.body.nu_offset)
         start = p.compare_seconds - 2 * period
         ticks = [min(len(ep.qpos) - 1, int(round((start + k * period / p.render_frames) / dt)))
                  for k in range(p.render_frames)]
