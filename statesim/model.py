@@ -421,7 +421,8 @@ class SequenceModel(nn.Module):
         with that probability per sequence and step, the input is the model's own previous prediction.
         With ``state`` None the initial-state policy gives the state at ``t = 0``; ``lengths``, ``forcing``,
         ``return_states`` and ``t0`` mean what they mean to :func:`unroll`. Padded steps (``t >= lengths[b]``)
-        have zero outputs, after the head too.
+        have zero outputs, after the head too. ``model(inputs, ...)`` calls this (``SequenceModel.__call__`` is
+        ``nn.Module``'s).
 
         >>> import torch, statesim
         >>> from statesim.config import validate_model
