@@ -30,6 +30,11 @@ if TYPE_CHECKING:  # fastpath imports this module
     from statesim.fastpath import FusedForm, LinearForm
 
 #: A state is a named collection of tensors, each ``[B, *part_shape]``.
+#:
+#: >>> from statesim.builtin.cells import LSTMCell
+#: >>> state = LSTMCell(2, hidden_size=3).zero_state(4)
+#: >>> {part: list(value.shape) for part, value in state.items()}
+#: {'h': [4, 3], 'c': [4, 3]}
 State = dict[str, Tensor]
 
 #: One step in NumPy: ``(x [B, input_size], {part: [B, *shape]}) -> (y [B, output_size], new_state)``.
@@ -77,18 +82,67 @@ def unflatten_state(flat: Tensor, state_spec: Mapping[str, tuple[int, ...]]) -> 
 
 
 class CellParams(BaseModel):
-    """Base of every cell's parameter model: unknown keys are errors."""
+    """Base of every cell's parameter model: unknown keys are errors.
+
+    >>> from pydantic import Field
+    >>> from statesim import CellParams
+    >>> class LeakyParams(CellParams):
+    ...     hidden_size: int = Field(..., gt=0, description="number of units")
+    ...     leak: float = Field(0.5, ge=0, le=1, description="fraction of the state replaced each step")
+    >>> LeakyParams(hidden_size=4)
+    LeakyParams(hidden_size=4, leak=0.5)
+    >>> LeakyParams(hidden_size=4, lek=0.1)
+    Traceback (most recent call last):
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for LeakyParams
+    ...
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as the core keys (config.Strict)
 
 
 class Cell(nn.Module):
-    """Base class of every cell: declare ``state_spec``/``output_size`` and implement one step."""
+    """Base class of every cell: declare ``state_spec``/``output_size`` and implement one step.
+
+    A cell never loops over time: the engine (:func:`statesim.unroll`, :func:`statesim.step`) does. Register it
+    with a :class:`statesim.Registration` in a plugin's ``statesim_cells`` hook to name it in YAML.
+
+    >>> import torch
+    >>> from statesim import Cell, CellParams, unroll
+    >>> class LeakyParams(CellParams):
+    ...     hidden_size: int
+    >>> class Leaky(Cell):
+    ...     Params = LeakyParams
+    ...     output_part = "h"
+    ...     def __init__(self, input_size, hidden_size):
+    ...         super().__init__(input_size)
+    ...         self.hidden_size = hidden_size
+    ...         self.w = torch.nn.Linear(input_size, hidden_size)
+    ...     @property
+    ...     def state_spec(self):
+    ...         return {"h": (self.hidden_size,)}
+    ...     @property
+    ...     def output_size(self):
+    ...         return self.hidden_size
+    ...     def forward(self, x, state):
+    ...         h = 0.5 * state["h"] + 0.5 * torch.tanh(self.w(x))
+    ...         return h, {"h": h}
+    >>> cell = Leaky.from_params(2, LeakyParams(hidden_size=3))
+    >>> unroll(cell, torch.zeros(10, 4, 2)).outputs.shape
+    torch.Size([10, 4, 3])
+    """
 
     #: The pydantic model validating this cell's YAML parameters (everything except ``type``).
+    #:
+    #: >>> from statesim.builtin.cells import LSTMCell
+    #: >>> LSTMCell.Params(hidden_size=8)
+    #: LSTMParams(hidden_size=8, bias=True, forget_bias=0.0)
     Params: ClassVar[type[BaseModel]] = CellParams
     #: The state part ``y_t`` is (``"h"`` for an Elman RNN, LSTM or GRU: ``y_t = h_t``), or None when the output
     #: is not one of the state parts. Declared, never probed: fast paths that return only the output use it.
+    #:
+    #: >>> from statesim.builtin.cells import LSTMCell
+    #: >>> LSTMCell.output_part
+    #: 'h'
     output_part: ClassVar[str | None] = None
 
     def __init__(self, input_size: int) -> None:
@@ -100,16 +154,39 @@ class Cell(nn.Module):
     # ----------------------------------------------------------------- declared by each cell
     @property
     def state_spec(self) -> dict[str, tuple[int, ...]]:
-        """Named state parts and their per-sample shapes, e.g. ``{"h": (64,), "c": (64,)}``."""
+        """Named state parts and their per-sample shapes, e.g. ``{"h": (64,), "c": (64,)}``.
+
+        Forcing targets, ``zero_state`` and the engine's state checks all follow it.
+
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> LSTMCell(2, hidden_size=3).state_spec
+        {'h': (3,), 'c': (3,)}
+        """
         raise NotImplementedError(f"{type(self).__name__} must declare state_spec")
 
     @property
     def output_size(self) -> int:
-        """Size of ``y_t`` (before any output head)."""
+        """Size of ``y_t`` (before any output head).
+
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> LSTMCell(2, hidden_size=3).output_size
+        3
+        """
         raise NotImplementedError(f"{type(self).__name__} must declare output_size")
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One step: ``x [B, input_size]`` and ``state`` to ``(y [B, output_size], new_state)``."""
+        """One step: ``x [B, input_size]`` and ``state`` to ``(y [B, output_size], new_state)``.
+
+        Return a new state dict with every declared part; never modify ``state`` in place. The default calls
+        :meth:`project_inputs` and :meth:`transition` on one step.
+
+        >>> import torch
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> cell = LSTMCell(2, hidden_size=3)
+        >>> y, new_state = cell(torch.zeros(4, 2), cell.zero_state(4))
+        >>> list(y.shape), sorted(new_state)
+        ([4, 3], ['c', 'h'])
+        """
         return self.transition(self.project_inputs(x.unsqueeze(0)).squeeze(0), state)
 
     # ----------------------------------------------------------------- parameter constraints
@@ -120,15 +197,45 @@ class Cell(nn.Module):
         instead of clamping inside the step: a clamp in the step zeroes the gradient of every entry at its bound,
         a projection after the step keeps the gradient and the bound. Runs under ``torch.no_grad``; write into the
         parameters (``self.u.clamp_(-1, 1)``), never replace them (the optimizer holds references).
+
+        >>> import torch
+        >>> from statesim.builtin.cells import VanillaCell
+        >>> class Bounded(VanillaCell):
+        ...     def constrain_parameters_(self):
+        ...         for p in self.parameters():
+        ...             p.clamp_(-0.1, 0.1)
+        >>> cell = Bounded(2, hidden_size=3)
+        >>> with torch.no_grad():
+        ...     cell.constrain_parameters_()
+        >>> all(bool((p.abs() <= 0.1).all()) for p in cell.parameters())
+        True
         """
 
     # ----------------------------------------------------------------- optional fast path
     def project_inputs(self, inputs: Tensor) -> Tensor:
-        """Map a whole input sequence ``[T, B, F]`` ahead of the time loop (identity by default)."""
+        """Map a whole input sequence ``[T, B, F]`` ahead of the time loop (identity by default).
+
+        A cell that overrides it (with :meth:`transition`) does its input work as one matrix product per
+        sequence instead of one per step.
+
+        >>> import torch
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> LSTMCell(2, hidden_size=3).project_inputs(torch.zeros(10, 4, 2)).shape  # the four gates' inputs
+        torch.Size([10, 4, 12])
+        """
         return inputs
 
     def transition(self, projected_x: Tensor, state: State) -> tuple[Tensor, State]:
-        """One step on a projected input; cells that hoist work out of the loop implement this."""
+        """One step on a projected input; cells that hoist work out of the loop implement this.
+
+        >>> import torch
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> cell = LSTMCell(2, hidden_size=3)
+        >>> projected = cell.project_inputs(torch.zeros(1, 4, 2))[0]
+        >>> y, new_state = cell.transition(projected, cell.zero_state(4))
+        >>> list(y.shape)
+        [4, 3]
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement forward or transition")
 
     def numpy_step(self) -> NumpyStep | None:
@@ -136,6 +243,14 @@ class Cell(nn.Module):
 
         It must return the same numbers as :meth:`forward` up to float rounding, in the weights' dtype;
         rebuild it after changing the weights.
+
+        >>> import numpy as np
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> kernel = LSTMCell(2, hidden_size=3).numpy_step()
+        >>> y, new_state = kernel(np.zeros((4, 2), np.float32), {"h": np.zeros((4, 3), np.float32),
+        ...                                                      "c": np.zeros((4, 3), np.float32)})
+        >>> y.shape
+        (4, 3)
         """
         return None
 
@@ -149,22 +264,46 @@ class Cell(nn.Module):
 
         Offer one only when the kernel computes exactly this cell's step (same state parts, and the output is the
         kernel's first part, declared as :attr:`output_part`).
+
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> form = LSTMCell(2, hidden_size=3).fused_form()
+        >>> form.kernel, form.state_parts
+        ('lstm', ('h', 'c'))
         """
         return None
 
     def linear_form(self) -> "LinearForm | None":
-        """``(A, B, C, D)`` when the cell is a linear time-invariant system, else None (see statesim.fastpath)."""
+        """``(A, B, C, D)`` when the cell is a linear time-invariant system, else None (see statesim.fastpath).
+
+        >>> from statesim.builtin.cells import LinearCell, LSTMCell
+        >>> form = LinearCell(1, hidden_size=2).linear_form()
+        >>> list(form.D.shape), LSTMCell(1, hidden_size=2).linear_form()
+        ([2, 2], None)
+        """
         return None
 
     # ----------------------------------------------------------------- construction helpers
     @classmethod
     def from_params(cls, input_size: int, params: BaseModel) -> "Cell":
-        """Build from validated YAML parameters (keyword arguments of ``__init__``)."""
+        """Build from validated YAML parameters (keyword arguments of ``__init__``).
+
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> cell = LSTMCell.from_params(2, LSTMCell.Params(hidden_size=3))
+        >>> cell.input_size, cell.state_spec
+        (2, {'h': (3,), 'c': (3,)})
+        """
         return cls(input_size=input_size, **dict(params))
 
     def zero_state(self, batch_size: int, device: torch.device | str | None = None,
                    dtype: torch.dtype | None = None) -> State:
-        """A state of zeros for a batch, on the cell's device and dtype unless given."""
+        """A state of zeros for a batch, on the cell's device and dtype unless given.
+
+        >>> import torch
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> state = LSTMCell(2, hidden_size=3).zero_state(4, dtype=torch.float64)
+        >>> list(state["c"].shape), state["c"].dtype
+        ([4, 3], torch.float64)
+        """
         if device is None or dtype is None:
             own_device, own_dtype = device_and_dtype(self)
             device = own_device if device is None else device

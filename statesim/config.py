@@ -123,7 +123,15 @@ class ScenarioSpec(ComponentSpec):
 
 
 class ModelConfig(Strict):
-    """A model: a cell (or several, per the topology), how they are wired, how state starts, a head."""
+    """A model: a cell (or several, per the topology), how they are wired, how state starts, a head.
+
+    >>> import statesim
+    >>> from statesim.config import validate_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 8}}, registry)
+    >>> config.cell.type, config.topology.type, config.initial_state.type, config.head
+    ('lstm', 'unidirectional', 'zeros', 'auto')
+    """
 
     cell: CellSpec = Field(..., description="the cell stepped by the engine, e.g. {type: lstm, hidden_size: 64}")
     # Defaults are data, validated like given values: that is when the registry (the context) resolves them.
@@ -233,7 +241,17 @@ class OutputConfig(Strict):
 
 
 class RunConfig(Strict):
-    """A scenario file."""
+    """A scenario file.
+
+    >>> import tempfile, statesim
+    >>> from pathlib import Path
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> file = Path(tempfile.mkdtemp()) / "ls.yaml"
+    >>> _ = file.write_text("scenario: {type: linear_system}\\nmodel:\\n  cell: {type: linear, hidden_size: 2}\\n")
+    >>> config = statesim.load_config(file, registry)
+    >>> config.name, config.scenario.type, config.seed, config.model.cell.hidden_size
+    ('ls', 'linear_system', 0, 2)
+    """
 
     name: PathName | None = Field(None, description="run name (a plain folder name); defaults to the scenario "
                                                     "file's stem")
@@ -544,7 +562,19 @@ def _unmet_needs(config: RunConfig, registry: Registry, file: str, lines: Lines)
 
 
 def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> RunConfig:
-    """Load, override and validate a scenario file."""
+    """Load, override and validate a scenario file.
+
+    ``overrides`` are ``dotted.key=value`` strings, as ``statesim run --set``; every problem is reported at once
+    in one :class:`~statesim.errors.ConfigError`.
+
+    >>> import tempfile, statesim
+    >>> from pathlib import Path
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> file = Path(tempfile.mkdtemp()) / "ls.yaml"
+    >>> _ = file.write_text("scenario: {type: linear_system}\\nmodel:\\n  cell: {type: linear, hidden_size: 2}\\n")
+    >>> statesim.load_config(file, registry, ["training.steps=10", "model.cell.hidden_size=4"]).training.steps
+    10
+    """
     data, lines = load_yaml(path)
     if data is None:
         data = {}

@@ -19,6 +19,12 @@ class SequenceData:
     ``[S, N]`` of ids or ``[S, N, F]``, an image ``[1, N, C, H, W]``: the sequences on dim 1), with its own
     ``condition_lengths [N]``; ``prefix [K, N, F]`` holds the steps before each sequence, for initial-state
     policies that warm up on them. Both travel with their sequences through ``select`` and ``to``.
+
+    >>> import torch
+    >>> from statesim import SequenceData
+    >>> data = SequenceData(torch.zeros(5, 3, 2), torch.zeros(5, 3, 1), lengths=torch.tensor([5, 2, 4]))
+    >>> len(data), data.steps, data.mask().sum().item(), len(data.select(slice(0, 2)))
+    (3, 5, 11, 2)
     """
 
     inputs: Tensor
@@ -91,7 +97,14 @@ class SequenceData:
 
 @dataclass
 class DataSplits:
-    """Train, validation and test sets of one task."""
+    """Train, validation and test sets of one task.
+
+    >>> import torch
+    >>> from statesim import DataSplits, SequenceData
+    >>> splits = DataSplits(SequenceData(torch.zeros(5, 8, 2), torch.zeros(5, 8, 1)))
+    >>> len(splits.train), splits.val, splits.test
+    (8, None, None)
+    """
 
     train: SequenceData
     val: SequenceData | None = None

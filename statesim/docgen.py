@@ -148,6 +148,7 @@ def _doc(model: type[BaseModel]) -> str:
     doc = model.__doc__ or ""
     if not doc or doc == BaseModel.__doc__ or doc.startswith("Base of "):
         return ""
+    doc = doc.split(">>>", 1)[0]  # the prose; the example is docs/api.md's (statesim.apidoc)
     return " ".join(doc.split())
 
 

@@ -49,7 +49,18 @@ __all__ = ["EmbedError", "EmbeddedModel", "StateSnapshot", "load", "load_model"]
 
 @dataclass(frozen=True)
 class StateSnapshot:
-    """A saved state: every named part (``[B, *shape]`` NumPy copies) and the step counter it belongs to."""
+    """A saved state: every named part (``[B, *shape]`` NumPy copies) and the step counter it belongs to.
+
+    >>> import numpy as np, torch, statesim, statesim.embed
+    >>> from statesim.config import validate_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+    >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+    ...                                  batch_size=2, registry=registry)
+    >>> snapshot = sim.save_state()
+    >>> snapshot.batch_size, snapshot.t, sorted(snapshot.state)
+    (2, 0, ['c', 'h'])
+    """
 
     state: dict[str, np.ndarray]
     t: int
@@ -63,7 +74,31 @@ class StateSnapshot:
 def load(path: str | Path, *, job: str | None = None, weights: str = "auto", batch_size: int = 1,
          fast: bool = True, device: str | torch.device = "cpu", registry: Registry | None = None,
          input_size: int | None = None, output_size: int | None = None) -> "EmbeddedModel":
-    """Load a finished run (or a checkpoint) into a ready :class:`EmbeddedModel`, reset for ``batch_size`` agents."""
+    """Load a finished run (or a checkpoint) into a ready :class:`EmbeddedModel`, reset for ``batch_size`` agents.
+
+    ``path``: a run folder, a checkpoint folder or one checkpoint's ``.json``/``.safetensors``; ``job``: which
+    job of a run that trained several; ``weights``: ``"auto"`` (the model the run finished with: the best
+    validated one under early stopping, else the last), ``"last"`` or ``"best"``; ``fast``: use the cell's NumPy
+    kernel when it offers one (False: always torch); ``device``: where the torch path computes; ``registry``:
+    the plugins to rebuild the model with (installed plugins when None); ``input_size``/``output_size``: only
+    for checkpoints older than the sizes they record (see :func:`statesim.runfolder.load_model`).
+
+    >>> import tempfile, numpy as np, torch, statesim, statesim.embed
+    >>> from pathlib import Path
+    >>> from statesim.config import TrainingConfig, validate_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+    >>> model = statesim.build_model(registry, config, input_size=2, output_size=1)
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> data = statesim.DataSplits(statesim.SequenceData(torch.randn(20, 8, 2), torch.randn(20, 8, 1)))
+    >>> statesim.Trainer(model, TrainingConfig(steps=2, batch_size=4), checkpoint_dir=folder).fit(data).steps
+    2
+    >>> sim = statesim.embed.load(folder, weights="last", batch_size=3, fast=False, registry=registry)
+    >>> sim
+    EmbeddedModel(LSTMCell, input_size=2, output_size=1, state={'h': (3,), 'c': (3,)}, batch_size=3, t=0, path=torch)
+    >>> sim.step(np.zeros((3, 2))).shape
+    (3, 1)
+    """
     if registry is None:
         from statesim.plugin_manager import build_plugin_host
 
@@ -75,10 +110,28 @@ def load(path: str | Path, *, job: str | None = None, weights: str = "auto", bat
 
 # --------------------------------------------------------------------------- the stepping object
 class EmbeddedModel:
-    """A trained model stepped one tick at a time by a host; the state (one row per agent) is kept inside."""
+    """A trained model stepped one tick at a time by a host; the state (one row per agent) is kept inside.
+
+    Made by :func:`load` (a run folder or checkpoint) or :func:`as_embedded` (a model in memory).
+
+    >>> import numpy as np, torch, statesim, statesim.embed
+    >>> from statesim.config import validate_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+    >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+    ...                                  batch_size=2, registry=registry)
+    >>> for tick in range(10):
+    ...     y = sim.step(np.ones((2, 2)))   # NumPy in, NumPy out: [agents, output_size]
+    >>> y.shape, sim.t, sim.state_parts
+    ((2, 1), 10, ['h', 'c'])
+    """
 
     #: Above this many agents torch's vectorised kernels beat NumPy's per-element ufuncs, so the NumPy
     #: kernel is used only up to here (benchmarks/embedding_latency.py measures the crossover).
+    #:
+    #: >>> from statesim.embed import EmbeddedModel
+    #: >>> EmbeddedModel.numpy_max_batch
+    #: 512
     numpy_max_batch: int = 512
 
     def __init__(self, model: SequenceModel, *, batch_size: int = 1, fast: bool = True,
@@ -124,27 +177,83 @@ class EmbeddedModel:
 
         With ``fast=True`` the NumPy kernel is used when the cell offers one, the model is on the CPU and
         the batch has at most :attr:`numpy_max_batch` agents.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> sim.fast
+        True
         """
         return self._kernel is not None
 
     @property
     def batch_size(self) -> int:
-        """Number of agents stepped together."""
+        """Number of agents stepped together.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> sim.reset(batch_size=5)
+        >>> sim.batch_size
+        5
+        """
         return self._batch
 
     @property
     def t(self) -> int:
-        """Steps taken since the last full reset (the global step index forcing windows refer to)."""
+        """Steps taken since the last full reset (the global step index forcing windows refer to).
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> _ = sim.step(np.zeros((2, 2)))
+        >>> sim.t
+        1
+        """
         return self._t
 
     @property
     def state_parts(self) -> list[str]:
-        """Names of the state parts (``h``, ``c``, ``layer1.h`` ...)."""
+        """Names of the state parts (``h``, ``c``, ``layer1.h`` ...).
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> sim.state_parts
+        ['h', 'c']
+        """
         return list(self.state_spec)
 
     def refresh(self) -> None:
         """Rebuild the NumPy kernels from the model's current weights (call after changing the weights or
-        their ``requires_grad``)."""
+        their ``requires_grad``).
+
+        The NumPy kernel is a snapshot of the weights, checked against the torch step when it is built.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> with torch.no_grad():
+        ...     _ = sim.model.head.weight.zero_(), sim.model.head.bias.fill_(1.0)
+        >>> sim.refresh()
+        >>> sim.step(np.zeros((2, 2))).tolist()  # the new head's output, through the rebuilt NumPy kernel
+        [[1.0], [1.0]]
+        """
         with self._lock:
             self._tracks_grad = any(p.requires_grad for p in self.model.parameters())
             self._head_module = self.model.head
@@ -272,6 +381,23 @@ class EmbeddedModel:
         episode ended for some agents) and the step counter keeps running. ``condition`` (a conditioned
         model: one per agent, on dim 1, e.g. a source sentence ``[S, B]``) is encoded once; its memory
         starts the state and, for an attending model, is read at every step.
+
+        A partial state: ``{part: values}`` need not name every part; the parts it leaves out start at zero
+        (not at the model's policy). A value is ``[*shape]`` (the same for every agent) or ``[B, *shape]``.
+        Together with ``agents``, only those rows get the new state; the other agents keep theirs.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> sim.reset(batch_size=3, initial_state={"h": np.full(3, 0.5)})   # c starts at zero
+        >>> sim.get_state("h")[0].tolist(), sim.get_state("c")[0].tolist()
+        ([0.5, 0.5, 0.5], [0.0, 0.0, 0.0])
+        >>> sim.reset(agents=[2], initial_state="zeros")                    # only agent 2 starts over
+        >>> sim.get_state("h")[:, 0].tolist()
+        [0.5, 0.5, 0.0]
         """
         with self._lock:
             if condition is not None:
@@ -320,7 +446,17 @@ class EmbeddedModel:
         self._state[part] = current
 
     def get_state(self, part: str | None = None, *, as_tensor: bool = False) -> Any:
-        """A copy of one state part ``[B, *shape]`` or of all of them (dict); NumPy unless ``as_tensor``."""
+        """A copy of one state part ``[B, *shape]`` or of all of them (dict); NumPy unless ``as_tensor``.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> sim.get_state("c").shape, type(sim.get_state("h", as_tensor=True)).__name__
+        ((2, 3), 'Tensor')
+        """
         with self._lock:
             if part is not None:
                 self._check_part(part)
@@ -329,12 +465,35 @@ class EmbeddedModel:
 
     @property
     def state(self) -> dict[str, np.ndarray]:
-        """A copy of every state part, as NumPy arrays."""
+        """A copy of every state part, as NumPy arrays.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> {part: value.shape for part, value in sim.state.items()}
+        {'h': (2, 3), 'c': (2, 3)}
+        """
         return self.get_state()
 
     def set_state(self, part: str | Mapping[str, Any], value: Any = None, *,
                   agents: Sequence[int] | np.ndarray | None = None) -> None:
-        """Overwrite a state part (or several: ``set_state({"h": ..., "c": ...})``), for all or chosen agents."""
+        """Overwrite a state part (or several: ``set_state({"h": ..., "c": ...})``), for all or chosen agents.
+
+        A value ``[*shape]`` is broadcast to every chosen agent.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> sim.set_state("h", [1.0, 2.0, 3.0], agents=[1])
+        >>> sim.get_state("h").tolist()
+        [[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]
+        """
         updates = dict(part) if isinstance(part, Mapping) else {part: value}
         with self._lock:
             for name in updates:
@@ -347,12 +506,36 @@ class EmbeddedModel:
                     self._write_rows(name, rows, self._full_part(name, new, len(rows)))
 
     def save_state(self) -> StateSnapshot:
-        """A snapshot of the whole state and the step counter, for :meth:`restore_state`."""
+        """A snapshot of the whole state and the step counter, for :meth:`restore_state`.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> snapshot = sim.save_state()
+        >>> snapshot.t, snapshot.state["h"].shape
+        (0, (2, 3))
+        """
         with self._lock:
             return StateSnapshot({k: self._export(v, False) for k, v in self._state.items()}, self._t)
 
     def restore_state(self, snapshot: StateSnapshot) -> None:
-        """Go back to a snapshot (its batch size, state and step counter)."""
+        """Go back to a snapshot (its batch size, state and step counter).
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> snapshot = sim.save_state()
+        >>> first = sim.rollout(np.ones((5, 2, 2)))
+        >>> sim.restore_state(snapshot)
+        >>> np.array_equal(sim.rollout(np.ones((5, 2, 2))), first), sim.t
+        (True, 5)
+        """
         if not isinstance(snapshot, StateSnapshot):
             raise EmbedError(f"restore_state takes what save_state returned, got {type(snapshot).__name__}.")
         self.reset(batch_size=snapshot.batch_size, initial_state=snapshot)
@@ -365,7 +548,21 @@ class EmbeddedModel:
         ``steps=None`` keeps the clamp until :meth:`release`. Semantics are :mod:`statesim.forcing`'s: the
         clamp replaces what the cell reads (the input ``x_t`` or the state entering the step); the
         stored state is what the dynamics produce. ``value`` may be a constant, one value per unit, an
-        array ``[B, units]``, or a function of the global step index ``t``. Returns a handle for release.
+        array ``[B, units]``, or a function of the global step index ``t``. Returns a handle for release. A NaN
+        in the value leaves that agent's unit free.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> lesion = sim.force("h", 0.0, units=[0], steps=None)      # until released
+        >>> kick = sim.force("input", [[1.0], [np.nan]], units=[1])   # next step, agent 0 only
+        >>> [(clamp.target, clamp.start, clamp.stop) for clamp in sim.forcing.clamps]
+        [('h', 0, None), ('input', 0, 1)]
+        >>> sim.step(np.zeros((2, 2))).shape
+        (2, 1)
         """
         with self._lock:
             if target != "input":
@@ -390,7 +587,23 @@ class EmbeddedModel:
             return handle
 
     def release(self, handle: int | str | None = None) -> None:
-        """End clamps: one by handle, all of one target by name, or all (None)."""
+        """End clamps: one by handle, all of one target by name, or all (None).
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> handle = sim.force("h", 0.0, steps=None)
+        >>> _ = sim.force("c", 0.0, steps=None)
+        >>> sim.release(handle)
+        >>> [clamp.target for clamp in sim.forcing.clamps]
+        ['c']
+        >>> sim.release()
+        >>> bool(sim.forcing)
+        False
+        """
         with self._lock:
             if handle is None:
                 self._clamps.clear()
@@ -407,7 +620,18 @@ class EmbeddedModel:
 
     @property
     def forcing(self) -> Forcing:
-        """The clamps in force now (and scheduled), as an engine :class:`Forcing`."""
+        """The clamps in force now (and scheduled), as an engine :class:`Forcing`.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> _ = sim.force("input", 0.0, units=[1], steps=3)
+        >>> [(c.target, c.start, c.stop) for c in sim.forcing.clamps]
+        [('input', 0, 3)]
+        """
         with self._lock:
             return Forcing(list(self._clamps.values()))
 
@@ -457,7 +681,17 @@ class EmbeddedModel:
     def step(self, x: Any) -> Any:
         """One tick for every agent: ``x [B, input_size]`` (or ``[input_size]`` for one agent) -> ``y``.
 
-        NumPy (or anything array-like) in gives NumPy out; a torch tensor in gives a tensor out.
+        NumPy (or anything array-like) in gives NumPy out; a torch tensor in gives a tensor out. Inference only:
+        no autograd graph is built. Calling the instance is the same.
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> sim.step(np.zeros((2, 2))).shape, sim(torch.zeros(2, 2)).shape
+        ((2, 1), torch.Size([2, 1]))
         """
         with self._lock:
             if not self._state:
@@ -526,7 +760,21 @@ class EmbeddedModel:
         return y
 
     def rollout(self, inputs: Any) -> Any:
-        """Step through ``inputs [T, B, input_size]`` and stack the outputs ``[T, B, output_size]``."""
+        """Step through ``inputs [T, B, input_size]`` and stack the outputs ``[T, B, output_size]``.
+
+        The numbers of :func:`statesim.unroll` over the same inputs (up to float rounding).
+
+        >>> import numpy as np, torch, statesim, statesim.embed
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+        ...                                  batch_size=2, registry=registry)
+        >>> outputs = sim.rollout(np.ones((20, 2, 2)))
+        >>> expected = sim.model(torch.ones(20, 2, 2)).outputs.detach().numpy()
+        >>> outputs.shape, np.allclose(outputs, expected, atol=1e-5)
+        ((20, 2, 1), True)
+        """
         outputs = [self.step(x_t) for x_t in inputs]
         return torch.stack(outputs) if outputs and isinstance(outputs[0], Tensor) else np.stack(outputs)
 
@@ -539,6 +787,18 @@ class EmbeddedModel:
 
 def as_embedded(model: SequenceModel, *, batch_size: int = 1, fast: bool = True,
                 registry: Registry | None = None) -> EmbeddedModel:
-    """Wrap an in-memory model (just built or trained) for stepping; weights are snapshotted for the fast path."""
+    """Wrap an in-memory model (just built or trained) for stepping; weights are snapshotted for the fast path.
+
+    After changing the model's weights in place, call :meth:`EmbeddedModel.refresh`.
+
+    >>> import numpy as np, torch, statesim, statesim.embed
+    >>> from statesim.config import validate_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+    >>> sim = statesim.embed.as_embedded(statesim.build_model(registry, config, input_size=2, output_size=1),
+    ...                                  batch_size=2, registry=registry)
+    >>> sim.batch_size, sim.input_size, sim.output_size, sim.fast
+    (2, 2, 1, True)
+    """
     return EmbeddedModel(model, batch_size=batch_size, fast=fast, registry=registry)
 

@@ -43,7 +43,15 @@ def strict_mode() -> bool:
 
 @dataclass
 class Trajectory:
-    """What an unroll returns: outputs ``[T, B, O]``, the final state, and optionally every state."""
+    """What an unroll returns: outputs ``[T, B, O]``, the final state, and optionally every state.
+
+    >>> import torch
+    >>> from statesim import unroll
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> traj = unroll(LSTMCell(2, hidden_size=3), torch.zeros(10, 4, 2), return_states=True)
+    >>> list(traj.outputs.shape), list(traj.final_state["c"].shape), list(traj.states["c"].shape)
+    ([10, 4, 3], [4, 3], [10, 4, 3])
+    """
 
     outputs: Tensor
     final_state: State
@@ -105,6 +113,16 @@ class Stepper:
     ``forcing`` is the clamp schedule (global step indices); ``path`` pins the execution path (``generic``
     or a fast path's name; None follows :func:`statesim.fastpath.policy`); ``return_states`` makes
     :meth:`run` return every state; ``on_step`` is called after every step (and rules out fast paths).
+    Prepare one and call it many times: the checks and the path choice are not repeated.
+
+    >>> import torch
+    >>> from statesim import Clamp, Forcing, Stepper
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> stepper = Stepper(LSTMCell(2, hidden_size=3), forcing=Forcing([Clamp("h", 0.0, units=[0])]))
+    >>> traj = stepper.run(torch.randn(10, 4, 2))
+    >>> y, state = stepper.step(torch.randn(4, 2), traj.final_state, t=10)  # one more tick, step 10
+    >>> list(y.shape)
+    [4, 3]
     """
 
     __slots__ = ("cell", "forcing", "path", "return_states", "on_step", "hoisted", "transition", "_forward",
@@ -145,6 +163,16 @@ class Stepper:
 
         Input, state and the step's result are checked on the first call and whenever the batch size changes
         (every call in strict mode); the caller keeps them consistent in between (the state a step returns is).
+
+        >>> import torch
+        >>> from statesim import Stepper
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> stepper = Stepper(LSTMCell(2, hidden_size=3))
+        >>> state = stepper.start(4, torch.zeros(0))
+        >>> for t in range(5):
+        ...     y, state = stepper.step(torch.ones(4, 2), state, t)
+        >>> list(y.shape), sorted(state)
+        ([4, 3], ['c', 'h'])
         """
         if not isinstance(x, Tensor) or x.shape[0] != self._checked_batch or self._strict:
             self.cell.check_input(x)
@@ -169,7 +197,18 @@ class Stepper:
     # ------------------------------------------------------------------ a whole sequence
     def run(self, inputs: Tensor, state: State | None = None, lengths: Tensor | None = None, *,
             t0: int = 0) -> Trajectory:
-        """Run over ``inputs [T, B, input_size]`` from ``state`` (zeros when None); ``t0`` is the global first step."""
+        """Run over ``inputs [T, B, input_size]`` from ``state`` (zeros when None); ``t0`` is the global first step.
+
+        With ``lengths [B]``, sequence ``b`` stops at ``lengths[b]``: its state is kept and its outputs are zero
+        after that.
+
+        >>> import torch
+        >>> from statesim import Stepper
+        >>> from statesim.builtin.cells import LSTMCell
+        >>> traj = Stepper(LSTMCell(2, hidden_size=3)).run(torch.ones(6, 2, 2), lengths=torch.tensor([6, 3]))
+        >>> traj.outputs[3:, 1].abs().sum().item()  # the second sequence ended after 3 steps
+        0.0
+        """
         cell = self.cell
         cell.check_input(inputs, time_major=True)
         steps, batch = inputs.shape[0], inputs.shape[1]
@@ -201,14 +240,39 @@ def unroll(cell: Cell, inputs: Tensor, state: State | None = None, *, lengths: T
            forcing: Forcing | None = None, return_states: bool = False, t0: int = 0) -> Trajectory:
     """Run ``cell`` over ``inputs [T, B, input_size]`` from ``state`` (zeros when None): one :meth:`Stepper.run`.
 
-    ``t0`` is the global index of the first step, so forcing windows stay right across chunks.
+    ``t0`` is the global index of the first step, so forcing windows stay right across chunks. ``lengths``
+    ends sequence ``b`` at ``lengths[b]``; ``forcing`` clamps units of the input or of a state part;
+    ``return_states`` also returns every state (``Trajectory.states``).
+
+    >>> import torch
+    >>> from statesim import Clamp, Forcing, unroll
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> cell = LSTMCell(2, hidden_size=3)
+    >>> silenced = Forcing([Clamp("h", 0.0, units=[0], start=2, stop=5)])  # h[0] read as 0 at steps 2, 3, 4
+    >>> traj = unroll(cell, torch.randn(8, 4, 2), forcing=silenced, return_states=True)
+    >>> list(traj.outputs.shape), list(traj.states["h"].shape)
+    ([8, 4, 3], [8, 4, 3])
     """
     return Stepper(cell, forcing=forcing, return_states=return_states).run(inputs, state, lengths, t0=t0)
 
 
 def step(cell: Cell, x: Tensor, state: State | None = None, *, forcing: Forcing | None = None,
          t: int = 0) -> tuple[Tensor, State]:
-    """Advance ``cell`` by one tick from ``state`` (zeros when None): one :meth:`Stepper.step` at global step ``t``."""
+    """Advance ``cell`` by one tick from ``state`` (zeros when None): one :meth:`Stepper.step` at global step ``t``.
+
+    Each call prepares a new :class:`Stepper`; a loop over many ticks prepares one and calls its ``step``.
+
+    >>> import torch
+    >>> from statesim import step
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> cell = LSTMCell(2, hidden_size=3)
+    >>> y, state = step(cell, torch.ones(4, 2))           # from a zero state
+    >>> y, state = step(cell, torch.ones(4, 2), state, t=1)
+    >>> list(y.shape), list(state["c"].shape)
+    ([4, 3], [4, 3])
+    """
     stepper = Stepper(cell, forcing=forcing)
     if state is None:
         cell.check_input(x)  # report a bad single-step input as [B, input_size] before reading its batch size

@@ -34,7 +34,27 @@ ForcingValue = Union[float, Sequence[float], Tensor, Callable[[int], Union[float
 
 @dataclass
 class Clamp:
-    """Overwrite ``units`` of ``target`` with ``value`` for global steps ``start <= t < stop``."""
+    """Overwrite ``units`` of ``target`` with ``value`` for global steps ``start <= t < stop``.
+
+    ``target`` is ``"input"`` or a state part (``"h"``, ``"c"``, ``"layer1.h"``); ``units`` index the target's
+    flattened per-sample shape (None: every unit); ``stop=None`` is open-ended. ``value`` is a constant, one
+    value per unit, a tensor broadcastable to ``[B, units]`` (or ``[stop - start, B, units]``), or a function of
+    the global step ``t``. A NaN in a value leaves that unit of that sample free (not forced).
+
+    A clamp on an input unit, and one on the state entering each step, free in sample 1 (NaN):
+
+    >>> import torch
+    >>> from statesim import Clamp, Forcing, unroll
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> cell = LSTMCell(2, hidden_size=3)
+    >>> on_input = Clamp("input", 1.0, units=[0], start=0, stop=5)
+    >>> on_state = Clamp("h", torch.tensor([[0.5], [float("nan")]]), units=[2])
+    >>> traj = unroll(cell, torch.zeros(5, 2, 2), forcing=Forcing([on_input, on_state]))
+    >>> free = unroll(cell, torch.zeros(5, 2, 2), forcing=Forcing([on_input]))
+    >>> same = [torch.allclose(traj.outputs[:, b], free.outputs[:, b], atol=1e-6) for b in (0, 1)]
+    >>> same  # sample 0's h[2] was clamped; sample 1's was free
+    [False, True]
+    """
 
     target: str
     value: ForcingValue
@@ -77,7 +97,19 @@ class Clamp:
 
 @dataclass
 class Forcing:
-    """A set of clamps applied by the engine; empty forcing costs nothing."""
+    """A set of clamps applied by the engine; empty forcing costs nothing.
+
+    The clamps act on what the cell reads; the states the engine returns are what the dynamics produced.
+
+    >>> import torch
+    >>> from statesim import Clamp, Forcing, unroll
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> forcing = Forcing([Clamp("input", lambda t: 0.1 * t, units=[1]), Clamp("c", 0.0, start=3)])
+    >>> forcing.forces_state, bool(Forcing())
+    (True, False)
+    >>> unroll(LSTMCell(2, hidden_size=3), torch.zeros(6, 4, 2), forcing=forcing).outputs.shape
+    torch.Size([6, 4, 3])
+    """
 
     clamps: list[Clamp] = field(default_factory=list)
 

@@ -31,6 +31,10 @@ from statesim.registry import Registration
 #: contracts in docs/writing-plugins.md. It changes only when an existing plugin would break. A plugin module
 #: says which version it was written for with ``STATESIM_PLUGIN_API = 1``; a different value is reported as a
 #: warning naming both versions (the plugin still loads), and no declaration is taken to mean this one.
+#:
+#: >>> import statesim
+#: >>> statesim.PLUGIN_API
+#: 1
 PLUGIN_API = 1
 #: The module attribute a plugin declares its plugin API version in.
 PLUGIN_API_ATTRIBUTE = "STATESIM_PLUGIN_API"

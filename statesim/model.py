@@ -34,7 +34,14 @@ CellFactory = Callable[[int], Cell]
 
 
 class PluginParams(BaseModel):
-    """Base of topology and initial-state parameter models: unknown keys are errors."""
+    """Base of topology and initial-state parameter models: unknown keys are errors.
+
+    >>> from statesim import PluginParams
+    >>> class FillParams(PluginParams):
+    ...     value: float = 0.0
+    >>> FillParams(value=1.5)
+    FillParams(value=1.5)
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as the core keys (config.Strict)
 
@@ -42,7 +49,14 @@ class PluginParams(BaseModel):
 @dataclass
 class Memory:
     """What a conditioning encoder leaves the model: a summary ``encoded [B, E]`` and, for attention,
-    per-step ``outputs [S, B, H]`` with their ``lengths [B]``."""
+    per-step ``outputs [S, B, H]`` with their ``lengths [B]``.
+
+    >>> import torch
+    >>> from statesim import Memory
+    >>> memory = Memory(torch.zeros(2, 5), outputs=torch.zeros(7, 2, 4), lengths=torch.tensor([7, 3]))
+    >>> list(memory.repeat(3).encoded.shape), memory.repeat(3).lengths.tolist()  # e.g. 3 beams per sequence
+    ([6, 5], [7, 7, 7, 3, 3, 3])
+    """
 
     encoded: Tensor
     outputs: Tensor | None = None
@@ -57,7 +71,16 @@ class Memory:
 
 @dataclass
 class InitialContext:
-    """What an initial-state policy may use: the sequence about to run, an encoding, the topology."""
+    """What an initial-state policy may use: the sequence about to run, an encoding, the topology.
+
+    :meth:`SequenceModel.initial` builds it; a policy reads what it needs and ignores the rest.
+
+    >>> import torch
+    >>> from statesim import InitialContext
+    >>> context = InitialContext(inputs=torch.zeros(10, 4, 2), encoded=torch.ones(4, 8))
+    >>> list(context.encoded.shape), context.prefix is None
+    ([4, 8], True)
+    """
 
     inputs: Tensor | None = None
     lengths: Tensor | None = None
@@ -70,7 +93,28 @@ class InitialContext:
 
 
 class InitialState(nn.Module):
-    """Base of initial-state policies: ``forward(batch_size, ...) -> State`` for every named part."""
+    """Base of initial-state policies: ``forward(batch_size, ...) -> State`` for every named part.
+
+    Register one with a :class:`statesim.Registration` in a plugin's ``statesim_initial_states`` hook; its
+    ``__init__`` takes the model's ``state_spec`` and then its parameters as keywords.
+
+    >>> import torch
+    >>> from statesim import InitialState, PluginParams
+    >>> class FillParams(PluginParams):
+    ...     value: float = 0.0
+    >>> class Fill(InitialState):
+    ...     Params = FillParams
+    ...     deterministic = True
+    ...     def __init__(self, state_spec, value=0.0):
+    ...         super().__init__(state_spec)
+    ...         self.value = value
+    ...     def forward(self, batch_size, *, device, dtype, context=None):
+    ...         return {part: torch.full((batch_size, *shape), self.value, device=device, dtype=dtype)
+    ...                 for part, shape in self.state_spec.items()}
+    >>> policy = Fill.from_params({"h": (3,)}, FillParams(value=0.5))
+    >>> policy(2, device="cpu", dtype=torch.float32)["h"].tolist()
+    [[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]]
+    """
 
     Params: ClassVar[type[BaseModel]] = PluginParams
     #: Whether the policy gives the same state every time it is called with the same context (no random
@@ -93,7 +137,14 @@ class InitialState(nn.Module):
 
     def forward(self, batch_size: int, *, device: torch.device | str, dtype: torch.dtype,
                 context: InitialContext | None = None) -> State:
-        """The state at ``t = 0`` for a batch."""
+        """The state at ``t = 0`` for a batch: every part of ``state_spec``, ``[batch_size, *shape]``.
+
+        >>> import torch
+        >>> from statesim.builtin.initial_states import Random
+        >>> policy = Random({"h": (3,)}, scale=0.1, seed=0)
+        >>> list(policy(4, device="cpu", dtype=torch.float32)["h"].shape)
+        [4, 3]
+        """
         raise NotImplementedError
 
     @classmethod
@@ -103,7 +154,34 @@ class InitialState(nn.Module):
 
 
 class Topology(nn.Module):
-    """Base of topologies: run cells over a sequence through the engine; same result shape as a cell's unroll."""
+    """Base of topologies: run cells over a sequence through the engine; same result shape as a cell's unroll.
+
+    A topology's ``__init__`` takes ``input_size``, a ``cell_factory`` (``input size -> Cell``, the YAML's
+    ``model.cell``) and its parameters; it names every state part of every cell it holds.
+
+    >>> import torch
+    >>> from statesim import Topology, PluginParams, unroll
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> class Single(Topology):
+    ...     Params = PluginParams
+    ...     def __init__(self, input_size, cell_factory):
+    ...         super().__init__(input_size)
+    ...         self.cell = cell_factory(input_size)
+    ...     @property
+    ...     def state_spec(self):
+    ...         return self.cell.state_spec
+    ...     @property
+    ...     def output_size(self):
+    ...         return self.cell.output_size
+    ...     def forward(self, inputs, state, *, lengths=None, forcing=None, return_states=False, t0=0):
+    ...         return unroll(self.cell, inputs, state, lengths=lengths, forcing=forcing,
+    ...                       return_states=return_states, t0=t0)
+    ...     def as_cell(self):
+    ...         return self.cell
+    >>> topology = Single.from_params(2, lambda size: LSTMCell(size, hidden_size=3), PluginParams())
+    >>> topology(torch.zeros(5, 4, 2), topology.as_cell().zero_state(4)).outputs.shape
+    torch.Size([5, 4, 3])
+    """
 
     Params: ClassVar[type[BaseModel]] = PluginParams
     #: What the topology gives the model's initial-state policy, e.g. ``{"encoding"}`` for an encoder-decoder
@@ -147,11 +225,35 @@ class Topology(nn.Module):
 
     def forward(self, inputs: Tensor, state: State, *, lengths: Tensor | None = None,
                 forcing: Forcing | None = None, return_states: bool = False, t0: int = 0) -> Trajectory:
-        """Run the whole sequence ``[T, B, F]`` from ``state``."""
+        """Run the whole sequence ``[T, B, F]`` from ``state``; the arguments mean what they mean to :func:`unroll`.
+
+        >>> import torch, statesim
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "gru", "hidden_size": 3}, "topology": {"type": "stacked",
+        ...                          "layers": 2}}, registry)
+        >>> topology = statesim.build_model(registry, config, input_size=2).topology
+        >>> state = {part: torch.zeros(4, *shape) for part, shape in topology.state_spec.items()}
+        >>> traj = topology(torch.zeros(5, 4, 2), state, lengths=torch.tensor([5, 5, 2, 1]))
+        >>> list(traj.outputs.shape), sorted(traj.final_state)
+        ([5, 4, 3], ['layer0.h', 'layer1.h'])
+        """
         raise NotImplementedError
 
     def as_cell(self) -> Cell | None:
-        """A cell that steps this topology one tick (None when it needs the whole sequence)."""
+        """A cell that steps this topology one tick (None when it needs the whole sequence).
+
+        >>> import torch, statesim
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> def topology(spec):
+        ...     config = validate_model({"cell": {"type": "gru", "hidden_size": 3}, "topology": spec}, registry)
+        ...     return statesim.build_model(registry, config, input_size=2).topology
+        >>> topology({"type": "stacked", "layers": 2}).as_cell().state_spec
+        {'layer0.h': (3,), 'layer1.h': (3,)}
+        >>> topology({"type": "bidirectional"}).as_cell() is None
+        True
+        """
         return None
 
     def condition(self, memory: Memory | None) -> "Topology":
@@ -185,14 +287,34 @@ class Topology(nn.Module):
 
 
 class EncoderParams(PluginParams):
-    """Base of conditioning-encoder parameters (written by the scenario that builds the model)."""
+    """Base of conditioning-encoder parameters (written by the scenario that builds the model).
+
+    >>> from statesim import EncoderParams
+    >>> class BagParams(EncoderParams):
+    ...     features: int = 8
+    >>> BagParams()
+    BagParams(features=8)
+    """
 
 
 class Encoder(nn.Module):
     """Base of conditioning encoders: read a sequence's condition once, return its :class:`Memory`.
 
     ``forward(condition, lengths)`` gets the condition with the sequences on dim 1 (``[S, B, ...]`` or
-    ``[1, B, C, H, W]``) and their lengths (or None).
+    ``[1, B, C, H, W]``) and their lengths (or None). Register one in a plugin's ``statesim_encoders`` hook;
+    a scenario names it in ``ctx.build_model(..., encoder={"type": NAME, ...})``.
+
+    >>> import torch
+    >>> from statesim import Encoder, EncoderParams, Memory
+    >>> class Mean(Encoder):
+    ...     Params = EncoderParams
+    ...     @property
+    ...     def encoded_size(self):
+    ...         return 2
+    ...     def forward(self, condition, lengths=None):
+    ...         return Memory(condition.mean(dim=0))
+    >>> Mean()(torch.ones(7, 4, 2)).encoded.shape
+    torch.Size([4, 2])
     """
 
     Params: ClassVar[type[BaseModel]] = EncoderParams
@@ -219,7 +341,18 @@ class Encoder(nn.Module):
 
 
 class SequenceModel(nn.Module):
-    """A topology, its initial-state policy and an optional output head: what trainers and embedders use."""
+    """A topology, its initial-state policy and an optional output head: what trainers and embedders use.
+
+    Built by :func:`build_model` from a model config; calling it is :meth:`forward`.
+
+    >>> import torch, statesim
+    >>> from statesim.config import validate_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+    >>> model = statesim.build_model(registry, config, input_size=2, output_size=1)
+    >>> model.state_spec, model.output_size
+    ({'h': (3,), 'c': (3,)}, 1)
+    """
 
     #: The engine's path policy for this model (statesim.fastpath): ``auto``, ``generic`` or a fast path's
     #: name, and whether the generic loop's step is torch.compile'd; None inherits the surrounding policy.
@@ -286,6 +419,19 @@ class SequenceModel(nn.Module):
         the initial-state policy and the memory the topology. ``encoded`` and ``prefix`` reach the policy
         directly (see :class:`InitialContext`). ``sampling > 0`` (scheduled sampling, token inputs only):
         with that probability per sequence and step, the input is the model's own previous prediction.
+        With ``state`` None the initial-state policy gives the state at ``t = 0``; ``lengths``, ``forcing``,
+        ``return_states`` and ``t0`` mean what they mean to :func:`unroll`. Padded steps (``t >= lengths[b]``)
+        have zero outputs, after the head too. ``model(inputs, ...)`` calls this (``SequenceModel.__call__`` is
+        ``nn.Module``'s).
+
+        >>> import torch, statesim
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> model = statesim.build_model(registry, config, input_size=2, output_size=1)
+        >>> traj = model(torch.ones(5, 3, 2), lengths=torch.tensor([5, 3, 1]))
+        >>> list(traj.outputs.shape), traj.outputs[1:, 2].abs().sum().item()  # the third sequence is 1 step long
+        ([5, 3, 1], 0.0)
         """
         if memory is None and condition is not None:
             memory = self.encode(condition, condition_lengths)
@@ -320,6 +466,15 @@ class SequenceModel(nn.Module):
         """The cell that advances this model one tick (bound to ``memory`` for a topology that attends).
 
         Raises a NotSteppableError for topologies that need the whole sequence, or a memory not given.
+
+        >>> import torch, statesim
+        >>> from statesim.config import validate_model
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> config = validate_model({"cell": {"type": "lstm", "hidden_size": 3}}, registry)
+        >>> cell = statesim.build_model(registry, config, input_size=2, output_size=1).step_cell()
+        >>> y, state = statesim.step(cell, torch.ones(4, 2))  # before the head: the cell's own output
+        >>> list(y.shape)
+        [4, 3]
         """
         cell = self.topology.condition(memory).as_cell()
         if cell is None:
@@ -389,7 +544,17 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
     ``input_vocab``: the inputs are token ids, embedded to ``input_size`` features. ``encoder``: the
     conditioning encoder, ``{type: NAME, ...params}`` of a registered one. A topology whose parameters
     declare ``memory_size`` and an initial-state policy whose parameters declare ``encoded_size`` get the
-    encoder's sizes when they leave them unset, so the learned maps always bridge encoder and model.
+    encoder's sizes when they leave them unset, so the learned maps always bridge encoder and model. A head
+    ``y = W h + b`` is added when ``output_size`` differs from the topology's (``model.head: auto``).
+
+    >>> import torch, statesim
+    >>> from statesim.config import validate_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "gru", "hidden_size": 8},
+    ...                          "initial_state": {"type": "learned"}}, registry)
+    >>> model = statesim.build_model(registry, config, input_size=2, output_size=1)
+    >>> type(model.topology).__name__, type(model.initial_state).__name__, model.head
+    ('Unidirectional', 'Learned', Linear(in_features=8, out_features=1, bias=True))
     """
     cell_entry = registry.get("cell", config.cell.type).record
 

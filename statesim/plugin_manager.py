@@ -239,7 +239,20 @@ def _check_api(plugin: object, info: PluginInfo, problem: Callable[..., None]) -
 
 
 def build_plugin_host(*, autoload: bool | None = None, block: Iterable[str] = (), strict: bool = False) -> PluginHost:
-    """Load built-in and installed plugins into a new :class:`PluginHost` (never a global one)."""
+    """Load built-in and installed plugins into a new :class:`PluginHost` (never a global one).
+
+    ``autoload=False`` loads the built-ins only (None: unless ``STATESIM_DISABLE_PLUGIN_AUTOLOAD`` is set);
+    ``block`` skips plugins by name; ``strict`` raises a PluginError at the first plugin that fails to load
+    instead of recording it in ``host.problems``.
+
+    >>> import statesim
+    >>> host = statesim.build_plugin_host(autoload=False)
+    >>> "lstm" in host.registry.names("cell"), host.problems
+    (True, [])
+    >>> blocked = statesim.build_plugin_host(autoload=False, block=["statesim.builtin.cells"])
+    >>> "lstm" in blocked.registry.names("cell")
+    False
+    """
     manager = pluggy.PluginManager("statesim")
     manager.add_hookspecs(hookspecs)
     _tracing(manager)

@@ -28,7 +28,20 @@ class NameClashError(PluginError):
 
 @dataclass(frozen=True)
 class Registration(Generic[T]):
-    """One named thing a plugin provides: its class and the pydantic model of its YAML parameters."""
+    """One named thing a plugin provides: its class and the pydantic model of its YAML parameters.
+
+    A registration hook returns a list of them; ``description`` is shown by ``statesim plugins`` and the
+    generated reference.
+
+    >>> import statesim
+    >>> from statesim.builtin.cells import LSTMCell
+    >>> @statesim.hookimpl
+    ... def statesim_cells():
+    ...     return [statesim.Registration("my_lstm", LSTMCell, LSTMCell.Params, "an LSTM under another name")]
+    >>> record = statesim_cells()[0]
+    >>> record.name, record.cls.__name__, record.params.__name__
+    ('my_lstm', 'LSTMCell', 'LSTMParams')
+    """
 
     name: str
     cls: type[T]
@@ -38,7 +51,17 @@ class Registration(Generic[T]):
 
 @dataclass(frozen=True)
 class Provided(Generic[T]):
-    """A registration together with the plugin (and distribution) that provided it."""
+    """A registration together with the plugin (and distribution) that provided it.
+
+    ``distribution`` and ``version`` are None for a built-in; checkpoints record them, so a host without the
+    plugin is told what to install.
+
+    >>> import statesim
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> provided = registry.get("cell", "lstm")
+    >>> provided.record.name, provided.plugin, provided.distribution
+    ('lstm', 'statesim.builtin.cells', None)
+    """
 
     record: Registration[T]
     plugin: str
@@ -54,6 +77,11 @@ class Registry:
     they would have provided is reported with the reason instead of a did-you-mean. ``recorded``: who provided
     each name in a file being loaded (a checkpoint's ``providers``, see :func:`provenance`), per kind, so that
     a host without that distribution is told what to install.
+
+    >>> import statesim
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> registry.names("initial_state")
+    ['encoded', 'learned', 'random', 'warmup', 'zeros']
     """
 
     entries: dict[str, dict[str, Provided[Any]]] = field(default_factory=dict)
@@ -74,7 +102,13 @@ class Registry:
         table[name] = provided
 
     def names(self, kind: str) -> list[str]:
-        """Registered names of one kind, sorted."""
+        """Registered names of one kind, sorted.
+
+        >>> import statesim
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> registry.names("topology")
+        ['bidirectional', 'encoder_decoder', 'stacked', 'unidirectional']
+        """
         return sorted(self.entries.get(kind, {}))
 
     # The plugin manager checks every registered class against its kind's base (statesim.kinds), so the
@@ -93,7 +127,18 @@ class Registry:
     def get(self, kind: str, name: str) -> Provided[Any]: ...
 
     def get(self, kind: str, name: str) -> Provided[Any]:
-        """The record for ``name``; an UnknownNameError (a KeyError) carrying a did-you-mean when unknown."""
+        """The record for ``name``; an UnknownNameError (a KeyError) carrying a did-you-mean when unknown.
+
+        >>> import statesim
+        >>> registry = statesim.build_plugin_host(autoload=False).registry
+        >>> registry.get("cell", "gru").record.cls.__name__
+        'GRUCell'
+        >>> try:
+        ...     registry.get("cell", "lstn")
+        ... except KeyError as error:
+        ...     print(error.args[0])
+        unknown cell 'lstn'. Did you mean 'lstm'? Registered cells: ...
+        """
         table = self.entries.get(kind, {})
         if name not in table:
             raise UnknownNameError(self.unknown(kind, name))

@@ -169,6 +169,20 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     stopping) or ``"auto"`` (best when the run used early stopping and one was kept, else last: the model
     the run finished with). ``input_size``/``output_size`` are needed only for checkpoints written before
     checkpoints recorded the model's sizes.
+
+    >>> import tempfile, torch, statesim
+    >>> from pathlib import Path
+    >>> from statesim.config import TrainingConfig, validate_model
+    >>> from statesim.runfolder import load_model
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "gru", "hidden_size": 3}}, registry)
+    >>> model = statesim.build_model(registry, config, input_size=2, output_size=1)
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> data = statesim.DataSplits(statesim.SequenceData(torch.randn(10, 4, 2), torch.randn(10, 4, 1)))
+    >>> _ = statesim.Trainer(model, TrainingConfig(steps=1, batch_size=4), checkpoint_dir=folder).fit(data)
+    >>> loaded, info = load_model(folder, registry=registry)
+    >>> torch.equal(loaded.head.weight, model.head.weight), loaded.training
+    (True, False)
     """
     if registry is None:
         from statesim.plugin_manager import build_plugin_host

@@ -26,7 +26,14 @@ from statesim.trainer import LossFn, Sampling, Trainer, TrainResult
 
 
 class ScenarioParams(BaseModel):
-    """Base of scenario parameter models: unknown keys are errors."""
+    """Base of scenario parameter models: unknown keys are errors.
+
+    >>> from statesim import ScenarioParams
+    >>> class DelayParams(ScenarioParams):
+    ...     delay: int = 3
+    >>> DelayParams(delay=5).delay
+    5
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as the core keys (config.Strict)
 
@@ -60,7 +67,24 @@ class MetricsLog:
 
 @dataclass
 class RunContext:
-    """What a scenario gets from the runner: config, plugins, run folder, device, the trainer."""
+    """What a scenario gets from the runner: config, plugins, run folder, device, the trainer.
+
+    The runner makes it; a scenario's ``run(ctx)`` builds models (``ctx.build_model``), trains them
+    (``ctx.train``) and writes inside the run folder (``ctx.path``).
+
+    >>> import tempfile, torch, statesim
+    >>> from pathlib import Path
+    >>> host = statesim.build_plugin_host(autoload=False)
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "ls.yaml").write_text("scenario: {type: linear_system}\\n"
+    ...                                     "model: {cell: {type: lstm, hidden_size: 3}}\\n")
+    >>> config = statesim.load_config(folder / "ls.yaml", host.registry)
+    >>> ctx = statesim.RunContext(config, host, folder, torch.device("cpu"))
+    >>> ctx.build_model(None, input_size=2, output_size=1).state_spec
+    {'h': (3,), 'c': (3,)}
+    >>> ctx.path("plots/loss.png") == folder.resolve() / "plots" / "loss.png"
+    True
+    """
 
     config: RunConfig
     host: PluginHost
@@ -216,6 +240,17 @@ class Scenario(Generic[P]):
 
     Subclass it as ``Scenario[MyParams]`` and set ``Params = MyParams`` (a ClassVar cannot name the type
     variable, so the two are spelled separately; the first lets a type checker check ``self.params.foo``).
+    Register it in a plugin's ``statesim_scenarios`` hook; the YAML's ``scenario:`` keys are its parameters.
+
+    >>> from statesim import Scenario, ScenarioParams
+    >>> class CountParams(ScenarioParams):
+    ...     n: int = 3
+    >>> class Count(Scenario[CountParams]):
+    ...     Params = CountParams
+    ...     def run(self, ctx):
+    ...         return {"n": self.params.n}
+    >>> Count(CountParams(n=4)).run(ctx=None)
+    {'n': 4}
     """
 
     Params: ClassVar[type[BaseModel]] = ScenarioParams

@@ -166,7 +166,23 @@ class _TrainerCounters(BaseModel):
 
 
 class Trainer:
-    """Fit a :class:`SequenceModel` to :class:`DataSplits` with (truncated) BPTT."""
+    """Fit a :class:`SequenceModel` to :class:`DataSplits` with (truncated) BPTT.
+
+    With ``checkpoint_dir`` it checkpoints along the way and resumes from the newest good checkpoint.
+
+    >>> import torch, statesim
+    >>> from statesim.config import TrainingConfig, validate_model
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> registry = statesim.build_plugin_host(autoload=False).registry
+    >>> config = validate_model({"cell": {"type": "gru", "hidden_size": 4}}, registry)
+    >>> model = statesim.build_model(registry, config, input_size=1, output_size=1)
+    >>> x = torch.randn(20, 16, 1)
+    >>> data = statesim.DataSplits(statesim.SequenceData(x, 0.5 * x))
+    >>> result = statesim.Trainer(model, TrainingConfig(steps=30, batch_size=8, lr=0.01)).fit(data)
+    >>> result.steps, result.losses[-1] < result.losses[0]
+    (30, True)
+    """
 
     def __init__(self, model: SequenceModel, config: TrainingConfig, *, loss_fn: LossFn = mse_loss,
                  job: str = "main", checkpoint_dir: str | Path | None = None, config_digest: str = "",
