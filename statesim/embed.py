@@ -322,6 +322,7 @@ class EmbeddedModel:
     # ------------------------------------------------------------------ reset and state
     def _initial(self, batch_size: int, initial_state: Any) -> dict[str, Any]:
         device, dtype = self.device, self.dtype
+        values: dict[str, Any]
         if initial_state is None or initial_state == "model":
             try:
                 with torch.no_grad():
@@ -700,6 +701,7 @@ class EmbeddedModel:
             x, is_tensor, single = self._as_batch(x)
             if self._clamps:
                 self._drop_expired()
+            y: np.ndarray | Tensor
             if self._kernel is not None:
                 y = self._step_numpy(x.cpu().numpy().astype(self._np_dtype, copy=False) if is_tensor else x)
             else:
@@ -722,13 +724,15 @@ class EmbeddedModel:
 
     def _step_numpy(self, x: np.ndarray) -> np.ndarray:
         state = self._state
-        forcing = self._stepper.forcing
+        kernel, stepper = self._kernel, self._stepper
+        assert kernel is not None and stepper is not None  # step() chose this path; reset built the stepper
+        forcing = stepper.forcing
         if forcing:  # the stepper's clamps, by the engine's forcing rules, on zero-copy torch views
             xt = forcing.apply_to_inputs(torch.from_numpy(x).unsqueeze(0), self._t)[0]
             x = xt.numpy()
             read = forcing.apply_to_state({k: torch.from_numpy(v) for k, v in state.items()}, self._t)
             state = {k: v.numpy() for k, v in read.items()}
-        y, new_state = self._kernel(x, state)
+        y, new_state = kernel(x, state)
         self._state = new_state
         head = self._head
         if head is None:
@@ -745,6 +749,7 @@ class EmbeddedModel:
             return head(torch.from_numpy(y)).numpy()
 
     def _step_torch(self, x: Tensor) -> Tensor:
+        assert self._stepper is not None  # step() checked reset gave the model its cell (and so a stepper)
         if self._batch <= self.numpy_max_batch:
             # x was checked against the batch, and the state is ours (reset/set_state check it): no re-check
             y, state = self._stepper.tick(x, self._state, self._t)

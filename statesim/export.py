@@ -112,6 +112,7 @@ def _export_onnx(module: SingleStep, examples: tuple[Tensor, ...], inputs: list[
             program = torch.onnx.export(module, examples, dynamo=True, input_names=inputs, output_names=outputs,
                                         dynamic_shapes=dynamic, opset_version=opset, optimize=True,
                                         verbose=False, report=False)
+            assert program is not None  # only the legacy exporter (dynamo=False) returns None
             program.save(str(target), external_data=False)
         except ImportError as exc:
             raise ExportError(f"ONNX export needs the export extra: pip install 'statesim[export]' ({exc}).") from None

@@ -210,7 +210,9 @@ class ClampConfig(BaseModel):
     def to_clamp(self) -> Clamp:
         """The runtime clamp this config describes."""
         if self.ramp is None:
+            assert self.value is not None  # _one_value: exactly one of value and ramp
             return Clamp(self.target, self.value, self.units, self.start, self.stop)
+        assert self.stop is not None  # _one_value: a ramp needs a stop
         first, last, start, span = self.ramp[0], self.ramp[1], self.start, max(self.stop - self.start - 1, 1)
         return Clamp(self.target, lambda t: first + (last - first) * (t - start) / span, self.units,
                      self.start, self.stop)

@@ -360,7 +360,7 @@ class SequenceModel(nn.Module):
     compile_steps: bool | None = None
 
     def __init__(self, topology: Topology, initial_state: InitialState, head: nn.Module | None = None, *,
-                 embed: nn.Module | None = None, encoder: Encoder | None = None) -> None:
+                 embed: nn.Embedding | None = None, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.topology, self.initial_state, self.head = topology, initial_state, head
         #: Token ids -> the topology's inputs (None: the inputs are features already).

@@ -197,6 +197,7 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
         input_size = spec["input_size"] if input_size is None else input_size
         output_size = spec["output_size"] if output_size is None else output_size
     elif isinstance(run_yaml.get("model"), dict):
+        assert run_dir is not None  # _run_yaml is {} without a run folder
         config = resolve_model_config(run_yaml["model"], registry, f"{run_dir / 'config.yaml'}")
         if input_size is None:
             raise EmbedError(f"the checkpoint {sidecar} does not record the model's sizes (it predates that); "
@@ -214,7 +215,8 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     if weights not in ("auto", "last", "best"):
         raise EmbedError(f"weights must be 'auto', 'last' or 'best', got {weights!r}.")
     early = bool((run_yaml.get("training") or {}).get("early_stopping"))
-    state_dict = best if (weights == "best" or (weights == "auto" and early and best is not None)) else tree["model"]
+    # weights == "best" without a best model raised above, so `best is not None` changes nothing there.
+    state_dict = best if (weights == "best" or (weights == "auto" and early)) and best is not None else tree["model"]
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:

@@ -69,7 +69,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_states() -> dict[str, Any]:
     """RNG states of torch, numpy and random as checkpointable data."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]  # stub: dict
     py_state = random.getstate()
     return {"torch": torch.get_rng_state(),
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
@@ -139,13 +139,16 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float | None, max_value
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return 0.0, 0.0
-    before = float(torch.nn.utils.get_total_norm([p.grad for p in grads], norm_type))
+
+    def total_norm() -> float:
+        return float(torch.nn.utils.get_total_norm([p.grad for p in grads if p.grad is not None], norm_type))
+
+    before = total_norm()
     if max_value is not None:
         torch.nn.utils.clip_grad_value_(grads, max_value)
     if max_norm is not None:
         torch.nn.utils.clip_grad_norm_(grads, max_norm, norm_type=norm_type)
-    after = float(torch.nn.utils.get_total_norm([p.grad for p in grads], norm_type)) \
-        if (max_value is not None or max_norm is not None) else before
+    after = total_norm() if (max_value is not None or max_norm is not None) else before
     return before, after
 
 
@@ -232,9 +235,10 @@ class Trainer:
     # ------------------------------------------------------------------ batching
     def _next_batch(self, data: SequenceData) -> SequenceData:
         size = min(self.config.batch_size, len(data))
-        by_length = self.config.batching == "by_length" and data.lengths is not None
+        lengths = data.lengths if self.config.batching == "by_length" else None
+        by_length = lengths is not None
         if self.epoch_perm is None or self.epoch_pos + size > len(self.epoch_perm):
-            self.epoch_perm = self._length_epoch(data.lengths, size) if by_length \
+            self.epoch_perm = self._length_epoch(lengths, size) if lengths is not None \
                 else torch.randperm(len(data), generator=self.order)
             self.epoch_pos = 0
         index = self.epoch_perm[self.epoch_pos:self.epoch_pos + size]

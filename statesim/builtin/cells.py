@@ -7,7 +7,7 @@ a statesim cell and ``torch.nn.LSTM``/``GRU``/``RNN`` without reshuffling.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,9 +31,9 @@ def _uniform_(params: list[nn.Parameter], hidden_size: int) -> None:
         nn.init.uniform_(p, -bound, bound)
 
 
-def _fused(cell: Cell, kernel: str, parts: tuple[str, ...]) -> "FusedForm":
+def _fused(cell: VanillaCell | LSTMCell | GRUCell, kernel: str, parts: tuple[str, ...]) -> "FusedForm":
     """The cell's own parameters, in torch's order, as the fused ``kernel``'s weights."""
-    weights = (cell.weight_ih, cell.weight_hh) if cell.bias_ih is None else \
+    weights = (cell.weight_ih, cell.weight_hh) if cell.bias_ih is None or cell.bias_hh is None else \
         (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
     return FusedForm(kernel, weights, cell.hidden_size, parts)
 
@@ -52,9 +52,14 @@ class LinearCell(Cell):
     """The lecture's linear system: ``y_t = A x_t + B h_{t-1}``, ``h_t = C x_t + D h_{t-1}``."""
 
     Params = LinearParams
+    # Registered with setattr in __init__ (one loop over the four matrices).
+    A: nn.Parameter
+    B: nn.Parameter
+    C: nn.Parameter
+    D: nn.Parameter
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int | None = None,
-                 fixed: list[str] = (), spectral_radius: float = 0.5,
+                 fixed: Sequence[str] = (), spectral_radius: float = 0.5,
                  init: dict[str, list[list[float]]] | None = None) -> None:
         super().__init__(input_size)
         self.hidden_size, self._output_size = hidden_size, output_size or hidden_size
@@ -91,7 +96,8 @@ class LinearCell(Cell):
 
     def impulse_response(self, steps: int) -> Tensor:
         """Markov parameters ``[steps, out, in]``: ``G_0 = A``, ``G_k = B D^{k-1} C`` (response of y to x_{t-k})."""
-        blocks, power = [self.A], self.C
+        blocks: list[Tensor] = [self.A]
+        power: Tensor = self.C
         for _ in range(1, steps):
             blocks.append(self.B @ power)
             power = self.D @ power
@@ -142,7 +148,7 @@ class VanillaCell(Cell):
         return _fused(self, f"rnn_{self.activation}", ("h",))
 
     def project_inputs(self, inputs: Tensor) -> Tensor:
-        bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
+        bias = None if self.bias_ih is None or self.bias_hh is None else self.bias_ih + self.bias_hh
         return F.linear(inputs, self.weight_ih, bias)
 
     def transition(self, projected_x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -174,7 +180,7 @@ class LSTMCell(Cell):
         self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
         self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size)) if bias else None
         _uniform_([p for p in self.parameters()], hidden_size)
-        if bias and forget_bias:
+        if self.bias_ih is not None and forget_bias:  # bias_ih exists iff bias
             with torch.no_grad():
                 self.bias_ih[hidden_size:2 * hidden_size] += forget_bias
 
@@ -190,7 +196,7 @@ class LSTMCell(Cell):
         return _fused(self, "lstm", ("h", "c"))
 
     def project_inputs(self, inputs: Tensor) -> Tensor:
-        bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
+        bias = None if self.bias_ih is None or self.bias_hh is None else self.bias_ih + self.bias_hh
         return F.linear(inputs, self.weight_ih, bias)
 
     def transition(self, projected_x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -271,7 +277,7 @@ class WindowCell(Cell):
 
     Params = WindowParams
 
-    def __init__(self, input_size: int, window: int = 3, output_size: int = 1, hidden: list[int] = (),
+    def __init__(self, input_size: int, window: int = 3, output_size: int = 1, hidden: Sequence[int] = (),
                  activation: str = "tanh", bias: bool = False) -> None:
         super().__init__(input_size)
         self.window, self._output_size = window, output_size
@@ -296,7 +302,9 @@ class WindowCell(Cell):
         if len(self.net) > 1:  # AttributeError, so hasattr() and module walkers (torch.jit.trace) see no attribute
             raise AttributeError("WindowCell.weights exists only for the linear predictor (hidden: []); "
                                  "an MLP window has no per-lag coefficients")
-        return self.net[-1].weight.view(self._output_size, self.window, self.input_size)
+        linear = self.net[-1]
+        assert isinstance(linear, nn.Linear)  # __init__ ends the net with its output layer
+        return linear.weight.view(self._output_size, self.window, self.input_size)
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         window = torch.cat([x.unsqueeze(1), state["window"][:, :-1]], dim=1)

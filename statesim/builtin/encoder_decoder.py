@@ -32,6 +32,14 @@ from statesim.model import CellFactory, Encoder, EncoderParams, Memory, PluginPa
 from statesim.registry import Registration, Registry
 
 
+def _outputs(memory: Memory) -> Tensor:
+    """The memory's per-step encoder outputs (EncoderDecoder.condition refuses a memory without them)."""
+    if memory.outputs is None:
+        raise ShapeError("attention needs per-step encoder outputs in the memory; this conditioning encoder gives "
+                         "only a summary. Use attention: none.")
+    return memory.outputs
+
+
 class Attention(nn.Module):
     """Additive ``v^T tanh(W_q q + W_k k)`` or dot ``(W q) . k`` scores, softmax over the real source steps."""
 
@@ -47,7 +55,8 @@ class Attention(nn.Module):
 
     def keys(self, memory: Memory) -> Tensor:
         """Per-memory work done once, not once per decoder step."""
-        return self.key(memory.outputs) if self.kind == "additive" else memory.outputs
+        outputs = _outputs(memory)
+        return self.key(outputs) if self.kind == "additive" else outputs
 
     def forward(self, query: Tensor, keys: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
         """Context ``[B, H]`` and weights ``[B, S]`` for a query ``[B, Q]``."""
@@ -55,10 +64,14 @@ class Attention(nn.Module):
             scores = self.v(torch.tanh(keys + self.query(query).unsqueeze(0))).squeeze(-1)  # [S, B]
         else:
             scores = (keys * self.query(query).unsqueeze(0)).sum(-1)
-        steps = memory.outputs.shape[0]
+        outputs = _outputs(memory)
+        if memory.lengths is None:
+            raise ShapeError("attention needs the source lengths in the memory; this conditioning encoder gives "
+                             "per-step outputs without them.")
+        steps = outputs.shape[0]
         valid = lengths_to_mask(memory.lengths.to(scores.device), steps)
         weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=0)
-        context = (weights.unsqueeze(-1) * memory.outputs).sum(0)
+        context = (weights.unsqueeze(-1) * outputs).sum(0)
         return context, weights.T
 
 
@@ -66,7 +79,7 @@ class AttentionCell(Cell):
     """A decoder cell bound to a memory: reads ``[x; context]``, outputs ``[y; context]``; same state parts."""
 
     def __init__(self, inner: Cell, attention: Attention, memory: Memory) -> None:
-        super().__init__(inner.input_size - memory.outputs.shape[-1])
+        super().__init__(inner.input_size - _outputs(memory).shape[-1])
         self.inner, self.attention, self.memory = inner, attention, memory
         self.keys = attention.keys(memory)
 
@@ -76,7 +89,7 @@ class AttentionCell(Cell):
 
     @property
     def output_size(self) -> int:
-        return self.inner.output_size + self.memory.outputs.shape[-1]
+        return self.inner.output_size + _outputs(self.memory).shape[-1]
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         context, _ = self.attention(flatten_state(state), self.keys, self.memory)
@@ -122,7 +135,7 @@ class EncoderDecoder(Topology):
         if attention != "none" and memory_size is None:
             raise StatesimError("encoder_decoder with attention needs the encoder's output size (memory_size); "
                                 "build the model with its conditioning encoder (build_model(..., encoder=...)).")
-        self.memory_size = memory_size if attention != "none" else 0
+        self.memory_size = 0 if attention == "none" or memory_size is None else memory_size  # None raised above
         if decoder.input_size != input_size + self.memory_size:
             raise ShapeError(f"encoder_decoder: the decoder reads {decoder.input_size} features, expected "
                              f"{input_size + self.memory_size}.")
@@ -202,7 +215,9 @@ class _Attending(Topology):
         return self.parent.output_size
 
     def as_cell(self) -> Cell:
-        cell = AttentionCell(self.parent.decoder.as_cell(), self.parent.attention, self.memory)
+        inner, attention = self.parent.decoder.as_cell(), self.parent.attention
+        assert inner is not None and attention is not None  # EncoderDecoder.__init__ and condition checked both
+        cell = AttentionCell(inner, attention, self.memory)
         cell.train(self.training)
         return cell
 

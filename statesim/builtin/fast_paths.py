@@ -89,7 +89,7 @@ class ScanPath:
 
         def run(inputs: Tensor, state: State, lengths: Tensor | None) -> Result:
             outputs, final, states = run_linear(form, inputs, state[part], lengths, want)
-            return outputs, {part: final}, ({part: states} if want else None)
+            return outputs, {part: final}, ({part: states} if states is not None else None)  # None iff not want
 
         return run, "linear time-invariant cell: blocked scan with the adjoint scan as its gradient"
 
@@ -136,7 +136,7 @@ class CompiledPath:
         key = (stepper.hoisted, lengths is not None, want)
         fn = cache.get(key)
         fresh = fn is None
-        if fresh:
+        if fn is None:
             fn = cache[key] = torch.compile(partial(time_loop, want_states=want))
         xs = stepper.project(inputs)
         full = steps - steps % chunk

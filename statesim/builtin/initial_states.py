@@ -23,7 +23,8 @@ class Zeros(InitialState):
     Params = ZerosParams
     deterministic = True
 
-    def forward(self, batch_size: int, *, device, dtype, context: InitialContext | None = None) -> State:
+    def forward(self, batch_size: int, *, device: torch.device | str, dtype: torch.dtype,
+                context: InitialContext | None = None) -> State:
         return {name: torch.zeros((batch_size, *shape), device=device, dtype=dtype)
                 for name, shape in self.state_spec.items()}
 
@@ -40,12 +41,14 @@ class Random(InitialState):
 
     Params = RandomParams
 
-    def __init__(self, state_spec, distribution: str = "normal", scale: float = 0.1, seed: int | None = None) -> None:
+    def __init__(self, state_spec: dict[str, tuple[int, ...]], distribution: str = "normal", scale: float = 0.1,
+                 seed: int | None = None) -> None:
         super().__init__(state_spec)
         self.distribution, self.scale = distribution, scale
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def forward(self, batch_size: int, *, device, dtype, context: InitialContext | None = None) -> State:
+    def forward(self, batch_size: int, *, device: torch.device | str, dtype: torch.dtype,
+                context: InitialContext | None = None) -> State:
         state = {}
         for name, shape in self.state_spec.items():
             size = (batch_size, *shape)
@@ -67,12 +70,13 @@ class Learned(InitialState):
     Params = LearnedParams
     deterministic = True
 
-    def __init__(self, state_spec) -> None:
+    def __init__(self, state_spec: dict[str, tuple[int, ...]]) -> None:
         super().__init__(state_spec)
         self.values = nn.ParameterDict({name.replace(".", "__"): nn.Parameter(torch.zeros(shape))
                                         for name, shape in self.state_spec.items()})
 
-    def forward(self, batch_size: int, *, device, dtype, context: InitialContext | None = None) -> State:
+    def forward(self, batch_size: int, *, device: torch.device | str, dtype: torch.dtype,
+                context: InitialContext | None = None) -> State:
         return {name: self.values[name.replace(".", "__")].to(device, dtype).expand(batch_size, *shape)
                 for name, shape in self.state_spec.items()}
 

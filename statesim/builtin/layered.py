@@ -12,7 +12,7 @@ pass (step 0 is each sequence's own last element).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, Field
@@ -27,10 +27,11 @@ from statesim.model import CellFactory, PluginParams, Topology
 from statesim.registry import Registration
 
 Merge = Literal["concat", "sum", "mean"]
+V = TypeVar("V")
 
 
 # --------------------------------------------------------------------------- helpers
-def prefixed(prefix: str, state: State) -> State:
+def prefixed(prefix: str, state: dict[str, V]) -> dict[str, V]:
     """``{part: v}`` -> ``{prefix.part: v}``."""
     return {f"{prefix}.{name}": value for name, value in state.items()}
 
@@ -131,6 +132,7 @@ class Bidirectional(Topology):
         outputs = merge_outputs(ahead.outputs, reverse_padded(back.outputs, lengths), self.merge)
         states = None
         if return_states:
+            assert ahead.states is not None and back.states is not None  # unroll returns them when asked
             states = {**prefixed("fwd", ahead.states),
                       **prefixed("bwd", {k: reverse_padded(v, lengths) for k, v in back.states.items()})}
         final = {**prefixed("fwd", ahead.final_state), **prefixed("bwd", back.final_state)}
@@ -138,11 +140,23 @@ class Bidirectional(Topology):
 
 
 # --------------------------------------------------------------------------- stacked
+def _layer(module: nn.Module) -> Cell | Topology:
+    # nn.ModuleList types its items as nn.Module; a stack's layers are cells or (bidirectional) topologies.
+    assert isinstance(module, (Cell, Topology))
+    return module
+
+
+def _cell_layer(module: nn.Module) -> Cell:
+    # A StackCell's layers are cells: Stacked.as_cell declines a bidirectional first layer.
+    assert isinstance(module, Cell)
+    return module
+
+
 def layers_state_spec(layers: nn.ModuleList) -> dict[str, tuple[int, ...]]:
     """Every layer's state parts, named ``layer{i}.{part}`` (shared by the stack and its steppable cell)."""
     spec: dict[str, tuple[int, ...]] = {}
     for i, layer in enumerate(layers):
-        spec.update(prefixed(f"layer{i}", layer.state_spec))
+        spec.update(prefixed(f"layer{i}", _layer(layer).state_spec))
     return spec
 
 
@@ -154,7 +168,7 @@ class StackCell(Cell):
     """
 
     def __init__(self, layers: nn.ModuleList, residual_from: int | None, dropout: float) -> None:
-        super().__init__(layers[0].input_size)
+        super().__init__(_cell_layer(layers[0]).input_size)
         self.layers, self.residual_from, self.dropout = layers, residual_from, dropout
 
     @property
@@ -163,7 +177,7 @@ class StackCell(Cell):
 
     @property
     def output_size(self) -> int:
-        return self.layers[-1].output_size
+        return _layer(self.layers[-1]).output_size
 
     @property
     def output_part(self) -> str | None:  # type: ignore[override]
@@ -190,10 +204,11 @@ class StackCell(Cell):
         """The layers' NumPy kernels chained (None when a layer has none, or dropout is active)."""
         if self.training and self.dropout:
             return None
-        kernels = [layer.numpy_step() for layer in self.layers]
-        if any(kernel is None for kernel in kernels):
+        found = [_cell_layer(layer).numpy_step() for layer in self.layers]
+        kernels = [kernel for kernel in found if kernel is not None]
+        if len(kernels) != len(found):
             return None
-        parts = [[(f"layer{i}.{p}", p) for p in layer.state_spec] for i, layer in enumerate(self.layers)]
+        parts = [[(f"layer{i}.{p}", p) for p in _cell_layer(layer).state_spec] for i, layer in enumerate(self.layers)]
         residual_from = self.residual_from
 
         def step(x, state):
@@ -254,7 +269,7 @@ class Stacked(Topology):
 
     @property
     def output_size(self) -> int:
-        return self.layers[-1].output_size
+        return _layer(self.layers[-1]).output_size
 
     def forward(self, inputs: Tensor, state: State, *, lengths: Tensor | None = None,
                 forcing: Forcing | None = None, return_states: bool = False, t0: int = 0) -> Trajectory:
@@ -262,7 +277,8 @@ class Stacked(Topology):
         x = inputs
         final: State = {}
         states: dict[str, Tensor] = {}
-        for i, layer in enumerate(self.layers):
+        for i, module in enumerate(self.layers):
+            layer = _layer(module)
             if i > 0 and self.dropout:
                 x = nn.functional.dropout(x, self.dropout, self.training)
             routed = route_forcing(forcing, f"layer{i}", with_inputs=i == 0)

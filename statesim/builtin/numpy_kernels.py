@@ -10,7 +10,7 @@ dominates. Two tricks keep the call count down without changing the numbers beyo
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Sequence, overload
 
 import numpy as np
 from torch import Tensor
@@ -18,6 +18,14 @@ from torch import Tensor
 from statesim.cell import NumpyStep
 
 Array = np.ndarray
+
+
+@overload
+def to_numpy(tensor: Tensor) -> Array: ...
+@overload
+def to_numpy(tensor: None) -> None: ...
+@overload
+def to_numpy(tensor: Tensor | None) -> Array | None: ...
 
 
 def to_numpy(tensor: Tensor | None) -> Array | None:

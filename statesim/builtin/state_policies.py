@@ -44,8 +44,8 @@ class Warmup(InitialState):
 
     Params = WarmupParams
 
-    def __init__(self, state_spec, steps: int = 10, start: str = "zeros", scale: float = 0.1,
-                 prefix: str = "given", noise_scale: float = 1.0, grad: bool = True) -> None:
+    def __init__(self, state_spec: dict[str, tuple[int, ...]], steps: int = 10, start: str = "zeros",
+                 scale: float = 0.1, prefix: str = "given", noise_scale: float = 1.0, grad: bool = True) -> None:
         super().__init__(state_spec)
         self.steps, self.start, self.scale = steps, start, scale
         self.prefix, self.noise_scale, self.grad = prefix, noise_scale, grad
@@ -60,7 +60,9 @@ class Warmup(InitialState):
         """No random start and no noise prefix: the same prefix always reaches the same state."""
         return self.start == "zeros" and self.prefix != "noise"
 
-    def _prefix(self, batch_size: int, device, dtype, context: InitialContext) -> Tensor:
+    def _prefix(self, batch_size: int, device: torch.device | str, dtype: torch.dtype,
+                context: InitialContext) -> Tensor:
+        assert context.topology is not None  # forward checked it
         width = context.topology.input_size
         if self.prefix == "given":
             if context.prefix is None:
@@ -76,7 +78,8 @@ class Warmup(InitialState):
             return torch.zeros(self.steps, batch_size, width, device=device, dtype=dtype)
         return torch.randn(self.steps, batch_size, width, device=device, dtype=dtype) * self.noise_scale
 
-    def forward(self, batch_size: int, *, device, dtype, context: InitialContext | None = None) -> State:
+    def forward(self, batch_size: int, *, device: torch.device | str, dtype: torch.dtype,
+                context: InitialContext | None = None) -> State:
         if context is None or context.topology is None:
             raise ShapeError("initial_state 'warmup' runs the model's topology and needs it in the InitialContext "
                              "(SequenceModel.initial passes it).")
@@ -106,8 +109,8 @@ class Encoded(InitialState):
     deterministic = True  # a function of the encoding
     needs = frozenset({"encoding"})
 
-    def __init__(self, state_spec, encoded_size: int | None = None, activation: str = "tanh",
-                 normalize: bool = True) -> None:
+    def __init__(self, state_spec: dict[str, tuple[int, ...]], encoded_size: int | None = None,
+                 activation: str = "tanh", normalize: bool = True) -> None:
         super().__init__(state_spec)
         self.units = state_size(self.state_spec)
         self.encoded_size, self.activation = encoded_size, activation
@@ -119,7 +122,8 @@ class Encoded(InitialState):
         """Size of the encoding this policy expects (what the encoder must produce)."""
         return self.encoded_size or self.units
 
-    def forward(self, batch_size: int, *, device, dtype, context: InitialContext | None = None) -> State:
+    def forward(self, batch_size: int, *, device: torch.device | str, dtype: torch.dtype,
+                context: InitialContext | None = None) -> State:
         encoded = None if context is None else context.encoded
         if encoded is None:
             raise ShapeError("initial_state 'encoded' needs an encoding (model(inputs, encoded=...), or an "

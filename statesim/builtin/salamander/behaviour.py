@@ -12,6 +12,7 @@ from statesim.builtin.salamander.cpg import SalamanderCPG
 from statesim.cell import State
 from statesim.engine import unroll
 from statesim.errors import StatesimError
+from statesim.forcing import Forcing
 
 
 @dataclass
@@ -90,7 +91,7 @@ def canonical_state(cpg: SalamanderCPG, batch_size: int, *, phases: str, gen: to
 
 @torch.no_grad()
 def simulate(cpg: SalamanderCPG, drives: Tensor, state: State | None = None, *, phases: str = "canonical",
-             gen: torch.Generator | None = None, forcing=None) -> Tensor:
+             gen: torch.Generator | None = None, forcing: Forcing | None = None) -> Tensor:
     """CPG outputs ``[T, B, O]`` for drives ``[T, B, 2]`` (in float64 for accuracy, returned as float32).
 
     The integration runs on a float64 copy, so the caller's CPG keeps its dtype and values.

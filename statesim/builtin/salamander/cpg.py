@@ -18,9 +18,10 @@ dynamical system run by the same engine that trains RNNs.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import Tensor
 
 from statesim.cell import Cell, CellParams, State
@@ -128,8 +129,13 @@ class SalamanderCPG(Cell):
     """Ijspeert et al. (2007) salamander CPG: 2 x ``segments`` body and 4 limb phase oscillators, RK4."""
 
     Params = SalamanderCPGParams
+    # Buffers registered in __init__ (register_buffer), declared so they read back as tensors.
+    W: Tensor
+    Phi: Tensor
+    left: Tensor
+    is_limb: Tensor
 
-    def __init__(self, input_size: int = 2, **params: object) -> None:
+    def __init__(self, input_size: int = 2, **params: Any) -> None:
         super().__init__(input_size)
         if self.input_size != 2:
             from statesim.errors import ShapeError
@@ -146,7 +152,7 @@ class SalamanderCPG(Cell):
         self.register_buffer("is_limb", torch.tensor([0.0] * (2 * n) + [1.0] * 4))
 
     @classmethod
-    def from_params(cls, input_size: int, params: SalamanderCPGParams) -> "SalamanderCPG":
+    def from_params(cls, input_size: int, params: BaseModel) -> "SalamanderCPG":
         return cls(input_size, **params.model_dump())
 
     @property

@@ -32,7 +32,7 @@ def metric(value: Any, target: str, passed: bool) -> dict[str, Any]:
 def condition_runs(rig: Rig, levels: list[float], turns: list[tuple[float, float]], seed_offset: int
                    ) -> tuple[list[tuple[float, float]], torch.Tensor, torch.Tensor]:
     """The conditions (constant levels, then turning pairs), their drives ``[T, C, 2]`` and the CPG's outputs."""
-    pairs = [(d, d) for d in levels] + [tuple(t) for t in turns]
+    pairs = [(d, d) for d in levels] + [(float(left), float(right)) for left, right in turns]
     length = steps(rig.params.eval_seconds, rig.dt)
     drives = torch.tensor(pairs, dtype=torch.float32).unsqueeze(0).expand(length, -1, -1).contiguous()
     return pairs, drives, rig.cpg_run(drives, seed_offset)

@@ -214,6 +214,7 @@ def _figure_lines(figures: dict[str, str], keys: tuple[str, ...]) -> list[str]:
 def _target_lines(ctx: RunContext, results: dict[str, Any]) -> list[str]:
     ev = results["evaluation"]
     data = results["data"]
+    assert ctx.config.model is not None, "the salamander scenario trains the run's model"
     longer = f" and {data['long_windows']} of {data['long_window_steps']}" if data.get("long_windows") else ""
     lines = ["# Salamander locomotion: a learned RNN model of the spinal CPG", "",
              f"Model: `{ctx.config.model.cell.type}` cell; trained on {data['train_windows']} windows of "

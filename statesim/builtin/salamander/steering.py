@@ -213,8 +213,8 @@ def best_set_sizes(clamps: NeuronClamps, target: dict[str, torch.Tensor], ranked
         if min(up["amplitude"], held["amplitude"], down["amplitude"]) > 0.5 * free["amplitude"]:
             key = "frequency" if what == "speed" else "offset"
             score[what][k] = min(up[key] - held[key], held[key] - down[key])  # the smaller of the two moves
-    chosen = {what: ranked[what][:max(score[what], key=score[what].get)] if score[what] else ranked[what][:1]
-              for what in score}
+    chosen = {what: ranked[what][:max(score[what], key=lambda k: score[what][k])] if score[what]
+              else ranked[what][:1] for what in score}
     return chosen, score
 
 

@@ -152,6 +152,7 @@ class Captioning(Scenario[CaptioningParams]):
                                 encoder={"type": "cnn", "channels": p.channels, "features": p.features})
         trained = ctx.train(model, DataSplits(train, val, test), loss_fn=cross_entropy_loss)
         model.eval()
+        assert test.lengths is not None and test.condition is not None  # make_dataset sets both
         max_len = int(test.lengths.max()) + 3
         results: dict[str, Any] = {"data": {"train": p.train_images, "test": p.test_images, "vocab": len(vocab)},
                                    "parameters": sum(x.numel() for x in model.parameters()),

@@ -114,6 +114,7 @@ def read_corpus(c: CorpusConfig) -> list[tuple[str, str]]:
             source, target = line.split("\t")[:2]
             pairs.append((source.strip(), target.strip()))
     else:
+        assert c.source is not None and c.target is not None  # CorpusConfig._one_source: both without a tsv
         sources, targets = read(c.source), read(c.target)
         if len(sources) != len(targets):
             raise StatesimError(f"translation corpus: {c.source} has {len(sources)} lines but {c.target} has "
@@ -145,6 +146,8 @@ def translate(model: SequenceModel, data: SequenceData, tgt_vocab: Vocab, tgt_to
     out: list[str] = []
     for start in range(0, len(data), chunk):
         batch = data.select(slice(start, start + chunk)).to(device)
+        if batch.condition is None:
+            raise StatesimError("translate: the data has no source sentences (SequenceData.condition is None).")
         ids = generate(model, batch.condition, batch.condition_lengths, beam_size=beam_size, max_len=max_len,
                        length_penalty=length_penalty)
         out += [detokenize(tgt_vocab.decode(row), tgt_tok) for row in ids]
@@ -185,14 +188,15 @@ class Translation(Scenario[TranslationParams]):
             test, val, train = pairs[:n_test], pairs[n_test:n_test + n_val], pairs[n_test + n_val:]
         src_vocab = Vocab.from_sequences(tokenize(s, src_tok) for s, _ in train)
         tgt_vocab = Vocab.from_sequences(tokenize(t, tgt_tok) for _, t in train)
+        test_data = make_data(test, src_vocab, tgt_vocab, src_tok, tgt_tok)
         splits = DataSplits(make_data(train, src_vocab, tgt_vocab, src_tok, tgt_tok),
-                            make_data(val, src_vocab, tgt_vocab, src_tok, tgt_tok) if val else None,
-                            make_data(test, src_vocab, tgt_vocab, src_tok, tgt_tok))
+                            make_data(val, src_vocab, tgt_vocab, src_tok, tgt_tok) if val else None, test_data)
         model = build_translator(ctx, len(src_vocab), len(tgt_vocab), p.embed_size)
         sampling = (lambda step: scheduled_ratio(p, step)) if p.sampling_start or p.sampling_end else None
         trained = ctx.train(model, splits, loss_fn=cross_entropy_loss, sampling=sampling)
         references = [t for _, t in test]
-        max_len = p.max_decode_length or int(splits.test.lengths.max()) + 5
+        assert test_data.lengths is not None  # token_pairs records the target lengths
+        max_len = p.max_decode_length or int(test_data.lengths.max()) + 5
         results: dict[str, Any] = {
             "data": {"source": "corpus" if p.corpus else "generated German number words", "train": len(train),
                      "val": len(val), "test": len(test), "source_vocab": len(src_vocab),
@@ -202,7 +206,7 @@ class Translation(Scenario[TranslationParams]):
         decoded = {}
         for name, beam in (("greedy", 1), (f"beam{p.beam_size}", p.beam_size)):
             started = time.perf_counter()
-            hyps = translate(model, splits.test, tgt_vocab, tgt_tok, beam_size=beam, max_len=max_len,
+            hyps = translate(model, test_data, tgt_vocab, tgt_tok, beam_size=beam, max_len=max_len,
                              length_penalty=p.length_penalty, device=ctx.device)
             decoded[name] = hyps
             results[name] = {"exact_match": exact_match(hyps, references),

@@ -70,7 +70,7 @@ class LeakyCell(Cell):
 
     def project_inputs(self, inputs: Tensor) -> Tensor:
         # W_ih x + b for the whole sequence in one matrix product, outside the engine's time loop.
-        bias = None if self.bias_ih is None else self.bias_ih + self.bias_hh
+        bias = None if self.bias_ih is None or self.bias_hh is None else self.bias_ih + self.bias_hh
         return F.linear(inputs, self.weight_ih, bias)
 
     def transition(self, projected_x: Tensor, state: State) -> tuple[Tensor, State]:

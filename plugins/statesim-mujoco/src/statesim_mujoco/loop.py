@@ -59,7 +59,8 @@ def _record(swimmer: Swimmer, log: dict[str, list], targets: np.ndarray) -> None
 
 def _episode(log: dict[str, list], dt: float, drives: np.ndarray, warmup: int = 0,
              states: dict[str, list] | None = None) -> Episode:
-    return Episode(dt, *(np.stack(log[k]) for k in ("com", "joints", "targets", "qpos")), drives=drives,
+    com, joints, targets, qpos = (np.stack(log[k]) for k in ("com", "joints", "targets", "qpos"))
+    return Episode(dt, com, joints, targets, qpos, drives=drives,
                    warmup=warmup, states={k: np.stack(v) for k, v in (states or {}).items()})
 
 
@@ -127,7 +128,8 @@ def rnn_open_loop(rnn: RNNController, cpg: CPGController, drives: np.ndarray, se
     rnn.reset(batch)
     cpg.sim.release()
     cpg.reset(drives[0], seed)
-    outputs, kept = [], {}
+    outputs: list[np.ndarray] = []
+    kept: dict[str, list[np.ndarray]] = {}
     for t in range(steps):
         _apply(rnn.sim, forces, t)
         y = rnn.step(drives[t], cpg.step(drives[t])) if t < warmup else rnn.step(drives[t])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -24,6 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from statesim import RunContext, Scenario, ScenarioParams
 
 from statesim_mujoco.swimmer import SwimmerParams
+
+if TYPE_CHECKING:
+    from statesim_mujoco.loop import Episode
 
 Pair = tuple[float, float]
 
@@ -215,7 +218,8 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         swimmer = Swimmer(p.swimmer, dt, len(pairs))
         speed_rows: list[dict[str, Any]] = [{"drive": d, "per_seed": []} for d in p.drives]
         turn_rows: list[dict[str, Any]] = [{"d_L": a, "d_R": b, "per_seed": []} for a, b in p.turn_pairs]
-        errors, amplitudes, episodes = [], [], {}
+        errors, amplitudes = [], []
+        episodes: dict[str, Episode] = {}
         for seed in p.seeds:
             ctx.echo(f"salamander_swim: CPG drives the swimmer ({len(pairs)} conditions, seed {seed})")
             ep = run_cpg(cpg, swimmer, constant(pairs, steps), seed)
@@ -392,7 +396,7 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
                   "turn_units": ((mean + a / 2, mean - a / 2), (mean - a / 2, mean + a / 2))}
         base = self._open_loop(rnn, cpg, [])[0]
         for purpose, (order, best, scored) in ranked.items():
-            trials = []
+            trials: list[dict[str, Any]] = []
             for count in p.neuron_counts:
                 units = [int(u) for u in order[:count]]
                 plus, minus = probes[purpose]
@@ -454,13 +458,15 @@ class SalamanderSwim(Scenario[SalamanderSwimParams]):
         seconds = max(c.stop_s for c in commands) + 2.0
         steps, warmup = int(round(seconds / dt)), int(round(p.warmup_seconds / dt))
         tick = lambda s: int(round(s / dt))  # noqa: E731
-        forces, picked = [], None
+        forces = []
+        picked: dict[str, Any] | None = None
         if which == "neurons":
             picked = self.pick_units(ctx, rnn, cpg)
         for c in commands:
             if c.kind == "input":
                 forces.append(Force(tick(c.start_s), tick(c.stop_s), "input", [0, 1], list(c.drives)))
             else:
+                assert picked is not None  # Params: only neuron_commands (which == "neurons") are not kind: input
                 units = picked["chosen"][c.kind]["units"]
                 for part, (idx, vals) in picked["value_at"](c.drives, units).items():
                     forces.append(Force(tick(c.start_s), tick(c.stop_s), part, idx, vals))
