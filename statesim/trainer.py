@@ -253,16 +253,21 @@ class Trainer:
     def _length_epoch(self, lengths: Tensor, size: int) -> Tensor:
         """One epoch's order for ``batching: by_length``: whole batches of equal-length sequences, shuffled.
 
-        Each length's sequences are shuffled and cut into full batches (the remainder waits for a later epoch,
-        drawn afresh), and the batches are shuffled, so consecutive slices of ``size`` are the batches and the
-        epoch is a plain index order that checkpoints and resumes like a random one."""
-        batches = []
+        Each length's sequences are shuffled and cut into full batches; what is left over of every length is
+        pooled into mixed (padded) batches, so no sequence waits longer than in random batching. The batches are
+        shuffled and concatenated, so consecutive slices of ``size`` are the batches and the epoch is a plain
+        index order that checkpoints and resumes like a random one."""
+        batches, rest = [], []
         for length in torch.unique(lengths):
             members = torch.nonzero(lengths == length).flatten()
             members = members[torch.randperm(len(members), generator=self.order)]
-            batches += list(members[:len(members) // size * size].split(size))
-        if not batches:  # every length has fewer sequences than a batch: mixed batches after all
-            return torch.randperm(len(lengths), generator=self.order)
+            whole = len(members) // size * size
+            batches += [members[start:start + size] for start in range(0, whole, size)]
+            rest.append(members[whole:])
+        pooled = torch.cat(rest)
+        if len(pooled) >= size:  # (no draw otherwise: the order of a set without leftovers stays as it was)
+            pooled = pooled[torch.randperm(len(pooled), generator=self.order)]
+            batches += [pooled[start:start + size] for start in range(0, len(pooled) // size * size, size)]
         order = torch.randperm(len(batches), generator=self.order)
         return torch.cat([batches[i] for i in order])
 

@@ -147,3 +147,30 @@ def test_frequency_from_one_whole_period_when_asked():
     s = np.sin(2 * math.pi * f * t - 2.0)
     assert signals.frequency(s, dt) == 0.0  # the default asks for three crossings
     assert signals.frequency(s, dt, min_crossings=2) == pytest.approx(f, abs=2e-3)
+
+
+def test_long_windows_are_the_same_trajectories_as_the_short_ones_with_one_warm_up():
+    """long_window_seconds cuts 20 s windows from the very trajectories the 5 s windows come from: each long window
+    starts like the short window at the same offset (same drives, observations, warm-up), only its first 50 steps
+    carry observations, and the short ones are zero-padded with lengths so a batch of them runs 250 steps."""
+    from statesim.builtin.salamander.cpg import SalamanderCPG
+    from statesim.builtin.salamander.data import make_data
+    from statesim.builtin.salamander.params import SalamanderParams
+
+    p = SalamanderParams(train_trajectories=3, val_trajectories=1, test_trajectories=1, trajectory_seconds=(20, 26),
+                         long_window_seconds=20.0, mirror=False)
+    cpg = SalamanderCPG(2, **p.cpg.model_dump())
+    splits, extra = make_data(p, cpg, seed=0)
+    train, info = splits.train, extra["info"]
+    assert info["long_windows"] == 3 and info["long_window_steps"] == 1000 and info["window_steps"] == 250
+    assert train.trim and len(train) == info["train_windows"] + 3
+    assert train.lengths.tolist() == [250] * info["train_windows"] + [1000] * 3
+    assert torch.equal(train.inputs[250:, :info["train_windows"]], torch.zeros_like(train.inputs[250:, :-3]))
+    for b in range(3):
+        long_x, long_y = train.inputs[:, -3 + b], train.targets[:, -3 + b]
+        starts = [i for i in range(info["train_windows"]) if torch.equal(train.targets[:250, i], long_y[:250])]
+        assert len(starts) == 1, b  # exactly one short window is the long window's first 5 s
+        assert torch.equal(train.inputs[:250, starts[0]], long_x[:250])
+        assert bool(long_x[50:, 2:].eq(0).all()) and bool(long_x[:50, -1].eq(1).all())  # one warm-up only
+    with pytest.raises(ValueError, match="long_window_seconds must be longer than window_seconds"):
+        SalamanderParams(long_window_seconds=5.0)

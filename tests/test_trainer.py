@@ -225,6 +225,9 @@ def test_by_length_batching_keeps_each_batch_to_one_length_and_every_update_to_k
     assert sorted(members.tolist()) == list(range(10))
     for chunk in trainer.epoch_perm.split(2):  # each batch is one length
         assert len(set(data.lengths[chunk].tolist())) == 1
+    # the leftovers of each length (1 short, 4 long at batch 5) make a mixed batch: every sequence is seen
+    few = _trainer(_vanilla_model(), steps=1, batch_size=5, batching="by_length")
+    assert len(few._next_batch(data)) == 5 and sorted(few.epoch_perm.tolist()) == list(range(10))
     trainer.epoch_perm = None
     trainer.fit(DataSplits(data))
     assert trainer.step == 14 and len(seen_steps) == 14 and set(seen_steps) == {4}

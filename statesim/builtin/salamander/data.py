@@ -91,6 +91,8 @@ def make_data(p: SalamanderParams, cpg: SalamanderCPG, seed: int) -> tuple[DataS
                 d, y = drives[start:start + size, b:b + 1], observed[start:start + size, b:b + 1]
                 xs.append(model_inputs(d, y, warmup))
                 ys.append(y)
+        if not xs:  # every trajectory is shorter than the window (only long windows can be)
+            return SequenceData(torch.zeros(size, 0, N_DRIVES + observed.shape[-1] + 1), observed[:size, :0])
         return SequenceData(torch.cat(xs, 1), torch.cat(ys, 1))
 
     drives, observed, lengths = trajectories(p.train_trajectories, recipe)
@@ -105,7 +107,8 @@ def make_data(p: SalamanderParams, cpg: SalamanderCPG, seed: int) -> tuple[DataS
         long = windows(drives, observed, lengths, size, steps(p.long_window_stride_seconds or
                                                                p.long_window_seconds, dt))
         long_count = len(long)
-        train = pad_together(train, long)
+        if long_count:
+            train = pad_together(train, long)
     val = windows(*trajectories(p.val_trajectories, recipe)) if p.val_trajectories else None
     test_drives, test_observed, _ = trajectories(p.test_trajectories, test_recipe)
     info = {"train_windows": len(train) - long_count, "long_windows": long_count, "long_window_steps": size,

@@ -45,7 +45,8 @@ class SalamanderParams(ScenarioParams):
         None, gt=0, description="also cut windows this long (one warm-up, then the model runs on the drives "
                                 "alone), so training sees the autonomous run well past window_seconds; meant for "
                                 "truncated BPTT with k1 = the short window's steps and batching: by_length, "
-                                "which keep every update's cost; null: short windows only")
+                                "which keep every update's cost; a trajectory shorter than this gives none; "
+                                "null: short windows only")
     long_window_stride_seconds: float | None = Field(None, gt=0, description="stride between long windows, s "
                                                      "(default: long_window_seconds, no overlap)")
     eval_levels: list[float] = Field(
@@ -88,8 +89,6 @@ class SalamanderParams(ScenarioParams):
             raise ValueError("warmup_seconds must be shorter than window_seconds")
         if self.long_window_seconds is not None and self.long_window_seconds <= self.window_seconds:
             raise ValueError("long_window_seconds must be longer than window_seconds")
-        if self.long_window_seconds is not None and self.trajectory_seconds[0] < self.long_window_seconds:
-            raise ValueError("trajectory_seconds must be at least long_window_seconds")
         if self.trajectory_seconds[0] < self.window_seconds:
             raise ValueError("trajectory_seconds must be at least window_seconds")
         if self.measure_seconds * 2 > self.eval_seconds:
