@@ -92,7 +92,8 @@ def make_data(p: SalamanderParams, cpg: SalamanderCPG, seed: int) -> tuple[DataS
                 xs.append(model_inputs(d, y, warmup))
                 ys.append(y)
         if not xs:  # every trajectory is shorter than the window (only long windows can be)
-            return SequenceData(torch.zeros(size, 0, N_DRIVES + observed.shape[-1] + 1), observed[:size, :0])
+            outputs = observed.shape[-1]
+            return SequenceData(torch.zeros(size, 0, N_DRIVES + outputs + 1), torch.zeros(size, 0, outputs))
         return SequenceData(torch.cat(xs, 1), torch.cat(ys, 1))
 
     drives, observed, lengths = trajectories(p.train_trajectories, recipe)
