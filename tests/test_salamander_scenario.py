@@ -48,7 +48,8 @@ def test_params_reject_a_warmup_longer_than_the_window():
 
 
 TINY = ["training.steps=20", "scenario.train_trajectories=3", "scenario.val_trajectories=1",
-        "scenario.test_trajectories=1", "scenario.trajectory_seconds=[6, 8]", "scenario.eval_seconds=30",
+        "scenario.test_trajectories=1", "scenario.trajectory_seconds=[6, 8]", "scenario.long_window_seconds=6",
+        "scenario.eval_seconds=30",
         "scenario.measure_seconds=8", "scenario.ablation_seconds=3", "scenario.steer_seconds=12",
         "model.cell.hidden_size=4", "scenario.eval_levels=[0.5, 2.5, 2.9, 3.1, 4.0, 5.5]",
         "scenario.turn_conditions=[[4.5, 3.5]]", "scenario.ablation_drives=[4.0]",
@@ -206,7 +207,12 @@ def test_shortened_recipe_learns_chooses_its_weights_and_reports_every_target(tm
     results = json.loads((run_dir / "results.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [row["val_loss"] for row in rows if "val_loss" in row]
-    assert len(val) == 4 and val[-1] < 0.8 * val[0], val  # at 250 and at 1000 updates: 0.36 -> 0.24, 0.37 -> 0.19
+    # One thread (conftest): validation at 250 .. 1000 updates 0.43 0.49 0.42 0.40 (seed 0), 0.45 0.42 0.36 0.29
+    # (seed 1); the long windows' later chunks make the early validation loss noisier than with 5 s windows only.
+    assert len(val) == 4 and val[-1] == min(val) and val[-1] < 0.95 * val[0], val
+    train = [row["loss"] for row in rows if "loss" in row and "val_loss" not in row]
+    # training loss, first vs last 5 logged updates (every 20th): 0.70 -> 0.36 and 0.71 -> 0.28
+    assert sum(train[-5:]) < 0.6 * sum(train[:5]), train
     targets = results["evaluation"]["targets"]
     assert set(targets) == set(results["targets_met"]) and len(targets) == 7
     assert all(isinstance(t["pass"], bool) and "value" in t and t["target"] for t in targets.values())
