@@ -67,6 +67,8 @@ class CellContractTests:
     policy_params: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Steps of the embed and export checks, and their tolerance (float32, as hosts run them).
     long_steps: ClassVar[int] = 200
+    #: Run the ONNX export check (slow: seconds per export); off where another test already exports the cell.
+    check_onnx: ClassVar[bool] = True
     long_atol: ClassVar[float] = 1e-4
 
     # ------------------------------------------------------------------ fixtures
@@ -436,6 +438,8 @@ class CellContractTests:
     @pytest.mark.slow  # seconds per export (torch.onnx); the fast lane runs the embed check over as many steps
     def test_onnx_export_equals_engine(self, registry: Registry, tmp_path: Any) -> None:
         """The ONNX export, run by onnxruntime for :attr:`long_steps` steps, gives the engine's numbers."""
+        if not self.check_onnx:
+            pytest.skip("check_onnx = False: the ONNX export of this cell is tested elsewhere")
         pytest.importorskip("onnxscript", reason="the statesim[export] extra is not installed")
         pytest.importorskip("onnxruntime", reason="the statesim[export] extra is not installed")
         from statesim.export import ExportedStep, export_model
