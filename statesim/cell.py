@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from statesim.errors import ShapeError
 
 if TYPE_CHECKING:  # fastpath imports this module
-    from statesim.fastpath import FusedForm, LinearForm
+    from statesim.fastpath.forms import FusedForm, LinearForm
 
 #: A state is a named collection of tensors, each ``[B, *part_shape]``.
 #:

@@ -151,7 +151,7 @@ class ModelConfig(Strict):
     @field_validator("fast_path")
     @classmethod
     def _known_path(cls, value: str) -> str:
-        from statesim.fastpath import known_modes
+        from statesim.fastpath.policies import known_modes
 
         if value not in known_modes():
             raise ValueError(f"unknown fast path '{value}'; choose one of {', '.join(known_modes())}")

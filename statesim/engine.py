@@ -19,9 +19,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from statesim import fastpath
 from statesim.cell import Cell, State
 from statesim.errors import ShapeError
+from statesim.fastpath import policies, resolution
 from statesim.forcing import Forcing
 
 #: One step of a cell: ``(x_t, state) -> (y_t, new_state)`` (``Cell.forward`` or ``Cell.transition``).
@@ -143,7 +143,7 @@ class Stepper:
         #: The step the loop runs on (projected) inputs: ``transition`` for cells that hoist, else ``forward``.
         self.transition: StepFn = cell.transition if self.hoisted else cell.forward
         self._forward: StepFn = cell.forward
-        self._resolved: fastpath.Resolved | None = None
+        self._resolved: resolution.Resolved | None = None
         self._checked_batch = -1
         self._strict = strict_mode()
 
@@ -225,11 +225,11 @@ class Stepper:
             mask = lengths_to_mask(lengths, steps)
         resolved = self._resolved
         if resolved is None:
-            resolved = self._resolved = fastpath.resolve(self)
+            resolved = self._resolved = resolution.resolve(self)
         fast, why = resolved.run(inputs, state, lengths)
         if fast is not None:
             return Trajectory(*fast)
-        fastpath.record(cell, "generic", why)
+        policies.record(cell, "generic", why)
         outputs, final, states = time_loop(self.transition, self.project(inputs), state, mask, read=self._read,
                                            t0=t0, want_states=self.return_states, on_step=self.on_step,
                                            check=cell.check_step_result, check_every=self._strict)

@@ -41,7 +41,7 @@ PLUGIN_API_ATTRIBUTE = "STATESIM_PLUGIN_API"
 
 if TYPE_CHECKING:
     from statesim.cell import Cell
-    from statesim.fastpath import FastPath
+    from statesim.fastpath.forms import FastPath
     from statesim.model import Encoder, InitialState, Topology
     from statesim.scenario import Scenario
     from statesim.sweep import Executor

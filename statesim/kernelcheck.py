@@ -19,7 +19,7 @@ from torch import Tensor
 from statesim.cell import Cell, NumpyStep, State, device_and_dtype
 
 if TYPE_CHECKING:
-    from statesim.fastpath import FusedForm, LinearForm
+    from statesim.fastpath.forms import FusedForm, LinearForm
 
 #: Steps and batch of the check: enough for a dropped term to show, cheap next to any real sequence.
 CHECK_STEPS, CHECK_BATCH = 5, 3
@@ -106,7 +106,7 @@ def numpy_step_mismatch(cell: Cell, kernel: NumpyStep) -> str | None:
 
 def fused_form_mismatch(cell: Cell, form: "FusedForm") -> str | None:
     """None when the fused kernel equals the cell's step, else what differs."""
-    from statesim.fastpath import fused_sequence
+    from statesim.fastpath.fused import fused_sequence
 
     def run(inputs: Tensor, state: State) -> tuple[Tensor, State]:
         outputs, finals = fused_sequence([[form]], inputs, [[state]])
@@ -117,7 +117,7 @@ def fused_form_mismatch(cell: Cell, form: "FusedForm") -> str | None:
 
 def linear_form_mismatch(cell: Cell, form: "LinearForm") -> str | None:
     """None when the linear form's scan equals the cell's step, else what differs."""
-    from statesim.fastpath import run_linear
+    from statesim.fastpath.scan import run_linear
 
     def run(inputs: Tensor, state: State) -> tuple[Tensor, State]:
         outputs, final, _ = run_linear(form, inputs, state[form.state_part], None, False)

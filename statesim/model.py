@@ -22,10 +22,10 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from statesim import fastpath
 from statesim.cell import Cell, State, device_and_dtype
 from statesim.engine import Trajectory, lengths_to_mask
 from statesim.errors import NotSteppableError, StatesimError
+from statesim.fastpath import policies
 from statesim.forcing import Forcing
 from statesim.config import components
 from statesim.registry import Registry, provenance
@@ -445,7 +445,7 @@ class SequenceModel(nn.Module):
             traj = self._sampled(inputs, state, lengths, memory, sampling, t0)
             return traj if return_states else Trajectory(traj.outputs, traj.final_state, None)
         decisions = self.__dict__.setdefault("engine_decisions", {})  # which path ran, and why (for the run log)
-        with fastpath.scope(self.fast_path, self.compile_steps, decisions):
+        with policies.scope(self.fast_path, self.compile_steps, decisions):
             traj = self.topology.condition(memory)(self.read_in(inputs), state, lengths=lengths, forcing=forcing,
                                                    return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)

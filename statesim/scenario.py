@@ -187,7 +187,8 @@ class RunContext:
 
     def report_engine(self, model: SequenceModel, job: str, training: TrainingConfig) -> None:
         """Log which engine path each cell of ``model`` took, and why; kept for results.json and run.json."""
-        from statesim.fastpath import plan, summarize
+        from statesim.fastpath.policies import summarize
+        from statesim.fastpath.resolution import plan
 
         bptt = training.bptt
         per_step = bptt.mode == "truncated" and (bptt.k2 or 0) > (bptt.k1 or 0)  # k2 > k1 keeps every state

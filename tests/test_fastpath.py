@@ -264,7 +264,7 @@ def test_generic_loop_backward_does_not_index_the_whole_sequence_per_step():
 @pytest.mark.slow
 def test_compiled_loop_matches_the_generic_loop_and_reports_its_compile_time(monkeypatch):
     """Two compiled chunks of 2 steps and an eager tail of 1, with ragged lengths and every state returned."""
-    monkeypatch.setattr(fastpath, "COMPILE_CHUNK", 2)
+    monkeypatch.setattr(fastpath.policies, "COMPILE_CHUNK", 2)  # read where it is defined
     cell = PlainLSTM(2, 3).to(DOUBLE)
     inputs = torch.randn(5, 3, 2, dtype=DOUBLE, requires_grad=True)
     lengths = torch.tensor([5, 2, 3])
@@ -321,7 +321,7 @@ def test_a_deep_copy_of_a_compiled_cell_runs_its_own_step_and_weights(monkeypatc
     its own."""
     import copy
 
-    monkeypatch.setattr(fastpath, "COMPILE_CHUNK", 2)
+    monkeypatch.setattr(fastpath.policies, "COMPILE_CHUNK", 2)  # read where it is defined
     cell = PlainLSTM(2, 3).to(DOUBLE)
     inputs = torch.randn(4, 2, 2, dtype=DOUBLE)
     with fastpath.policy("compiled"):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from statesim.builtin import numpy_kernels
 from statesim.cell import Cell, CellParams, NumpyStep, State
 from statesim.errors import ShapeError
-from statesim.fastpath import FusedForm, LinearForm
+from statesim.fastpath.forms import FusedForm, LinearForm
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 

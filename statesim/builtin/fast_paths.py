@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor
 
-from statesim import fastpath
-from statesim.fastpath import (FUSED_KERNELS, Decline, FastPath, FusedForm, Prepared, Request, Result, State,
-                               fused_incompatibility, fused_sequence, run_linear)
+from statesim.fastpath import policies
+from statesim.fastpath.forms import Decline, FastPath, FusedForm, Prepared, Request, Result, State
+from statesim.fastpath.fused import FUSED_KERNELS, fused_incompatibility, fused_sequence
+from statesim.fastpath.scan import _mask, run_linear
 from statesim.hookimpl import hookimpl
 from statesim.kernelcheck import FormVerdicts, fused_form_mismatch, linear_form_mismatch
 
@@ -64,7 +65,7 @@ class FusedPath:
         if return_states:  # the one part is the output; a finished sequence keeps its last state
             part = form.state_parts[0]
             states = {part: outputs if lengths is None else torch.where(
-                fastpath._mask(lengths, inputs.shape[0]).unsqueeze(-1), outputs, final[part].unsqueeze(0))}
+                _mask(lengths, inputs.shape[0]).unsqueeze(-1), outputs, final[part].unsqueeze(0))}
         return outputs, final, states
 
 
@@ -112,10 +113,10 @@ class CompiledPath:
         self._seconds: "weakref.WeakKeyDictionary[Cell, float]" = weakref.WeakKeyDictionary()
 
     def prepare(self, stepper: "Stepper", request: Request) -> "Prepared | str":
-        pol = fastpath.current_policy()
+        pol = policies.current_policy()
         if pol.mode == "auto" and not pol.compile:
             return "model.compile is off"
-        chunk = fastpath.COMPILE_CHUNK
+        chunk = policies.COMPILE_CHUNK
         return (partial(self.run, stepper, demanded=pol.mode != "auto"),
                 f"torch.compile of the cell's step loop, {chunk} steps per compiled call")
 
@@ -128,7 +129,7 @@ class CompiledPath:
             demanded: bool) -> Result:
         from statesim.engine import lengths_to_mask, time_loop
 
-        chunk, steps = fastpath.COMPILE_CHUNK, inputs.shape[0]
+        chunk, steps = policies.COMPILE_CHUNK, inputs.shape[0]
         if not demanded and steps < chunk:
             raise Decline(f"fewer than {chunk} steps (one compiled chunk)")
         cell, want = stepper.cell, stepper.return_states
