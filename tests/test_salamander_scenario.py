@@ -219,8 +219,15 @@ def test_shortened_recipe_learns_chooses_its_weights_and_reports_every_target(tm
     assert "frequency_vs_drive" in (run_dir / "report.md").read_text()
     choice = results["weights_choice"]
     assert set(choice["candidates"]) == {"raw@1000", "average@1000"} and choice["chosen"] in choice["candidates"]
-    _, info = latest_good_checkpoint(run_dir / "checkpoints" / "main")
+    tree, info = latest_good_checkpoint(run_dir / "checkpoints" / "main")
     assert info.step == 1000
+    # the final checkpoint holds the chosen candidate with its readout scaled by the calibration's gains
+    calibration = results["amplitude_calibration"]
+    assert calibration["applied"] is True and 0.5 < calibration["body_gain"] < 2 and 0.5 < calibration["limb_gain"] < 2
+    gain = torch.tensor([calibration["body_gain"]] * 8 + [calibration["limb_gain"]] * 4)
+    kept = tree["scenario"]["candidates"]["weights"][choice["chosen"]]
+    torch.testing.assert_close(tree["model"]["head.weight"], gain[:, None] * kept["head.weight"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(tree["model"]["topology.cell.weight_hh"], kept["topology.cell.weight_hh"])
 
 
 def test_candidates_keep_an_exponential_average_and_snapshot_at_the_given_steps():
@@ -247,3 +254,47 @@ def test_candidates_keep_an_exponential_average_and_snapshot_at_the_given_steps(
     assert set(candidates.weights) == {"raw@2", "average@2", "raw@3", "average@3"}
     assert candidates.trainer is trainer
     assert set(Candidates(model, None, {3}).weights) == set()  # no average: raw snapshots only
+
+
+def test_amplitude_calibration_scales_the_readout_about_its_resting_output(monkeypatch):
+    """Body and limb gains are the minimax ones of the measured ratios (2 / (min + max), moving drives only),
+    and afterwards the model outputs g (y - centre) + centre, centre the resting output of the constant drives."""
+    import statesim
+    from statesim.builtin.salamander import calibration
+    from statesim.builtin.salamander.cpg import SalamanderCPG
+    from statesim.builtin.salamander.params import SalamanderParams
+    from statesim.builtin.salamander.rollout import Rig
+    from statesim.config import validate_model
+
+    registry = statesim.build_plugin_host(autoload=False).registry
+    cpg = SalamanderCPG(2)
+    model = statesim.build_model(registry, validate_model({"cell": {"type": "lstm", "hidden_size": 5}}, registry),
+                                 input_size=15, output_size=cpg.output_size)
+    rig = Rig(SalamanderParams(validation_levels=[0.8, 2.0, 4.25], validation_turns=[(4.3, 3.7)]), cpg, model, 50, 0)
+
+    def gait(amplitude: float, limbs: float) -> dict:
+        return {"amplitude": amplitude, "limb_amplitude": limbs}
+
+    # 0.8 is still (excluded), 2.0 walks (body 0.9x, limbs 1.2x), 4.25 swims (body 0.8x, limbs still: excluded);
+    # the turning row must not count
+    rows = [{"d_L": 0.8, "rnn": gait(0.0, 0.0), "cpg": gait(0.0, 0.0)},
+            {"d_L": 2.0, "rnn": gait(0.45, 0.3), "cpg": gait(0.5, 0.25)},
+            {"d_L": 4.25, "rnn": gait(0.4, 0.0), "cpg": gait(0.5, 0.0)},
+            {"d_L": 4.3, "rnn": gait(0.1, 0.0), "cpg": gait(0.5, 0.0)}]
+    learned = torch.randn(10, 4, cpg.output_size)
+    monkeypatch.setattr(calibration, "condition_runs", lambda *args: (None, None, None))
+    monkeypatch.setattr(calibration, "condition_rows", lambda *args: (rows, learned, None, slice(5, 10)))
+    x = torch.randn(30, 3, 15)
+    with torch.no_grad():
+        before = model(x, return_states=True)
+    found = calibration.calibrate_amplitude(rig)
+    assert found["applied"] and found["body_gain"] == pytest.approx(2 / 1.7, abs=1e-5)
+    assert found["limb_gain"] == pytest.approx(1 / 1.2, abs=1e-5)
+    assert set(found["validation_amplitude_ratios"]["body"]) == {"2.0", "4.25"}
+    gain = torch.tensor([2 / 1.7] * 8 + [1 / 1.2] * 4)
+    centre = learned[5:10, :3].mean(dim=(0, 1))
+    with torch.no_grad():
+        after = model(x, return_states=True)
+    torch.testing.assert_close(after.outputs, gain * (before.outputs - centre) + centre, atol=1e-5, rtol=1e-5)
+    for part, states in before.states.items():  # the readout is not fed back: the dynamics are unchanged
+        torch.testing.assert_close(after.states[part], states, atol=0, rtol=0)

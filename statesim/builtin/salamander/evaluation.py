@@ -156,8 +156,9 @@ def relative_errors(p: SalamanderParams, targets: dict[str, dict[str, Any]]) -> 
 def choose_weights(ctx: RunContext, rig: Rig, candidates: Candidates) -> dict[str, Any]:
     """Keep the candidate weights that meet the most targets on the validation drives (never the eval levels).
 
-    Ties go to the smaller sum of errors relative to their tolerances. The chosen weights are loaded into
-    the model and written as the job's final checkpoint, so every later reader of the run sees them.
+    Ties go to the smaller sum of squared errors relative to their tolerances (each capped at 10). The chosen
+    weights are loaded into the model; the scenario writes them as the job's final checkpoint, so every later
+    reader of the run sees them.
     """
     p, model = rig.params, rig.model
     if not candidates.weights:  # a resumed run that had finished training: its checkpoint holds the choice
@@ -169,13 +170,11 @@ def choose_weights(ctx: RunContext, rig: Rig, candidates: Candidates) -> dict[st
         rows = condition_rows(rig, pairs, drives, truth)[0]
         targets = judge_targets(p, rig.cpg, rows, len(p.validation_levels))
         errors = relative_errors(p, targets)
-        scores[name] = {"met": sum(t["pass"] for t in targets.values()),
-                        "error_sum": rounded(sum(min(e, 10.0) for e in errors.values())),
+        squared = sum(min(e, 10.0) ** 2 for e in errors.values())
+        scores[name] = {"met": sum(t["pass"] for t in targets.values()), "squared_error_sum": rounded(squared),
                         "relative_errors": {k: rounded(v, 3) for k, v in errors.items()}}
-    chosen = min(scores, key=lambda k: (-scores[k]["met"], scores[k]["error_sum"]))
+    chosen = min(scores, key=lambda k: (-scores[k]["met"], scores[k]["squared_error_sum"]))
     model.load_state_dict(candidates.weights[chosen])
-    if candidates.trainer is not None:
-        candidates.trainer.save()  # the chosen weights become the job's final checkpoint
     ctx.echo(f"salamander: kept weights {chosen} ({scores[chosen]['met']}/{len(errors)} targets met on the "
              f"validation drives; {len(scores)} candidates)")
     return {"chosen": chosen, "validation_levels": p.validation_levels,
@@ -183,7 +182,7 @@ def choose_weights(ctx: RunContext, rig: Rig, candidates: Candidates) -> dict[st
             "method": f"raw and averaged (EMA, decay {p.average_decay}) weights every {p.choose_every} updates "
                       f"from {p.choose_from:.0%} of training on; each run autonomously at the validation "
                       f"drives for {p.eval_seconds:g} s and judged by the seven targets; most met wins, ties "
-                      f"to the smallest sum of errors relative to their tolerances"}
+                      f"to the smallest sum of squared errors relative to their tolerances"}
 
 
 def test_error(ctx: RunContext, rig: Rig, test: tuple[torch.Tensor, torch.Tensor], figures: dict[str, str]
