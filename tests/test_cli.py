@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -152,9 +153,16 @@ def _check_run_folder(run: Path, overrides: list[str], scenario: Path, jobs: set
     for job in jobs:
         mine = [r for r in records if r["job"] == job]
         assert [r["step"] for r in mine] == list(range(10, steps + 1, 10))
+        schedule, training = config.training.schedule, config.training
+        assert schedule.type == "cosine"
         for record in mine:
             assert {"step", "loss", "grad_norm", "lr"} <= set(record)
-            assert record["loss"] >= 0 and record["grad_norm"] >= 0 and record["lr"] > 0
+            # the logged lr is the one the step's update used: cosine annealing after step - 1 scheduler steps
+            expected = schedule.min_lr + (training.lr - schedule.min_lr) * (
+                1 + math.cos(math.pi * (record["step"] - 1) / steps)) / 2
+            assert record["lr"] == pytest.approx(expected, rel=1e-9), record
+            assert math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"]) and record["grad_norm"] > 0
+        assert mine[-1]["loss"] < mine[0]["loss"], mine
 
     for job in jobs:
         sidecars = sorted((run / "checkpoints" / job).glob("*.json"))
