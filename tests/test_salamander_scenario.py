@@ -282,12 +282,11 @@ def test_amplitude_calibration_scales_the_readout_about_its_resting_output(monke
             {"d_L": 4.25, "rnn": gait(0.4, 0.0), "cpg": gait(0.5, 0.0)},
             {"d_L": 4.3, "rnn": gait(0.1, 0.0), "cpg": gait(0.5, 0.0)}]
     learned = torch.randn(10, 4, cpg.output_size)
-    monkeypatch.setattr(calibration, "condition_runs", lambda *args: (None, None, None))
     monkeypatch.setattr(calibration, "condition_rows", lambda *args: (rows, learned, None, slice(5, 10)))
     x = torch.randn(30, 3, 15)
     with torch.no_grad():
         before = model(x, return_states=True)
-    found = calibration.calibrate_amplitude(rig)
+    found = calibration.calibrate_amplitude(rig, ([], torch.empty(0), torch.empty(0)))
     assert found["applied"] and found["body_gain"] == pytest.approx(2 / 1.7, abs=1e-5)
     assert found["limb_gain"] == pytest.approx(1 / 1.2, abs=1e-5)
     assert set(found["validation_amplitude_ratios"]["body"]) == {"2.0", "4.25"}

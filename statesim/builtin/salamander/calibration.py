@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from statesim.builtin.salamander.cpg import gait_borders
-from statesim.builtin.salamander.evaluation import condition_rows, condition_runs, rounded
+from statesim.builtin.salamander.evaluation import Runs, condition_rows, rounded
 from statesim.builtin.salamander.rollout import Rig
 
 
@@ -35,14 +35,13 @@ def minimax_gain(ratios: list[float]) -> float:
 
 
 @torch.no_grad()
-def calibrate_amplitude(rig: Rig) -> dict[str, Any]:
-    """Scale the model's readout so its oscillation's size matches the CPG's on the validation drives."""
+def calibrate_amplitude(rig: Rig, validation: Runs) -> dict[str, Any]:
+    """Scale the model's readout so its oscillation's size matches the CPG's on the validation runs."""
     p, model, n = rig.params, rig.model, rig.segments
     head = model.head
     if not isinstance(head, nn.Linear):
         return {"applied": False, "note": f"the model's head is {type(head).__name__}, not a linear readout"}
-    pairs, drives, truth = condition_runs(rig, p.validation_levels, p.validation_turns, 6)
-    rows, learned, _, late = condition_rows(rig, pairs, drives, truth)
+    rows, learned, _, late = condition_rows(rig, *validation)
     levels = len(p.validation_levels)
     start, _, stop = gait_borders(rig.cpg.p)
     moving = [r for r in rows[:levels] if start <= r["d_L"] <= stop and r["rnn"]["amplitude"] > p.still_threshold]
@@ -51,12 +50,11 @@ def calibrate_amplitude(rig: Rig) -> dict[str, Any]:
              if min(r["rnn"]["limb_amplitude"], r["cpg"]["limb_amplitude"]) > 1e-3}
     body_gain, limb_gain = minimax_gain(list(body.values())), minimax_gain(list(limbs.values()))
     # the resting output (mean over the constant-drive runs' measure windows) stays where it is
-    centre = learned[late, :levels].mean(dim=(0, 1)).to(head.bias.dtype if head.bias is not None else torch.float32)
-    gain = torch.tensor([body_gain] * n + [limb_gain] * (head.out_features - n), dtype=head.weight.dtype,
-                        device=head.weight.device)
+    centre = learned[late, :levels].mean(dim=(0, 1)).to(head.weight)
+    gain = torch.tensor([body_gain] * n + [limb_gain] * (head.out_features - n)).to(head.weight)
     head.weight.mul_(gain[:, None])
     if head.bias is not None:
-        head.bias.copy_(gain * head.bias + (1 - gain) * centre.to(head.bias.device))
+        head.bias.copy_(gain * head.bias + (1 - gain) * centre)
     return {"applied": True, "body_gain": rounded(body_gain, 5), "limb_gain": rounded(limb_gain, 5),
             "validation_amplitude_ratios": {"body": {str(k): rounded(v) for k, v in body.items()},
                                             "limbs": {str(k): rounded(v) for k, v in limbs.items()}},

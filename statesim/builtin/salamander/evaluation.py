@@ -153,7 +153,15 @@ def relative_errors(p: SalamanderParams, targets: dict[str, dict[str, Any]]) -> 
             "amplitude_drift": ratio(targets["amplitude_drift"]["value"], p.targets_drift)}
 
 
-def choose_weights(ctx: RunContext, rig: Rig, candidates: Candidates) -> dict[str, Any]:
+Runs = tuple[list[tuple[float, float]], torch.Tensor, torch.Tensor]  # what condition_runs returns
+
+
+def validation_runs(rig: Rig) -> Runs:
+    """The validation conditions, their drives and the CPG's outputs: simulated once, for the choice and calibration."""
+    return condition_runs(rig, rig.params.validation_levels, rig.params.validation_turns, 6)
+
+
+def choose_weights(ctx: RunContext, rig: Rig, candidates: Candidates, validation: Runs) -> dict[str, Any]:
     """Keep the candidate weights that meet the most targets on the validation drives (never the eval levels).
 
     Ties go to the smaller sum of squared errors relative to their tolerances (each capped at 10). The chosen
@@ -161,9 +169,7 @@ def choose_weights(ctx: RunContext, rig: Rig, candidates: Candidates) -> dict[st
     reader of the run sees them.
     """
     p, model = rig.params, rig.model
-    if not candidates.weights:  # a resumed run that had finished training: its checkpoint holds the choice
-        return {"chosen": "checkpoint", "note": "resumed after training; the checkpoint holds the chosen weights"}
-    pairs, drives, truth = condition_runs(rig, p.validation_levels, p.validation_turns, 6)
+    pairs, drives, truth = validation
     scores: dict[str, dict[str, Any]] = {}
     for name, weights in candidates.weights.items():
         model.load_state_dict(weights)

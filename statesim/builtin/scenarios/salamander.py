@@ -25,7 +25,8 @@ from statesim.builtin.salamander.calibration import calibrate_amplitude
 from statesim.builtin.salamander.candidates import Candidates
 from statesim.builtin.salamander.cpg import SalamanderCPG
 from statesim.builtin.salamander.data import make_data, model_inputs, offset_weighted_loss
-from statesim.builtin.salamander.evaluation import choose_weights, evaluate, judge_targets, rounded, test_error
+from statesim.builtin.salamander.evaluation import (choose_weights, evaluate, judge_targets, rounded, test_error,
+                                                    validation_runs)
 from statesim.builtin.salamander.params import N_DRIVES, SalamanderParams
 from statesim.builtin.salamander.report import SHIPPED_SPREAD, plot_evaluation, write_report
 from statesim.builtin.salamander.rollout import Rig
@@ -66,12 +67,16 @@ class Salamander(Scenario[SalamanderParams]):
         rig = Rig(p, cpg, model, warmup, ctx.config.seed)
         results: dict[str, Any] = {"model_inputs": self.input_layout(cpg, warmup), "data": extra["info"],
                                    "final_loss": rounded(train.final_loss, 6),
-                                   "best_val_loss": rounded(train.best_val_loss, 6),
-                                   "weights_choice": choose_weights(ctx, rig, candidates)}
-        if not candidates.weights:  # see choose_weights: the checkpoint already holds the calibrated weights
+                                   "best_val_loss": rounded(train.best_val_loss, 6)}
+        if not candidates.weights:  # a run resumed after training had finished: its checkpoint holds the
+            # chosen and calibrated weights
+            results["weights_choice"] = {"chosen": "checkpoint",
+                                         "note": "resumed after training; the checkpoint holds the chosen weights"}
             results["amplitude_calibration"] = {"applied": "checkpoint", "note": "resumed after training"}
         else:
-            results["amplitude_calibration"] = (calibrate_amplitude(rig) if p.calibrate_amplitude
+            validation = validation_runs(rig)
+            results["weights_choice"] = choose_weights(ctx, rig, candidates, validation)
+            results["amplitude_calibration"] = (calibrate_amplitude(rig, validation) if p.calibrate_amplitude
                                                 else {"applied": False, "note": "calibrate_amplitude: false"})
             if candidates.trainer is not None:
                 candidates.trainer.save()  # the kept (and calibrated) weights become the job's final checkpoint
