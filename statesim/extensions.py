@@ -26,16 +26,21 @@ _MANAGER: pluggy.PluginManager | None = None
 
 def _load_entry_points(manager: pluggy.PluginManager) -> None:
     from statesim.plugin_manager import AUTOLOAD_ENV, BLOCK_ENV, ENTRY_POINT_GROUP
+    from statesim.pluginwatch import GAVE_UP, ImportTimedOut, watch_import
 
     if os.environ.get(AUTOLOAD_ENV, "").strip().lower() in {"1", "true", "yes"}:
         return
     blocked = {name.strip() for name in os.environ.get(BLOCK_ENV, "").split(",") if name.strip()}
     for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if entry_point.name in blocked or manager.has_plugin(entry_point.name):
+        if entry_point.name in blocked or entry_point.name in GAVE_UP or manager.has_plugin(entry_point.name):
             continue
         try:
-            manager.register(entry_point.load(), name=entry_point.name)
-        except (Exception, SystemExit):  # reported by the run's plugin host, which loads the same plugin
+            with watch_import(f"plugin '{entry_point.name}'", f"skip it with {BLOCK_ENV}={entry_point.name}."):
+                plugin = entry_point.load()
+            manager.register(plugin, name=entry_point.name)
+        except (Exception, SystemExit) as exc:  # reported by the run's plugin host, which loads the same plugin
+            if isinstance(exc, ImportTimedOut):
+                GAVE_UP.add(entry_point.name)
             continue
 
 

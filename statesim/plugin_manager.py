@@ -25,7 +25,7 @@ import pluggy
 from statesim import hookspecs
 from statesim.errors import PluginError
 from statesim.kinds import KINDS, Kind
-from statesim.pluginwatch import watch_import
+from statesim.pluginwatch import GAVE_UP, ImportTimedOut, watch_import
 from statesim.registry import NameClashError, Provided, Registration, Registry
 
 ENTRY_POINT_GROUP = "statesim"
@@ -208,6 +208,8 @@ def _load_entry_points(manager: pluggy.PluginManager, blocked: set[str], problem
                                      f"{entry_point.name})."):
                 plugin = entry_point.load()
         except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down
+            if isinstance(exc, ImportTimedOut):
+                GAVE_UP.add(entry_point.name)
             problem(info, f"failed to import: {type(exc).__name__}: {exc}", f"Fix or uninstall it, or s{skip[1:]}")
             continue
         try:

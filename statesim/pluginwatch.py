@@ -23,6 +23,11 @@ class ImportTimedOut(Exception):
     """The watchdog interrupted a plugin's import."""
 
 
+#: Entry points whose import the watchdog gave up on in this process. They are not imported again (the
+#: process-wide runtime manager loads the same plugins): a second try would hang for as long again.
+GAVE_UP: set[str] = set()
+
+
 def _seconds(name: str, default: float) -> float:
     try:
         return max(float(os.environ.get(name, default)), 0.0)

@@ -155,9 +155,13 @@ def preserved_global_rng() -> Iterator[None]:
 
 def prepare(config_file: str | Path, overrides: Sequence[str] = (), *, host: PluginHost | None = None
             ) -> tuple[RunConfig, PluginHost]:
-    """Load plugins and validate a scenario file with its overrides."""
+    """Load plugins and validate a scenario file with its overrides, down to each model's first forward."""
+    from statesim.probing import check_first_forward
+
     host = host or build_plugin_host()
-    return load_config(config_file, host.registry, list(overrides)), host
+    config = load_config(config_file, host.registry, list(overrides))
+    check_first_forward(config, host, str(config_file))
+    return config, host
 
 
 def execute(config_file: str | Path, overrides: Sequence[str] = (), *, out: str | Path | None = None,

@@ -277,3 +277,32 @@ class Scenario(Generic[P]):
     def diagnostic_batch(self, job: str, size: int, seed: int) -> "tuple[SequenceData, LossFn] | None":
         """A batch of this scenario's data for ``job`` and its loss, for `statesim diagnose` (None: not offered)."""
         return None
+
+    def probes(self, config: RunConfig) -> "list[Probe] | None":
+        """The models this scenario trains, each with a tiny batch shaped like its data, so that validation builds
+        them and runs one forward (`statesim validate`: what validates, runs). None: not offered (validation then
+        checks the keys only)."""
+        return None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One model a scenario trains, as validation checks it: how it is built, and two short sequences shaped
+    like the scenario's data (zeros will do; only the shapes and what travels with them matter).
+
+    ``key`` is where the model's settings live in the YAML (``model``, ``scenario.models.window``), for the
+    error. ``build`` makes the model exactly as ``run`` does (``ctx.build_model(...)``), so the forcing
+    clamps, the sizes and the encoder are the real ones.
+    """
+
+    key: str
+    build: Callable[[RunContext], SequenceModel]
+    batch: SequenceData
+
+
+def sized_probe(config: ModelConfig | None, input_size: int, output_size: int | None, *, key: str = "model",
+                steps: int = 3) -> Probe:
+    """A probe of a plain model: ``[steps, 2, input_size]`` zeros in, ``output_size`` outputs."""
+    inputs = torch.zeros(steps, 2, input_size)
+    targets = torch.zeros(steps, 2, output_size or 1)
+    return Probe(key, lambda ctx: ctx.build_model(config, input_size, output_size), SequenceData(inputs, targets))

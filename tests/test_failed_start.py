@@ -6,17 +6,38 @@ from pathlib import Path
 
 import pytest
 
-from statesim.config import load_config
 from statesim.errors import StatesimError
-from statesim.plugin_manager import build_plugin_host
-from statesim.run import _clear_untrained, execute
+from statesim.run import _clear_untrained, execute, prepare
 
-# A forcing target the built model does not have: only the built model knows its state parts, so this one
-# passes validation and fails when the run checks its forcing, before any training.
+# A forcing target the built model does not have: only the built model knows its state parts, so validation
+# finds it by building the model and running its first forward.
 BAD = ["forcing=[{target: zz, units: [0], start: 0, stop: 5, value: 1.0}]", "output.progress=false"]
 
 
-def test_a_run_failing_its_first_forward_removes_its_new_folder_and_can_be_rerun(tmp_path):
+@pytest.fixture
+def unprobed(monkeypatch):
+    """Validation without its first forward, as for a plugin scenario that offers no probes: the failure then
+    comes when the run builds its model, after the run folder was made."""
+    import statesim.probing
+
+    monkeypatch.setattr(statesim.probing, "check_first_forward", lambda config, host, file: None)
+
+
+def test_validation_builds_the_model_and_refuses_what_would_fail_at_once(tmp_path, capsys):
+    """`statesim validate` said `valid` for a forcing target the model does not have; it now builds the model
+    and names the key, and a run of it fails before it makes its folder."""
+    from statesim.cli import main
+
+    assert main(["validate", "scenarios/linear_system.yaml", "--set", BAD[0]]) == 2
+    assert ("scenarios/linear_system.yaml: `forcing.0.target`: 'zz' is not 'input' or a state part of the model; "
+            "valid targets: input, h.") in capsys.readouterr().err
+    out = tmp_path / "run"
+    with pytest.raises(StatesimError, match="'zz' is not 'input' or a state part of the model"):
+        execute("scenarios/linear_system.yaml", BAD, out=out, echo=lambda m: None)
+    assert not out.exists()
+
+
+def test_a_run_failing_its_first_forward_removes_its_new_folder_and_can_be_rerun(tmp_path, unprobed):
     out = tmp_path / "run"
     notes = []
     for _ in range(2):  # the second attempt meets the same error, not the folder the first one left
@@ -27,7 +48,7 @@ def test_a_run_failing_its_first_forward_removes_its_new_folder_and_can_be_rerun
                      f"used again"] * 2
 
 
-def test_an_existing_empty_out_folder_is_emptied_but_kept(tmp_path):
+def test_an_existing_empty_out_folder_is_emptied_but_kept(tmp_path, unprobed):
     out = tmp_path / "mine"
     out.mkdir()
     with pytest.raises(StatesimError):
@@ -115,7 +136,7 @@ def test_what_validates_runs_for_every_topology_and_policy(tmp_path, scenario):
                 combo = [f"model.initial_state.type={policy}"]  # keep the shipped encoder and decoder
             overrides = [*TINY[scenario], *combo]
             try:
-                load_config(ROOT / "scenarios" / f"{scenario}.yaml", build_plugin_host().registry, overrides)
+                prepare(ROOT / "scenarios" / f"{scenario}.yaml", overrides)  # what `statesim validate` runs
                 valid = True
             except ConfigError:
                 valid = False

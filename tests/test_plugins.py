@@ -165,6 +165,21 @@ def test_fake_distribution_cell_is_listed_and_usable_from_yaml(site, tmp_path, c
     assert f"{scenario}, line 3: `model.cell.gian`: unknown key 'gian'. Did you mean 'gain'?" in done.stderr
 
 
+def test_a_plugin_cell_returning_a_wrong_state_is_refused_by_validate_not_by_the_run(site, tmp_path):
+    """Validation builds the model and runs its first forward, so a cell whose step returns a state part of the
+    wrong width is named by `statesim validate` (key, cell, part, expected and got), before any run folder."""
+    wrong_width = '{"n": (state["n"] + 1).repeat(1, 2)}'
+    broken = GOOD_CELL.replace("{name}", "gain").replace('{"n": state["n"] + 1}', wrong_width)
+    _write_dist(site, "acme-cells", "2.0.1", {"acme": "acme_cells"}, {"acme_cells": broken})
+    scenario = tmp_path / "gain.yaml"
+    scenario.write_text("scenario: {type: linear_system, input_size: 2}\nmodel:\n  cell: {type: gain}\n")
+    done = _cli(["validate", str(scenario)], site)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert (f"{scenario}: `model`: this model fails its first forward on the scenario's shapes (inputs [3, 2, 2]): "
+            f"ShapeError:") in done.stderr
+    assert "GainCell" in done.stderr and "'n'" in done.stderr, done.stderr
+
+
 def test_a_plugin_written_for_another_plugin_api_loads_with_a_warning_naming_both_versions(site, capsys):
     """STATESIM_PLUGIN_API = 2 against statesim's 1: a warning with both versions and the fix, the cell still
     usable, and no warning for a plugin that declares the current version or none."""

@@ -99,6 +99,17 @@ def token_pairs(condition: Tensor, condition_lengths: Tensor | None, target: Ten
     return SequenceData(decoder_inputs(target), target, target_lengths, condition, condition_lengths, trim=True)
 
 
+#: A vocabulary size for validation's first forward: the specials and a few words (the real size comes from the data).
+PROBE_VOCAB = len(SPECIALS) + 4
+
+
+def probe_pairs(condition: Tensor, condition_lengths: Tensor | None) -> SequenceData:
+    """Two short captions or translations of ``condition`` (two sequences on dim 1), as validation runs them."""
+    first = len(SPECIALS)
+    target = torch.tensor([[first, first + 1], [first + 1, EOS], [EOS, PAD]])
+    return token_pairs(condition, condition_lengths, target, torch.tensor([3, 2]))
+
+
 # --------------------------------------------------------------------------- decoding
 Embed = Callable[[Tensor], Tensor]
 Head = Callable[[Tensor], Tensor]

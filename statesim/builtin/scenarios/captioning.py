@@ -20,13 +20,14 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from statesim.builtin.seq2seq import (Vocab, corpus_bleu, exact_match, generate, pad_ids, require_sacrebleu,
-                                      token_pairs)
+from statesim.builtin.seq2seq import (PROBE_VOCAB, Vocab, corpus_bleu, exact_match, generate, pad_ids,
+                                      probe_pairs, require_sacrebleu, token_pairs)
+from statesim.config import RunConfig
 from statesim.data import DataSplits, SequenceData, cross_entropy_loss
 from statesim.hookimpl import hookimpl
-from statesim.model import Encoder, EncoderParams, Memory
+from statesim.model import Encoder, EncoderParams, Memory, SequenceModel
 from statesim.registry import Registration
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams
 
 COLOURS = {"red": (1.0, 0.15, 0.15), "green": (0.15, 0.9, 0.2), "blue": (0.2, 0.35, 1.0), "yellow": (1.0, 0.9, 0.1)}
 SHAPES = ("circle", "square", "triangle")
@@ -139,6 +140,18 @@ class Captioning(Scenario[CaptioningParams]):
     needs = frozenset({"stepping"})  # captions are decoded one word at a time (greedy and beam search)
     supplies = frozenset({"encoding"})  # the model is built with the image's CNN encoder (no source sequence)
 
+    def build(self, ctx: RunContext, vocab: int) -> SequenceModel:
+        """The captioner: reads caption words, conditioned on the image (the encoded policy's unset
+        ``encoded_size`` is the CNN's feature size)."""
+        p = self.params
+        return ctx.build_model(None, p.embed_size, vocab, input_vocab=vocab,
+                               encoder={"type": "cnn", "channels": p.channels, "features": p.features})
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """The captioner on two blank images ``[1, 2, 3, 32, 32]`` and two short captions."""
+        images = torch.zeros(1, 2, 3, 32, 32)
+        return [Probe("model", lambda ctx: self.build(ctx, PROBE_VOCAB), probe_pairs(images, None))]
+
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_sacrebleu("captioning")  # before training, not after it
         p = self.params
@@ -146,10 +159,7 @@ class Captioning(Scenario[CaptioningParams]):
         train, _, vocab = make_dataset(p.train_images, seed)
         val = make_dataset(p.val_images, seed + 1, vocab)[0] if p.val_images else None
         test, test_texts, _ = make_dataset(p.test_images, seed + 2, vocab)
-        # The model reads caption words and is conditioned on the image; the encoded policy's unset
-        # encoded_size is the CNN's feature size.
-        model = ctx.build_model(None, p.embed_size, len(vocab), input_vocab=len(vocab),
-                                encoder={"type": "cnn", "channels": p.channels, "features": p.features})
+        model = self.build(ctx, len(vocab))
         trained = ctx.train(model, DataSplits(train, val, test), loss_fn=cross_entropy_loss)
         model.eval()
         assert test.lengths is not None and test.condition is not None  # make_dataset sets both

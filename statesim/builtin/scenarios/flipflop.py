@@ -17,10 +17,11 @@ from pydantic import Field
 
 from statesim.analysis import FixedPointOptions, find_fixed_points, sample_starts
 from statesim.analysis.report import plot_eigenvalues, plot_fixed_points
+from statesim.config import RunConfig
 from statesim.data import DataSplits, SequenceData, mse_loss
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams, sized_probe
 
 
 class FlipFlopParams(ScenarioParams):
@@ -64,6 +65,10 @@ class FlipFlop(Scenario[FlipFlopParams]):
         """Held-out sequences and the MSE loss (for `statesim diagnose` and `statesim analyze --inputs-from-data`)."""
         p = self.params.model_copy(update={"test_sequences": size})
         return flipflop_data(p, size, torch.Generator().manual_seed(seed + 1)), mse_loss
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """The run's model: one input and one output per bit."""
+        return [sized_probe(None, self.params.bits, self.params.bits)]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         p = self.params

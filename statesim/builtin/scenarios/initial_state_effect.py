@@ -10,17 +10,17 @@ rest; plots/initial_state_effect.png shows the error at every step.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from pydantic import Field
 
-from statesim.config import InitialStateSpec
+from statesim.config import InitialStateSpec, RunConfig
 from statesim.data import DataSplits, SequenceData
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 from statesim.safepath import PathName
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams
 
 
 def default_policies() -> dict[str, Any]:
@@ -78,6 +78,17 @@ class InitialStateEffect(Scenario[InitialStateEffectParams]):
 
     Params = InitialStateEffectParams
     supplies = frozenset({"prefix"})  # every sequence comes with the steps before it (for a warm-up)
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """The run's model once per policy, on windows that come with their prefix (as the data's do)."""
+        p = self.params
+        batch = SequenceData(torch.zeros(3, 2, 1), torch.zeros(3, 2, 1), prefix=torch.zeros(p.prefix_steps, 2, 1))
+
+        def builder(spec: InitialStateSpec) -> Callable[[RunContext], Any]:
+            model = config.model.model_copy(update={"initial_state": spec}) if config.model is not None else None
+            return lambda ctx: ctx.build_model(model, 1, 1)
+
+        return [Probe(f"scenario.policies.{label}", builder(spec), batch) for label, spec in p.policies.items()]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         p = self.params

@@ -13,11 +13,12 @@ import torch
 from pydantic import Field
 
 from statesim.builtin.cells import LinearCell
+from statesim.config import RunConfig
 from statesim.data import DataSplits, SequenceData
 from statesim.engine import unroll
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams, sized_probe
 
 
 class LinearSystemParams(ScenarioParams):
@@ -69,6 +70,10 @@ class LinearSystem(Scenario[LinearSystemParams]):
     """Fit the run's ``model`` (a linear cell) to data from a random stable system."""
 
     Params = LinearSystemParams
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """The run's model, on the system's input and output sizes."""
+        return [sized_probe(None, self.params.input_size, self.params.output_size)]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         p = self.params

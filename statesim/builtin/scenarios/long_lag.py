@@ -24,10 +24,11 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from statesim.config import RunConfig
 from statesim.data import DataSplits, SequenceData, cross_entropy_loss, mse_loss
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams
 
 
 def last_step_mse(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
@@ -189,6 +190,12 @@ class _LongLag(Scenario[LP]):
     def diagnostic_batch(self, job: str, size: int, seed: int) -> tuple[SequenceData, Callable] | None:
         """Fresh sequences of this task and its loss (for `statesim diagnose`)."""
         return self.make_data(size, torch.Generator().manual_seed(seed + 99)), self.loss()
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """The run's model on two of the task's own sequences (full length: the lag is the point)."""
+        input_size, output_size = self.sizes()
+        return [Probe("model", lambda ctx: ctx.build_model(None, input_size, output_size),
+                      self.make_data(2, torch.Generator().manual_seed(0)))]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from statesim import diagnostics

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from statesim.config import ModelConfig
+from statesim.config import ModelConfig, RunConfig
 from statesim.data import DataSplits, SequenceData
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 from statesim.safepath import PathName
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams, sized_probe
 
 
 def moving_average(x: torch.Tensor, coefficients: list[float]) -> torch.Tensor:
@@ -65,6 +65,10 @@ class MovingAverage(Scenario[MovingAverageParams]):
     def _systems(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.params
         return {"moving_average": moving_average(x, p.coefficients), "ema": exponential_moving_average(x, p.gamma)}
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """Each of ``models``, on one input and one output."""
+        return [sized_probe(model, 1, 1, key=f"scenario.models.{name}") for name, model in self.params.models.items()]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         p = self.params

@@ -34,7 +34,8 @@ from statesim.builtin.salamander.signals import gait_metrics
 from statesim.builtin.salamander.steering import expected_effects, steer_inputs, steer_neurons, swim_conditions
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
-from statesim.scenario import RunContext, Scenario
+from statesim.config import RunConfig
+from statesim.scenario import Probe, RunContext, Scenario, sized_probe
 
 __all__ = ["Salamander", "SalamanderParams", "activity_parts", "expected_effects", "gait_metrics",
            "judge_targets", "model_inputs", "offset_weighted_loss", "rotation_frequency", "state_units",
@@ -46,6 +47,11 @@ class Salamander(Scenario[SalamanderParams]):
 
     Params = SalamanderParams
     needs = frozenset({"stepping"})  # its model is run one tick at a time (evaluation, forcing)
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """The run's model: the drives, the observations and the warm-up flag in, the CPG's outputs out."""
+        outputs = SalamanderCPG(2, **self.params.cpg.model_dump()).output_size
+        return [sized_probe(None, N_DRIVES + outputs + 1, outputs)]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         """Train on CPG windows, keep the best candidate weights, evaluate, steer, analyse and report."""

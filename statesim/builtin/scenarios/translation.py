@@ -23,12 +23,12 @@ from statesim.data import DataSplits
 from statesim.errors import StatesimError
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
-from statesim.scenario import RunContext, Scenario, ScenarioParams
+from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams
 from statesim.builtin.seq2seq import (Vocab, corpus_bleu, detokenize, exact_match, generate, pad_ids,
-                                      require_sacrebleu, token_pairs, tokenize)
+                                      PROBE_VOCAB, probe_pairs, require_sacrebleu, token_pairs, tokenize)
 from statesim.data import SequenceData, cross_entropy_loss
 from statesim.model import SequenceModel
-from statesim.config import Strict
+from statesim.config import RunConfig, Strict
 from statesim.datafiles import DataPath
 
 Tokenizer = Literal["char", "whitespace"]
@@ -169,6 +169,12 @@ class Translation(Scenario[TranslationParams]):
     Params = TranslationParams
     supplies = frozenset({"encoding", "source"})  # every model is built with a source-sequence encoder
     needs = frozenset({"encoder"})  # which runs the topology's own encoder (encoder_decoder names it)
+
+    def probes(self, config: RunConfig) -> list[Probe]:
+        """The translator on two short source sentences (ids) and their teacher-forced targets."""
+        embed_size = self.params.embed_size
+        batch = probe_pairs(torch.full((4, 2), PROBE_VOCAB - 1, dtype=torch.long), torch.tensor([4, 3]))
+        return [Probe("model", lambda ctx: build_translator(ctx, PROBE_VOCAB, PROBE_VOCAB, embed_size), batch)]
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_sacrebleu("translation")  # before training, not after it
