@@ -208,8 +208,9 @@ def test_shortened_recipe_learns_chooses_its_weights_and_reports_every_target(tm
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [row["val_loss"] for row in rows if "val_loss" in row]
     # One thread (conftest): validation at 250 .. 1000 updates 0.43 0.49 0.42 0.40 (seed 0), 0.45 0.42 0.36 0.29
-    # (seed 1); the long windows' later chunks make the early validation loss noisier than with 5 s windows only.
-    assert len(val) == 4 and val[-1] == min(val) and val[-1] < 0.95 * val[0], val
+    # (seed 1) on one machine, 0.40 0.41 0.32 0.36 (seed 1) on another (AMD EPYC: other SIMD sums); the long
+    # windows' later chunks make the validation loss noisy, so which check is lowest is not asserted.
+    assert len(val) == 4 and val[-1] < 0.95 * val[0] and min(val) < 0.9 * val[0], val
     train = [row["loss"] for row in rows if "loss" in row and "val_loss" not in row]
     # training loss, first vs last 5 logged updates (every 20th): 0.70 -> 0.36 and 0.71 -> 0.28
     assert sum(train[-5:]) < 0.6 * sum(train[:5]), train

@@ -77,15 +77,16 @@ def _files(tmp_path: Path) -> Path:
 def test_a_sub_run_leaves_the_callers_rngs_handler_and_settings_as_they_were(tmp_path):
     SEEN.clear()
     assert not torch.are_deterministic_algorithms_enabled()
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a background job, default_int_handler in a terminal
     run_dir = execute(_files(tmp_path), out=tmp_path / "run", host=_host(), echo=lambda m: None)
     assert SEEN["rng_same"] == (True, True, True)
     # one SIGINT handler: the outer run's, seen unchanged inside the sub-run and after it; the sub-run stops
     # when the outer run is asked to
-    assert SEEN["outer_handler"] is not signal.default_int_handler
+    assert SEEN["outer_handler"] is not before
     assert SEEN["inner_handler"] is SEEN["outer_handler"] is SEEN["handler_after"]
     assert SEEN["inner_should_stop"] is SEEN["outer_should_stop"]
     assert SEEN["inner_deterministic"] and not SEEN["deterministic_after"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the outer run restored it
+    assert signal.getsignal(signal.SIGINT) is before  # the outer run restored it
     # the sub-run is a complete run of its own, seeded by its own seed (7) as `statesim run` would
     inner = json.loads((run_dir / "inner" / "results.json").read_text())
     torch.manual_seed(7)
