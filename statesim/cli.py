@@ -236,7 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"statesim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_command(sub)
+    _add_validate_command(sub)
+    _add_plugins_command(sub)
+    _add_diagnose_command(sub)
+    _add_analyze_command(sub)
+    _add_sweep_command(sub)
+    _add_export_command(sub)
+    return parser
 
+
+def _add_run_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``run`` subcommand's arguments."""
     run = sub.add_parser("run", help="train and evaluate a scenario, writing a run folder",
                          description="Train and evaluate a scenario. Writes config.yaml, metrics.jsonl, results.json, "
                                      "checkpoints/ and plots/ to the run folder (runs/<name>-<timestamp> by default).")
@@ -253,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(run)
     run.set_defaults(func=cmd_run)
 
+
+def _add_validate_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``validate`` subcommand's arguments."""
     validate = sub.add_parser("validate", help="check a scenario file without running it",
                               description="Validate a scenario file and its --set overrides; list every problem.")
     _set_args(validate)
@@ -260,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(validate)
     validate.set_defaults(func=cmd_validate)
 
+
+def _add_plugins_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``plugins`` subcommand's arguments."""
     plugins = sub.add_parser("plugins", help="list plugins and what they register",
                              description="List every loaded plugin (name, distribution, version) and the cells, "
                                          "topologies, initial-state policies and scenarios it registers.")
@@ -267,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(plugins)
     plugins.set_defaults(func=cmd_plugins)
 
+
+def _add_diagnose_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``diagnose`` subcommand's arguments."""
     diagnose = sub.add_parser("diagnose", help="gradient-flow diagnostics of a finished run",
                               description="Measure ||dh_t/dh_s|| (the product P_{s,t}) and ||dE/dh_s|| against the lag "
                                           "for every trained model of RUN_DIR, the per-step Jacobian spectrum and the "
@@ -283,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(diagnose)
     diagnose.set_defaults(func=cmd_diagnose)
 
+
+def _add_analyze_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``analyze`` subcommand's arguments."""
     analyze = sub.add_parser("analyze", help="fixed points, linearisation and Lyapunov spectrum of a finished run",
                              description="For every trained model of RUN_DIR (or --job): fixed and slow points at a "
                                          "constant input (minimising 1/2||f(x*, h) - h||^2 from many starts on the "
@@ -302,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(analyze)
     analyze.set_defaults(func=cmd_analyze)
 
+
+def _add_sweep_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``sweep`` subcommand's arguments."""
     sweep = sub.add_parser("sweep", help="run every combination of a grid of config values",
                            description="Run every combination of --grid values (and of the file's `sweep:` section) "
                                        "times --seeds, each as an ordinary run folder under the sweep folder, then "
@@ -320,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=None, help="parallel runs (default: available cores)")
     _plugin_args(sweep)
     sweep.set_defaults(func=cmd_sweep)
+
+
+def _add_export_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The ``export`` subcommand's arguments."""
     export = sub.add_parser("export", help="export one step of a trained model (TorchScript or ONNX)",
                             description="Write a single-step module (x, state...) -> (y, state...) of a finished run's "
                                         "model plus a JSON sidecar naming inputs, outputs, shapes and state parts, "
@@ -335,7 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="steps compared against the engine after export (0 skips the check)")
     _plugin_args(export)
     export.set_defaults(func=cmd_export)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

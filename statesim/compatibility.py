@@ -8,6 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from statesim.model import InitialState, Topology
+from statesim.scenario import Scenario
+
 #: How a need reads in a message ("needs <words>").
 NEED_WORDS = {"encoding": "an encoding (an encoder's output)",
               "encoder": "a topology that runs a sequence encoder over the source",
@@ -21,20 +24,16 @@ def need_words(needs: frozenset[str] | set[str]) -> str:
     return " and ".join(NEED_WORDS.get(n, f"'{n}'") for n in sorted(needs))
 
 
-def requirements(cls: type, params: BaseModel | None) -> frozenset[str]:
-    """What a topology or policy needs with these parameters: its ``requires(params)``, else its ``needs``."""
-    requires = getattr(cls, "requires", None)
-    if callable(requires) and params is not None:
-        return frozenset(requires(params))
-    return frozenset(getattr(cls, "needs", ()))
+def requirements(cls: type[Scenario] | type[Topology] | type[InitialState], params: BaseModel | None) -> frozenset[str]:
+    """What a scenario, topology or policy needs with these parameters (its declared ``needs`` without them)."""
+    return frozenset(cls.needs if params is None else cls.requires(params))
 
 
-def supplies(cls: type, params: BaseModel | None = None) -> frozenset[str]:
+def supplies(cls: type[Scenario] | type[Topology], params: BaseModel | None = None) -> frozenset[str]:
     """What a scenario or topology gives the model it is part of (a topology's ``offers(params)``)."""
-    offers = getattr(cls, "offers", None)
-    if callable(offers) and params is not None:
-        return frozenset(offers(params))
-    return frozenset(getattr(cls, "supplies", ()))
+    if params is not None and issubclass(cls, Topology):
+        return frozenset(cls.offers(params))
+    return frozenset(cls.supplies)
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,8 @@ class Fit:
         return not self.scenario and not self.topology and not self.policy
 
 
-def fit(scenario: type, topology: type, topology_params: BaseModel | None, policy: type,
-        policy_params: BaseModel | None, scenario_params: BaseModel | None = None) -> Fit:
+def fit(scenario: type[Scenario], topology: type[Topology], topology_params: BaseModel | None,
+        policy: type[InitialState], policy_params: BaseModel | None, scenario_params: BaseModel | None = None) -> Fit:
     """The unmet needs of a scenario, a topology and an initial-state policy together."""
     given, offered = supplies(scenario), supplies(topology, topology_params)
     return Fit(requirements(scenario, scenario_params) - offered, requirements(topology, topology_params) - given,
