@@ -8,12 +8,13 @@ with file, line, dotted key and, for unknown keys or names, a "did you mean".
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence, TypeVar
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SerializationInfo, ValidationError, ValidationInfo,
                       field_validator, model_serializer, model_validator)
@@ -459,8 +460,12 @@ def _drop_foreign_keys(spec: dict, new_type: Any, registry: Registry, path: tupl
         lines.pop(tuple(int(p) if p.isdigit() else p for p in path + (key,)), None)
 
 
-def _blame_overrides(error: ConfigError, overrides: list[str], file_lines: Lines) -> ConfigError:
-    """Attribute each issue that an override caused to that ``--set`` instead of a line of the file."""
+def _blame_overrides(error: ConfigError, overrides: list[str], file_lines: Lines,
+                     persists_without: Callable[[str, ConfigIssue], bool]) -> ConfigError:
+    """Attribute each issue that an override caused to that ``--set`` instead of a line of the file.
+
+    An issue about a whole mapping (a validator of ``scenario`` comparing two of its keys) is blamed on a
+    ``--set`` inside that mapping only if it goes away without that ``--set`` (``persists_without``)."""
     paths = [(a, tuple(a.split("=", 1)[0].strip().split("."))) for a in overrides if "=" in a]
     for issue in error.issues:
         loc = tuple(issue.key.split(".")) if issue.key else ()
@@ -469,9 +474,12 @@ def _blame_overrides(error: ConfigError, overrides: list[str], file_lines: Lines
             while common < min(len(loc), len(path)) and loc[common] == path[common]:
                 common += 1
             created = tuple(int(p) if p.isdigit() else p for p in loc[:common]) not in file_lines
-            if common and (common in (len(path), len(loc)) or created):
-                issue.file, issue.line = f"--set {assignment}", None
-                break
+            if not common or not (common in (len(path), len(loc)) or created):
+                continue
+            if common == len(loc) < len(path) and not created and persists_without(assignment, issue):
+                continue  # the mapping is wrong in the file itself (or through another --set)
+            issue.file, issue.line = f"--set {assignment}", None
+            break
     error.args = (error.render(),)
     return error
 
@@ -575,18 +583,30 @@ def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] =
     >>> statesim.load_config(file, registry, ["training.steps=10", "model.cell.hidden_size=4"]).training.steps
     10
     """
-    data, lines = load_yaml(path)
-    if data is None:
-        data = {}
+    original, lines = load_yaml(path)
     file_lines = dict(lines)
-    for assignment in overrides:
-        if not isinstance(data, dict):
-            break
-        apply_override(data, assignment, lines, registry)
+
+    def overridden(assignments: Sequence[str], lines: Lines) -> Any:
+        data = copy.deepcopy(original) if original is not None else {}
+        for assignment in assignments:
+            if not isinstance(data, dict):
+                break
+            apply_override(data, assignment, lines, registry)
+        return data
+
+    def persists_without(skipped: str, issue: ConfigIssue) -> bool:
+        kept = [a for a in overrides if a != skipped]
+        try:
+            validate_data(overridden(kept, dict(file_lines)), registry, str(path), dict(file_lines))
+        except ConfigError as again:
+            return any(i.key == issue.key and i.message == issue.message for i in again.issues)
+        return False
+
+    data = overridden(overrides, lines)
     try:
         config = validate_data(data, registry, str(path), lines)
     except ConfigError as exc:
-        raise _blame_overrides(exc, list(overrides), file_lines) from None
+        raise _blame_overrides(exc, list(overrides), file_lines, persists_without) from None
     if config.name is None:
         config.name = default_run_name(Path(path))
     return config

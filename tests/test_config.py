@@ -177,6 +177,21 @@ def test_override_into_a_list_and_a_section_the_file_lacks(registry):
     assert [(i.file, i.key) for i in issues] == [("--set model.cell.hidden_size=32", "model.cell.type")]
 
 
+def test_a_mapping_level_error_is_blamed_on_the_set_that_causes_it_not_the_last_one(tmp_path, registry):
+    """A salamander validator compares validation and eval drives: it was blamed on the last `--set` under
+    `scenario` whatever that set. It is blamed on the `--set` that causes it, or on the file when the file's
+    own values clash."""
+    path = ROOT / "scenarios" / "salamander.yaml"
+    issues = _issues(path, registry, ["scenario.eval_levels=[2.0]", "scenario.ablation_seconds=3"])
+    assert [(i.file, i.key) for i in issues] == [("--set scenario.eval_levels=[2.0]", "scenario")], issues
+    clashing = tmp_path / "clash.yaml"
+    clashing.write_text(path.read_text().replace("  eval_seconds: 120.0", "  eval_seconds: 120.0\n"
+                                                                           "  eval_levels: [2.0]"))
+    issues = _issues(clashing, registry, ["scenario.ablation_seconds=3"])
+    assert [(i.file, i.line, i.key) for i in issues] == [(str(clashing), 7, "scenario")], issues
+    assert "lie within held_out_width" in str(issues[0])
+
+
 def test_a_new_component_type_keeps_only_the_keys_it_accepts(tmp_path, registry):
     """--set model.cell.type=gru on a vanilla cell with `activation` drops that key (gru has none) and keeps
     hidden_size; a later --set of the new type's own key still applies, and a foreign key set after the switch
