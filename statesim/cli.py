@@ -21,6 +21,7 @@ EPILOG = """examples:
   statesim analyze runs/flipflop-20250101-120000
   statesim sweep scenarios/sweeps/gradient_lab.yaml --seeds 2
   statesim run scenarios/moving_average.yaml --nproc 2
+  statesim run scenarios/moving_average.yaml --log tensorboard
 
 environment:
   STATESIM_DISABLE_PLUGIN_AUTOLOAD=1   load only built-in plugins
@@ -59,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from statesim.run import execute
 
     run_dir = execute(args.file, args.overrides, out=args.out, resume=args.resume, device=args.device,
-                      host=_host(args))
+                      host=_host(args), loggers=args.loggers)
     if int(os.environ.get("RANK", "0") or 0) != 0:  # a data-parallel rank other than 0: rank 0 reports
         return 0
     print(f"run folder: {run_dir}")
@@ -106,6 +107,7 @@ def _launch_ranks(args: argparse.Namespace) -> int:
         if value is not None:
             argv.append(f"{flag}={value}")
     argv += [f"--block-plugin={name}" for name in args.block_plugin]
+    argv += [f"--log={name}" for name in args.loggers]
     argv += ["--strict-plugins"] if args.strict_plugins else []
     launch(rank_command(argv), args.nproc)
     return 0
@@ -258,6 +260,9 @@ def _add_run_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser]")
     run.add_argument("--out", help="run folder to create (default: runs/<name>-<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint")
     run.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override the scenario's device")
+    run.add_argument("--log", action="append", default=[], metavar="NAME", dest="loggers",
+                     help="also log to the logger NAME, e.g. tensorboard or mlflow (repeatable; added to the file's "
+                          "`logging:` list; metrics.jsonl is always written)")
     run.add_argument("--nproc", type=int, default=1, metavar="N",
                      help="data-parallel training on N local processes (gloo on CPU, NCCL on CUDA); under "
                           "torchrun, leave it out (docs/scaling.md)")

@@ -123,6 +123,32 @@ class ScenarioSpec(ComponentSpec):
     kind: ClassVar[str] = kinds.SCENARIO.name
 
 
+class LoggerSpec(ComponentSpec):
+    """One entry of ``logging:``: a logger's name alone (``tensorboard``) or ``{type: NAME, ...params}``."""
+
+    kind: ClassVar[str] = kinds.LOGGER.name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_alone(cls, data: Any) -> Any:
+        return {"type": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _installed(self, info: ValidationInfo) -> LoggerSpec:
+        # Refused here, before a run folder exists, rather than when the logger would first import it.
+        from statesim.loggers import missing_package
+
+        registry = (info.context or {}).get("registry")
+        provided = registry.entries.get(self.kind, {}).get(self.type) if isinstance(registry, Registry) else None
+        missing = missing_package(provided.record.cls) if provided is not None else None
+        if missing is not None:
+            raise PydanticCustomError(
+                "logger_package_missing", "logger '{name}' needs the Python package '{package}', which is not "
+                "installed here. Install it with pip install 'statesim[{extra}]' (or pip install {package}), or "
+                "remove '{name}' from `logging`", {"name": self.type, "package": missing[0], "extra": missing[1]})
+        return self
+
+
 class ModelConfig(Strict):
     """A model: a cell (or several, per the topology), how they are wired, how state starts, a head.
 
@@ -265,6 +291,20 @@ class RunConfig(Strict):
     seed: int = Field(0, ge=0, lt=2**63, description="seed of torch, numpy and random")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where to compute; 'auto' picks cuda if present")
     output: OutputConfig = Field(default_factory=OutputConfig, description="run-folder settings")
+    logging: list[LoggerSpec] = Field(
+        default_factory=lambda: ["jsonl"], validate_default=True,
+        description="where records go besides metrics.jsonl (always written): logger names or {type: NAME, ...} "
+                    "mappings, e.g. [jsonl, tensorboard]; `statesim run --log NAME` adds one")
+
+    @field_validator("logging")
+    @classmethod
+    def _each_logger_once(cls, value: list[LoggerSpec]) -> list[LoggerSpec]:
+        names = [spec.type for spec in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"the logger(s) {', '.join(twice)} are listed more than once; list each logger once "
+                             f"(its parameters go in one {{type: NAME, ...}} mapping)")
+        return value
 
     def resolved(self) -> dict[str, Any]:
         """The fully resolved config (defaults filled) as plain data."""
@@ -272,9 +312,9 @@ class RunConfig(Strict):
 
     def digest(self) -> str:
         """Hash of the resolved config, stored in checkpoints so resume can refuse a changed run."""
-        # Where a run writes and on which device it computes may change on resume; what it computes may not.
-        # Python mode: JSON mode turns both .nan and .inf into null, so they would hash alike.
-        data = self.model_dump(mode="python", exclude={"output", "device"})
+        # Where a run writes, where it logs and on which device it computes may change on resume; what it
+        # computes may not. Python mode: JSON mode turns both .nan and .inf into null, so they would hash alike.
+        data = self.model_dump(mode="python", exclude={"output", "device", "logging"})
         from statesim.datafiles import data_files
 
         files = data_files(self)
@@ -569,11 +609,40 @@ def _unmet_needs(config: RunConfig, registry: Registry, file: str, lines: Lines)
     return issues
 
 
-def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] = ()) -> RunConfig:
+def _add_loggers(data: dict, names: Sequence[str]) -> dict[int, str]:
+    """Append each of ``names`` not listed yet to ``data['logging']``; returns ``{index: name}`` of those added."""
+    listed = data.get("logging", ["jsonl"])
+    if not isinstance(listed, list):
+        return {}  # not a list: validation reports the key itself
+    present = {entry.get("type") if isinstance(entry, dict) else entry for entry in listed}
+    added = {}
+    for name in names:
+        if name not in present:
+            added[len(listed)] = name
+            listed = [*listed, name]
+            present.add(name)
+    if added:
+        data["logging"] = listed
+    return added
+
+
+def _blame_loggers(error: ConfigError, added: dict[int, str]) -> ConfigError:
+    """Attribute each issue about a logger that ``--log NAME`` added to that ``--log``."""
+    for issue in error.issues:
+        parts = issue.key.split(".")
+        if len(parts) > 1 and parts[0] == "logging" and parts[1].isdigit() and int(parts[1]) in added:
+            issue.file, issue.line = f"--log {added[int(parts[1])]}", None
+    error.args = (error.render(),)
+    return error
+
+
+def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] = (),
+                loggers: Sequence[str] = ()) -> RunConfig:
     """Load, override and validate a scenario file.
 
-    ``overrides`` are ``dotted.key=value`` strings, as ``statesim run --set``; every problem is reported at once
-    in one :class:`~statesim.errors.ConfigError`.
+    ``overrides`` are ``dotted.key=value`` strings, as ``statesim run --set``; ``loggers`` are logger names added to
+    ``logging`` (``statesim run --log NAME``; one already listed is not added twice); every problem is reported at
+    once in one :class:`~statesim.errors.ConfigError`.
 
     >>> import tempfile, statesim
     >>> from pathlib import Path
@@ -585,6 +654,7 @@ def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] =
     """
     original, lines = load_yaml(path)
     file_lines = dict(lines)
+    added: dict[int, str] = {}
 
     def overridden(assignments: Sequence[str], lines: Lines) -> Any:
         data = copy.deepcopy(original) if original is not None else {}
@@ -592,6 +662,8 @@ def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] =
             if not isinstance(data, dict):
                 break
             apply_override(data, assignment, lines, registry)
+        if loggers and isinstance(data, dict):
+            added.update(_add_loggers(data, loggers))
         return data
 
     def persists_without(skipped: str, issue: ConfigIssue) -> bool:
@@ -606,7 +678,7 @@ def load_config(path: str | Path, registry: Registry, overrides: Sequence[str] =
     try:
         config = validate_data(data, registry, str(path), lines)
     except ConfigError as exc:
-        raise _blame_overrides(exc, list(overrides), file_lines, persists_without) from None
+        raise _blame_loggers(_blame_overrides(exc, list(overrides), file_lines, persists_without), added) from None
     if config.name is None:
         config.name = default_run_name(Path(path))
     return config

@@ -123,6 +123,8 @@ def _render_default(value: Any, required: bool) -> str:
         return "see the section"
     if isinstance(value, dict):
         value = {k: (v.model_dump(mode="json") if isinstance(v, BaseModel) else v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):  # e.g. logging's [{type: jsonl}]
+        value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
     if isinstance(value, enum.Enum):
         value = value.value
     text = json.dumps(value, default=str)

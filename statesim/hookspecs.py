@@ -42,6 +42,7 @@ PLUGIN_API_ATTRIBUTE = "STATESIM_PLUGIN_API"
 if TYPE_CHECKING:
     from statesim.cell import Cell
     from statesim.fastpath.forms import FastPath
+    from statesim.loggers import Logger
     from statesim.model import Encoder, InitialState, Topology
     from statesim.scenario import Scenario
     from statesim.sweep import Executor
@@ -112,4 +113,15 @@ def statesim_encoders() -> list[Registration[Encoder]]:
     sentence, an image) and returns a :class:`statesim.Memory`. A scenario names one when it builds its
     model (``build_model(..., encoder={type: NAME, ...})``) and the model's ``build_spec`` records it, so
     checkpoints rebuild. Results of all plugins are merged.
+    """
+
+
+@hookspec
+def statesim_loggers() -> list[Registration[Logger]]:
+    """Return the loggers this plugin provides (where a run's records go besides metrics.jsonl).
+
+    Each record's ``cls`` subclasses :class:`statesim.loggers.Logger` and ``params`` validates the keys next to
+    ``type`` in a scenario file's ``logging:`` list (``logging: [jsonl, {type: NAME, ...}]``, or
+    ``statesim run --log NAME``). The run calls a logger on rank 0 only; one that raises is reported and
+    disabled, and the run goes on. Results of all plugins are merged.
     """

@@ -43,7 +43,8 @@ SCENARIO = Kind("scenario", "statesim_scenarios", "statesim.scenario:Scenario", 
                 "Scenarios", "scenario")
 ENCODER = Kind("encoder", "statesim_encoders", "statesim.model:Encoder", "encoder", "encoders",
                "Conditioning encoders", "(chosen by the scenario, stored with the model)")
+LOGGER = Kind("logger", "statesim_loggers", "statesim.loggers:Logger", "logger", "loggers", "Loggers", "logging")
 
 #: Every kind, in the order they are listed to users.
-KINDS: tuple[Kind, ...] = (CELL, TOPOLOGY, INITIAL_STATE, SCENARIO, ENCODER)
+KINDS: tuple[Kind, ...] = (CELL, TOPOLOGY, INITIAL_STATE, SCENARIO, ENCODER, LOGGER)
 BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}

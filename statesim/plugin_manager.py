@@ -50,6 +50,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "statesim.builtin.scenarios.flipflop",
     "statesim.builtin.salamander.cpg",
     "statesim.builtin.scenarios.salamander",
+    "statesim.builtin.loggers",
 )
 
 

@@ -11,6 +11,7 @@ from statesim.errors import PluginError, UnknownNameError
 
 if TYPE_CHECKING:
     from statesim.cell import Cell
+    from statesim.loggers import Logger
     from statesim.model import Encoder, InitialState, Topology
     from statesim.scenario import Scenario
 
@@ -123,6 +124,8 @@ class Registry:
     def get(self, kind: Literal["scenario"], name: str) -> Provided[Scenario[Any]]: ...
     @overload
     def get(self, kind: Literal["encoder"], name: str) -> Provided[Encoder]: ...
+    @overload
+    def get(self, kind: Literal["logger"], name: str) -> Provided[Logger]: ...
     @overload
     def get(self, kind: str, name: str) -> Provided[Any]: ...
 

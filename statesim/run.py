@@ -18,6 +18,7 @@ from statesim.config import RunConfig, dump_config, load_config
 from statesim.datafiles import changed_files, data_files
 from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_json, atomic_write_text, is_own_temporary
+from statesim.loggers import LoggerSet, logging_session, open_loggers
 from statesim.plugin_manager import PluginHost, build_plugin_host
 from statesim.runlock import LOCK_NAME, RunLock
 from statesim.safepath import confined, guard, refuse_symlinks, remove
@@ -153,21 +154,24 @@ def preserved_global_rng() -> Iterator[None]:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
-def prepare(config_file: str | Path, overrides: Sequence[str] = (), *, host: PluginHost | None = None
-            ) -> tuple[RunConfig, PluginHost]:
-    """Load plugins and validate a scenario file with its overrides, down to each model's first forward."""
+def prepare(config_file: str | Path, overrides: Sequence[str] = (), *, host: PluginHost | None = None,
+            loggers: Sequence[str] = ()) -> tuple[RunConfig, PluginHost]:
+    """Load plugins and validate a scenario file with its overrides (and ``--log`` loggers), down to each model's
+    first forward."""
     from statesim.probing import check_first_forward
 
     host = host or build_plugin_host()
-    config = load_config(config_file, host.registry, list(overrides))
+    config = load_config(config_file, host.registry, list(overrides), list(loggers))
     check_first_forward(config, host, str(config_file))
     return config, host
 
 
 def execute(config_file: str | Path, overrides: Sequence[str] = (), *, out: str | Path | None = None,
             resume: str | Path | None = None, device: str | None = None, host: PluginHost | None = None,
-            echo: Any = None, parent_stop: Callable[[], bool] | None = None) -> Path:
+            echo: Any = None, parent_stop: Callable[[], bool] | None = None, loggers: Sequence[str] = ()) -> Path:
     """Run a scenario file end to end; returns the run folder (locked while the run lives).
+
+    ``loggers``: logger names added to the file's ``logging`` list (``statesim run --log NAME``).
 
     ``parent_stop``: this is a sub-run inside a running scenario (:meth:`RunContext.sub_run`), which stops
     when that callable says so: no SIGINT handler of its own, the caller's RNG states and deterministic-algorithms
@@ -177,10 +181,10 @@ def execute(config_file: str | Path, overrides: Sequence[str] = (), *, out: str 
     try:
         if parent_stop is None:
             return _execute(config_file, overrides, out=out, resume=resume, device=device, host=host, echo=echo,
-                            held=held)
+                            held=held, loggers=loggers)
         with preserved_global_rng():
             return _execute(config_file, overrides, out=out, resume=resume, device=device, host=host, echo=echo,
-                            held=held, parent_stop=parent_stop)
+                            held=held, parent_stop=parent_stop, loggers=loggers)
     except OSError as exc:  # a full disk, a read-only or vanished folder: one paragraph, not a traceback
         where = f" {exc.filename}" if exc.filename else ""
         raise StatesimError(f"statesim could not read or write{where}: {exc.strerror or exc}. Free disk space or "
@@ -193,10 +197,10 @@ def execute(config_file: str | Path, overrides: Sequence[str] = (), *, out: str 
 
 def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Path | None, resume: str | Path | None,
              device: str | None, host: PluginHost | None, echo: Any, held: list[RunLock],
-             parent_stop: Callable[[], bool] | None = None) -> Path:
+             parent_stop: Callable[[], bool] | None = None, loggers: Sequence[str] = ()) -> Path:
     echo = echo or (lambda message: print(message, file=sys.stderr))
     overrides = list(overrides) + ([f"device={device}"] if device else [])  # a copy: the caller's stays
-    config, host = prepare(config_file, overrides, host=host)
+    config, host = prepare(config_file, overrides, host=host, loggers=loggers)
     for problem in host.problems:
         echo(f"warning: {problem}")
     from statesim import distributed
@@ -228,8 +232,6 @@ def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Pa
 def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host: PluginHost, dp: Any,
                 writer: bool, resumed: bool, echo: Any, parent_stop: Callable[[], bool] | None = None) -> Path:
     """Run the scenario into its (already opened) run folder."""
-    from statesim import distributed
-
     env = environment(host)
     env["seed"] = config.seed
     env["resumed"] = resumed
@@ -241,6 +243,19 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     registration = host.registry.get("scenario", config.scenario.type)
     scenario = registration.record.cls(config.scenario.params)
     progress = Progress(config.output.progress and sys.stderr.isatty() and not os.environ.get("CI"))
+    # Rank 0 alone logs. Started before seeding, so that what the loggers import cannot change what the run draws.
+    loggers = open_loggers(config, host.registry, run_dir, resumed, echo) if writer else None
+    with logging_session(loggers):
+        return _run_scenario(run_dir, config, config_file, host, scenario, progress, loggers, dp, writer, resumed,
+                             echo, env, parent_stop)
+
+
+def _run_scenario(run_dir: Path, config: RunConfig, config_file: str | Path, host: PluginHost, scenario: Any,
+                  progress: Progress, loggers: LoggerSet | None, dp: Any, writer: bool, resumed: bool, echo: Any,
+                  env: dict[str, Any], parent_stop: Callable[[], bool] | None) -> Path:
+    """Seed, run the scenario and write results.json and run.json (then give the results to the loggers)."""
+    from statesim import distributed
+
     # Seeded last: importing rich (for Progress) draws from `random`, which would make a first run in a
     # process differ from later ones.
     seed_everything(config.seed)
@@ -251,7 +266,7 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
         device_ = dp.device if dp is not None else resolve_device(config.device)  # a rank uses its own GPU
         should_stop = parent_stop or (lambda: stop_flag[0])
         ctx = RunContext(config, host, run_dir, device_, resume=resumed,
-                         progress=progress, should_stop=should_stop, echo=echo)
+                         progress=progress, should_stop=should_stop, echo=echo, loggers=loggers)
         try:
             results = scenario.run(ctx)
         except Interrupted as exc:
@@ -275,6 +290,8 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     if writer:
         atomic_write_json(run_dir / "results.json", results)
         atomic_write_json(run_dir / "run.json", env)
+    if loggers is not None:
+        loggers.finish(results)
     if parent_stop is None:  # a sub-run shares its caller's process group, which the caller leaves
         distributed.teardown()
     return run_dir
@@ -291,7 +308,7 @@ def _reopen_run_dir(run_dir: Path, config: RunConfig, writer: bool, held: list[R
     if writer:
         held.append(RunLock.acquire(run_dir))  # a live run of this folder refuses the resume
     old, _ = parse_yaml(saved.read_text(encoding="utf-8"), str(saved))
-    diff = [d for d in _config_diff(old, config.resolved()) if not d.startswith(("output.", "device:"))]
+    diff = [d for d in _config_diff(old, config.resolved()) if not d.startswith(("output.", "device:", "logging:"))]
     if diff:
         raise StatesimError("cannot resume: the scenario differs from the one in "
                             f"{saved}:\n  " + "\n  ".join(diff) + "\nRun it as a new run instead.")

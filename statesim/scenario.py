@@ -19,6 +19,7 @@ from statesim.config import ModelConfig, RunConfig, TrainingConfig
 from statesim.data import DataSplits, SequenceData, mse_loss
 from statesim.errors import ConfigError, StatesimError
 from statesim.fileio import atomic_write_text, save_figure
+from statesim.loggers import LoggerSet
 from statesim.model import SequenceModel, build_model
 from statesim.safepath import guard, name_problem
 from statesim.plugin_manager import PluginHost
@@ -39,15 +40,19 @@ class ScenarioParams(BaseModel):
 
 
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step, appended and flushed as it happens."""
+    """``metrics.jsonl``: one JSON object per logged step, appended and flushed as it happens, then handed to the
+    run's loggers (``also``, a :class:`statesim.loggers.LoggerSet`), which cannot make the write fail."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, also: LoggerSet | None = None) -> None:
         self.path = path
+        self.also = also
 
     def __call__(self, record: dict[str, Any]) -> None:
         with guard(self.path).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+        if self.also is not None:
+            self.also.log(record)
 
     def truncate(self, job: str, step: int) -> None:
         """Drop records of ``job`` after ``step`` (written after the checkpoint a resume starts from)."""
@@ -101,10 +106,12 @@ class RunContext:
     #: and what ran, how often, with compile times (run.json).
     engine_paths: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     engine_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: The run's loggers (``logging:``), on the writer rank; None elsewhere and outside ``statesim run``.
+    loggers: LoggerSet | None = None
 
     @property
     def metrics(self) -> MetricsLog:
-        return MetricsLog(self.run_dir / "metrics.jsonl")
+        return MetricsLog(self.run_dir / "metrics.jsonl", self.loggers if _writes() else None)
 
     def path(self, relative: str) -> Path:
         """A path inside the run folder; refuses one that would escape it."""
@@ -174,6 +181,8 @@ class RunContext:
                 self.metrics.truncate(job, trainer.step)
             if restored:
                 self.echo(f"resumed job '{job}' at step {trainer.step}")
+        if self.loggers is not None and is_writer():
+            self.loggers.job_started(job, trainer.step)
         started = time.perf_counter()
         update = self.progress.start(job, training.steps, trainer.step) if self.progress else None
         try:
@@ -230,6 +239,12 @@ class RunContext:
             plt.close(fig)
             return None
         return save_figure(fig, self.run_dir / "plots" / f"{name}.png")
+
+
+def _writes() -> bool:
+    from statesim.distributed import is_writer
+
+    return is_writer()
 
 
 #: A scenario's parameter model: ``class MyScenario(Scenario[MyParams])`` types ``self.params`` as ``MyParams``.

@@ -402,7 +402,7 @@ def test_one_table_of_kinds_drives_hooks_bases_config_and_listing():
     assert {kind.hook for kind in KINDS} <= specs
     assert {cls.kind for cls in ComponentSpec.__subclasses__()} <= set(BY_NAME)
     assert [kind.base_class().__name__ for kind in KINDS] == ["Cell", "Topology", "InitialState", "Scenario",
-                                                                "Encoder"]
+                                                                "Encoder", "Logger"]
     host = build_plugin_host(autoload=False)
     assert set(host.registry.entries) == set(BY_NAME)
 

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOST = build_plugin_host(autoload=False)
 REGISTRY = HOST.registry
 COMPONENT_KINDS = {"CellSpec": "cell", "TopologySpec": "topology", "InitialStateSpec": "initial_state",
-                   "ScenarioSpec": "scenario"}
+                   "ScenarioSpec": "scenario", "LoggerSpec": "logger"}
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 

@@ -286,6 +286,26 @@ def test_no_command_touches_the_network(tmp_path):
     assert (tmp_path / "run" / "results.json").exists() and list((tmp_path / "run" / "plots").glob("*.png"))
 
 
+def test_the_tensorboard_and_mlflow_loggers_touch_no_network(tmp_path):
+    """A run with both loggers (MLflow's default local store) under the same audit hook records nothing.
+
+    urllib3 (imported by MLflow's client through requests) probes IPv6 support at import by opening an AF_INET6
+    socket bound to ::1, the loopback: no traffic, but the hook would count it, so it is imported first."""
+    data = deep_update(TINY_LINEAR, {"training": {"steps": 3}})
+    config = write_scenario(tmp_path, data)
+    commands = [["run", str(config), "--out", str(tmp_path / "run"), "--log", "tensorboard", "--log", "mlflow"]]
+    script = tmp_path / "no_network.py"
+    script.write_text("import urllib3  # noqa: F401\n" + NO_NETWORK.replace("{commands}", json.dumps(commands)))
+    # The logger's own defaults, outside CI: MLflow's telemetry stays off by itself in CI and under pytest.
+    env = {k: v for k, v in cli_env().items() if not k.startswith("MLFLOW_") and k not in ("CI", "PYTEST_CURRENT_TEST")}
+    done = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=240)
+    assert "NETWORK []" in done.stdout and "CONTROL blocked" in done.stdout, done.stdout + done.stderr[-3000:]
+    assert "CODES [0]" in done.stdout and "warning: logger" not in done.stderr, done.stderr[-3000:]
+    assert list((tmp_path / "run" / "tensorboard" / "main").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "mlflow_run.json").is_file() and (tmp_path / "run" / "mlruns").is_dir()
+
+
 # --------------------------------------------------------------------------- plugins during a run
 # (Discovery, strict mode, block lists and every kind of broken hook: tests/test_plugins.py. Here: a real run
 # with a broken and a clashing distribution installed still trains, and run.json records who was loaded.)
