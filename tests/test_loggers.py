@@ -343,3 +343,28 @@ def test_the_writing_plugins_logger_snippet_installs_and_logs_what_metrics_jsonl
     expected = [(record["job"], record["step"], key, float(value)) for record in _records(run_dir)
                 for key, value in record.items() if key not in ("job", "step")]
     assert rows == expected and len(rows) > 24
+
+
+@pytest.mark.slow
+def test_two_ranks_log_once_from_rank_0(tmp_path):
+    """--nproc 2 with both loggers: one event file per job folder and one MLflow run, holding metrics.jsonl."""
+    import subprocess
+
+    from _reliability import cli_env
+    from mlflow.tracking import MlflowClient
+
+    data = deep_update(TINY_LINEAR, {"training": {"steps": 6, "batch_size": 7}})
+    file = write_scenario(tmp_path, data)
+    env = {k: v for k, v in cli_env().items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"}}
+    done = subprocess.run([sys.executable, "-m", "statesim", "run", str(file), "--out", str(tmp_path / "run"),
+                           "--nproc", "2", "--log", "tensorboard", "--log", "mlflow"], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+    assert len(list((run_dir / "tensorboard" / "main").glob("events.out.tfevents.*"))) == 1
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    _assert_same(_tensorboard_scalars(run_dir / "tensorboard" / "main"), _expected(run_dir), rel=1e-6)
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    assert len(experiments) == 1 and len(client.search_runs([experiments[0].experiment_id])) == 1
