@@ -90,6 +90,11 @@ class Logger:
     def close(self, status: str) -> None:
         """Release files and connections; ``status`` is ``finished``, ``interrupted`` or ``failed``."""
 
+    def outputs(self) -> tuple[str, ...]:
+        """Names of the entries this logger makes at the top of the run folder: a new run that fails before it
+        saved anything removes them with its bookkeeping, so the same ``--out`` can be used again."""
+        return ()
+
 
 def missing_package(cls: type[Logger]) -> tuple[str, str] | None:
     """``(package, extra)`` when the package ``cls.requires`` cannot be imported here, else None."""
@@ -139,6 +144,7 @@ class LoggerSet:
 
     def __init__(self, loggers: list[tuple[str, Logger]], echo: Callable[[str], None]) -> None:
         self.active = list(loggers)
+        self.built = list(loggers)  # disabled ones too: what they wrote before failing is theirs
         self.echo = echo
         #: Names of the loggers disabled after a failure, with the exception that disabled them.
         self.failed: dict[str, str] = {}
@@ -178,6 +184,16 @@ class LoggerSet:
     def close(self, status: str) -> None:
         """Close every logger."""
         self._call("close", status)
+
+    def outputs(self) -> set[str]:
+        """What every logger (disabled ones included) makes at the top of the run folder."""
+        found: set[str] = set()
+        for name, logger in self.built:
+            try:
+                found.update(logger.outputs())
+            except Exception:  # a broken logger's files then count as saved: the folder is kept
+                continue
+        return found
 
 
 def open_loggers(config: Any, registry: Any, run_dir: Path, resumed: bool,

@@ -21,7 +21,7 @@ from statesim.fileio import atomic_write_json, atomic_write_text, is_own_tempora
 from statesim.loggers import LoggerSet, logging_session, open_loggers
 from statesim.plugin_manager import PluginHost, build_plugin_host
 from statesim.runlock import LOCK_NAME, RunLock
-from statesim.safepath import confined, guard, refuse_symlinks, remove
+from statesim.safepath import confined, guard, refuse_symlinks, remove, symlinks_under
 from statesim.scenario import RunContext
 from statesim.trainer import Interrupted, rng_states, seed_everything, set_rng_states
 from statesim.yamlio import parse_yaml
@@ -210,6 +210,7 @@ def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Pa
     if not writer:
         echo = lambda message: None  # noqa: E731 - rank 0 reports; other ranks' errors still reach stderr
     created = False  # whether this run made its folder (a failure before anything was saved removes it again)
+    owned: set[str] = set()  # what the run's loggers make in the folder, removed with it in that case
     if resume is not None:
         run_dir = _reopen_run_dir(Path(resume), config, writer, held)
     elif dp is not None and not writer:
@@ -221,17 +222,20 @@ def _execute(config_file: str | Path, overrides: Sequence[str], *, out: str | Pa
             dp.share_text(str(run_dir))
     try:
         with confined(run_dir):  # from here on every write and delete stays inside the run folder
-            return _execute_in(run_dir, config, config_file, host, dp, writer, resume is not None, echo, parent_stop)
+            return _execute_in(run_dir, config, config_file, host, dp, writer, resume is not None, echo, parent_stop,
+                               owned)
     except Exception as exc:
-        if writer and resume is None and not isinstance(exc, Interrupted) and _clear_untrained(run_dir, created):
+        if writer and resume is None and not isinstance(exc, Interrupted) and _clear_untrained(run_dir, created,
+                                                                                                 owned):
             echo(f"note: removed {run_dir}: the run failed before it saved anything, so the same --out can be "
                  f"used again")
         raise
 
 
 def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host: PluginHost, dp: Any,
-                writer: bool, resumed: bool, echo: Any, parent_stop: Callable[[], bool] | None = None) -> Path:
-    """Run the scenario into its (already opened) run folder."""
+                writer: bool, resumed: bool, echo: Any, parent_stop: Callable[[], bool] | None = None,
+                owned: set[str] | None = None) -> Path:
+    """Run the scenario into its (already opened) run folder; ``owned`` collects what its loggers make there."""
     env = environment(host)
     env["seed"] = config.seed
     env["resumed"] = resumed
@@ -245,6 +249,8 @@ def _execute_in(run_dir: Path, config: RunConfig, config_file: str | Path, host:
     progress = Progress(config.output.progress and sys.stderr.isatty() and not os.environ.get("CI"))
     # Rank 0 alone logs. Started before seeding, so that what the loggers import cannot change what the run draws.
     loggers = open_loggers(config, host.registry, run_dir, resumed, echo) if writer else None
+    if loggers is not None and owned is not None:
+        owned.update(loggers.outputs())
     with logging_session(loggers):
         return _run_scenario(run_dir, config, config_file, host, scenario, progress, loggers, dp, writer, resumed,
                              echo, env, parent_stop)
@@ -350,13 +356,14 @@ def run_dir_exists(out: str | Path | None) -> bool:
 _BOOKKEEPING = {"config.yaml", "run.json", "metrics.jsonl", LOCK_NAME}
 
 
-def _clear_untrained(run_dir: Path, created: bool) -> bool:
+def _clear_untrained(run_dir: Path, created: bool, owned: set[str] | frozenset[str] = frozenset()) -> bool:
     """Empty (and, if this run made it, remove) a new run folder that holds only bookkeeping; True if cleared.
 
     A run that fails before it trained or wrote anything (a size check in its first forward, a component the
     scenario cannot use) would otherwise leave config.yaml and run.json, and the same ``--out`` would then be
     refused as an earlier run to ``--resume``. Anything else in the folder (a checkpoint, a plot, an empty
-    metrics log being the only exception) keeps the whole folder as it is.
+    metrics log being the only exception) keeps the whole folder as it is. ``owned``: top-level entries the
+    run's loggers made (event files, a local MLflow store), bookkeeping too, unless they hold a link.
     """
     try:
         entries = list(run_dir.iterdir())
@@ -365,6 +372,10 @@ def _clear_untrained(run_dir: Path, created: bool) -> bool:
     for entry in entries:
         if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
             return False
+        if entry.name in owned:
+            if entry.is_dir() and symlinks_under(entry):
+                return False
+            continue
         if entry.is_dir():
             if _holds_anything_but_folders(entry):
                 return False  # e.g. checkpoints/ with a checkpoint in it
@@ -375,7 +386,9 @@ def _clear_untrained(run_dir: Path, created: bool) -> bool:
     with confined(run_dir):
         for entry in entries:
             if entry.is_dir():
-                for dirpath, _, _ in sorted(os.walk(entry), key=lambda w: -len(w[0])):  # deepest first
+                for dirpath, _, filenames in sorted(os.walk(entry), key=lambda w: -len(w[0])):  # deepest first
+                    for name in filenames:  # only in a logger's own folders
+                        remove(Path(dirpath) / name)
                     guard(dirpath).rmdir()
             else:
                 remove(entry)

@@ -368,3 +368,21 @@ def test_two_ranks_log_once_from_rank_0(tmp_path):
     client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
     experiments = [e for e in client.search_experiments() if e.name != "Default"]
     assert len(experiments) == 1 and len(client.search_runs([experiments[0].experiment_id])) == 1
+
+
+def test_a_run_failing_before_it_saved_anything_removes_what_its_loggers_made(tmp_path, monkeypatch):
+    """As without loggers (tests/test_failed_start.py): the event files and the local MLflow store of a run that
+    failed at its first forward go with the folder, so the same --out gives the same error again."""
+    import statesim.probing
+    from statesim.errors import StatesimError
+
+    monkeypatch.setattr(statesim.probing, "check_first_forward", lambda config, host, file: None)
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "linear_system.yaml"
+    bad = ["forcing=[{target: zz, units: [0], start: 0, stop: 5, value: 1.0}]", "output.progress=false"]
+    out, notes = tmp_path / "run", []
+    for _ in range(2):
+        with pytest.raises(StatesimError, match="'zz' is not 'input' or a state part of the model"):
+            execute(scenario, bad, out=out, echo=notes.append, loggers=["tensorboard", "mlflow"])
+        assert not out.exists()
+    assert [note for note in notes if note.startswith("note: removed")] == [
+        f"note: removed {out}: the run failed before it saved anything, so the same --out can be used again"] * 2

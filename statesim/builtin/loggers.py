@@ -98,8 +98,11 @@ class TensorBoardLogger(Logger):
                                        global_step=0, dataformats="HWC")
         self.summary.flush()
 
+    def outputs(self) -> tuple[str, ...]:
+        return (self.params.dir,)
+
     def close(self, status: str) -> None:
-        for writer in [*self.jobs.values(), getattr(self, "summary", None)]:
+        for writer in [*getattr(self, "jobs", {}).values(), getattr(self, "summary", None)]:
             if writer is not None:
                 writer.close()
         self.jobs = {}
@@ -223,6 +226,9 @@ class MlflowLogger(Logger):
                 self.client.log_artifacts(self.run_id, str(entry), artifact_path=entry.name)
             elif entry.is_file():
                 self.client.log_artifact(self.run_id, str(entry))
+
+    def outputs(self) -> tuple[str, ...]:
+        return (MLFLOW_RECORD,) if self.params.tracking_uri else (MLFLOW_RECORD, MLFLOW_STORE)
 
     def close(self, status: str) -> None:
         if getattr(self, "run_id", None) is not None and not getattr(self, "closed", False):
