@@ -386,3 +386,13 @@ def test_a_run_failing_before_it_saved_anything_removes_what_its_loggers_made(tm
         assert not out.exists()
     assert [note for note in notes if note.startswith("note: removed")] == [
         f"note: removed {out}: the run failed before it saved anything, so the same --out can be used again"] * 2
+
+
+def test_a_run_logged_to_tensorboard_is_diagnosed_where_tensorboard_is_missing(tmp_path, monkeypatch):
+    from statesim.diagnostics.report import diagnose_run
+
+    data = deep_update(TINY_LINEAR, {"training": {"steps": 4}, "logging": ["tensorboard"]})
+    run_dir = execute(write_scenario(tmp_path, data), out=tmp_path / "run", echo=lambda message: None)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    diagnose_run(run_dir, host=build_plugin_host(autoload=False), batch=2, steps=6, max_lag=3)
+    assert json.loads((run_dir / "diagnostics" / "report.json").read_text())["jobs"]

@@ -49,7 +49,8 @@ def _diagnose_in(run_dir: Path, host: Any, *, batch: int, steps: int, max_lag: i
     report: dict[str, Any] = {"run_dir": str(run_dir), "training": training_summary(records), "jobs": {}}
     if records:
         save_figure(plot_training(records), out / "training.png")
-    config = load_config(run_dir / "config.yaml", host.registry)
+    # Where the run logged does not matter here: a run logged to TensorBoard is diagnosed where it is not installed.
+    config = load_config(run_dir / "config.yaml", host.registry, ["logging=[]"])
     scenario = host.registry.get("scenario", config.scenario.type).record.cls(config.scenario.params)
     jobs = trained_jobs(run_dir)
     if not jobs:
