@@ -6,6 +6,7 @@ MLflow's client; metrics.jsonl, config.yaml and results.json are the independent
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -396,3 +397,33 @@ def test_a_run_logged_to_tensorboard_is_diagnosed_where_tensorboard_is_missing(t
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     diagnose_run(run_dir, host=build_plugin_host(autoload=False), batch=2, steps=6, max_lag=3)
     assert json.loads((run_dir / "diagnostics" / "report.json").read_text())["jobs"]
+
+
+def test_ctrl_c_marks_the_mlflow_run_killed_and_resume_finishes_it(tmp_path, monkeypatch):
+    import signal
+
+    from mlflow.tracking import MlflowClient
+    from statesim.trainer import Interrupted
+
+    config = write_scenario(tmp_path, deep_update(TINY_LINEAR, {"logging": ["mlflow", "tensorboard"]}))
+    original = MetricsLog.__call__
+
+    def log_then_interrupt(self, record):
+        original(self, record)
+        if record.get("step") == 7 and "loss" in record:
+            os.kill(os.getpid(), signal.SIGINT)  # the real Ctrl-C path: graceful_interrupt's handler
+
+    monkeypatch.setattr(MetricsLog, "__call__", log_then_interrupt)
+    with pytest.raises(Interrupted):
+        execute(config, out=tmp_path / "run", echo=lambda message: None)
+    monkeypatch.setattr(MetricsLog, "__call__", original)
+    run_dir = tmp_path / "run"
+    client = MlflowClient(tracking_uri=(run_dir / "mlruns").as_uri())
+    run_id = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    execute(config, resume=run_dir, echo=lambda message: None)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    expected = _expected(run_dir)
+    assert [m.step for m in sorted(client.get_metric_history(run_id, "main/loss"), key=lambda m: m.step)] == \
+        list(range(1, 25)) == [step for step, _ in expected["main/loss"]]  # stopped at a checkpoint: none redone
+    _assert_same(_tensorboard_scalars(run_dir / "tensorboard" / "main"), expected, rel=1e-6)
