@@ -144,8 +144,8 @@ class LoggerSpec(ComponentSpec):
         if missing is not None:
             raise PydanticCustomError(
                 "logger_package_missing", "logger '{name}' needs the Python package '{package}', which is not "
-                "installed here. Install it with pip install 'statesim[{extra}]' (or pip install {package}), or "
-                "remove '{name}' from `logging`", {"name": self.type, "package": missing[0], "extra": missing[1]})
+                "installed here. Install it with pip install 'statesim[{extra}]', or remove '{name}' from `logging`",
+                {"name": self.type, "package": missing[0], "extra": missing[1]})
         return self
 
 
@@ -391,7 +391,9 @@ def _issues(errors: list[ErrorDetails], model: type[BaseModel], prefix: tuple, f
             message = "this key is required. Add it."
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            # A missing package is not the value's fault: repeating the logger's name adds nothing.
+            plain = isinstance(got, (dict, list)) or err["type"] == "logger_package_missing"
+            shown = "" if plain else f" (got {got!r})"
             message = f"{err['msg']}{shown}."
         issues.append(ConfigIssue(file, _line(lines, loc), key, message))
     return issues

@@ -298,7 +298,7 @@ def test_a_missing_package_is_refused_before_the_run_with_the_install_hint(tmp_p
     message = str(caught.value)
     assert f"{file}, line" in message and "`logging.1`" in message
     assert f"logger '{name}' needs the Python package '{name}'" in message
-    assert f"pip install 'statesim[{name}]'" in message
+    assert f"pip install 'statesim[{name}]', or remove '{name}' from `logging`." in message and "(got" not in message
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match=rf"--log {name}: `logging.1`: .*pip install 'statesim\[{name}\]'"):
         load_config(write_scenario(tmp_path, TINY_LINEAR), _registry(), loggers=[name])
