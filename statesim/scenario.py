@@ -106,12 +106,13 @@ class RunContext:
     #: and what ran, how often, with compile times (run.json).
     engine_paths: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     engine_calls: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    #: The run's loggers (``logging:``), on the writer rank; None elsewhere and outside ``statesim run``.
+    #: The run's loggers (``logging:``): the runner makes them on the writer rank alone (None on the others, and
+    #: outside ``statesim run``), so every rank may pass them on.
     loggers: LoggerSet | None = None
 
     @property
     def metrics(self) -> MetricsLog:
-        return MetricsLog(self.run_dir / "metrics.jsonl", self.loggers if _writes() else None)
+        return MetricsLog(self.run_dir / "metrics.jsonl", self.loggers)
 
     def path(self, relative: str) -> Path:
         """A path inside the run folder; refuses one that would escape it."""
@@ -181,7 +182,7 @@ class RunContext:
                 self.metrics.truncate(job, trainer.step)
             if restored:
                 self.echo(f"resumed job '{job}' at step {trainer.step}")
-        if self.loggers is not None and is_writer():
+        if self.loggers is not None:  # the runner gives loggers to the writer rank alone
             self.loggers.job_started(job, trainer.step)
         started = time.perf_counter()
         update = self.progress.start(job, training.steps, trainer.step) if self.progress else None
@@ -239,12 +240,6 @@ class RunContext:
             plt.close(fig)
             return None
         return save_figure(fig, self.run_dir / "plots" / f"{name}.png")
-
-
-def _writes() -> bool:
-    from statesim.distributed import is_writer
-
-    return is_writer()
 
 
 #: A scenario's parameter model: ``class MyScenario(Scenario[MyParams])`` types ``self.params`` as ``MyParams``.
