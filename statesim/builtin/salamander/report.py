@@ -13,17 +13,17 @@ from statesim.builtin.salamander.rollout import Rig
 from statesim.scenario import RunContext
 
 #: Range of each target's measure (walk_to_swim_jump: |RNN jump - CPG jump|; turning_offset: its relative error)
-#: over the runs of scenarios/salamander.yaml as shipped that docs/salamander.md tables (seeds 0-4 at 1 and 2
-#: threads, seed 5 at 1); report.md and results.json quote it so that a user knows how far another seed may move
-#: the numbers.
+#: over the runs of scenarios/salamander.yaml as shipped that docs/salamander.md tables on two 2-core machines
+#: (seeds 0-4 at 1 and 2 threads and seed 5 at 1, on each); report.md and results.json quote it so that a user
+#: knows how far another seed or machine may move the numbers. It includes the one miss (swim_phase_lag 0.1263).
 SHIPPED_SPREAD: dict[str, tuple[float, float]] = {
     "frequency_vs_drive": (0.0069, 0.0392),
     "walk_to_swim_jump": (0.0001, 0.0406),
-    "stillness_outside_1_5": (0.0, 0.0),
-    "swim_phase_lag": (0.041, 0.0851),
-    "amplitude": (0.0386, 0.0898),
+    "stillness_outside_1_5": (0.0, 0.0382),
+    "swim_phase_lag": (0.041, 0.1263),
+    "amplitude": (0.0314, 0.0898),
     "turning_offset": (0.049, 0.2776),
-    "amplitude_drift": (0.0, 0.0448),
+    "amplitude_drift": (0.0, 0.0454),
 }
 
 

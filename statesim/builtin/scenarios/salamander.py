@@ -113,13 +113,14 @@ class Salamander(Scenario[SalamanderParams]):
         """torch version, thread count and seed that produced the run, and the spread another seed may show."""
         return {
             "torch": torch.__version__, "threads": torch.get_num_threads(), "seed": ctx.config.seed,
-            "note": "the same seed and thread count on the same machine give identical results; another thread "
-                    "count, machine or torch build changes the floating-point sums, and then training ends "
-                    "elsewhere (on the 2-core machine of docs/salamander.md, 1 and 2 threads give different "
-                    "numbers for the same seed)",
+            "note": "the same seed and thread count on the same machine give identical results; another "
+                    "machine or torch build changes the floating-point sums, and then training ends elsewhere; "
+                    "so may another thread count (on one 2-core machine of docs/salamander.md 1 and 2 threads "
+                    "give different numbers for the same seed, on the other identical ones)",
             "shipped_recipe_spread": {k: list(v) for k, v in SHIPPED_SPREAD.items()},
             "shipped_recipe_spread_from": "the runs of scenarios/salamander.yaml as shipped tabled in "
-                                          "docs/salamander.md (seeds 0-4 at 1 and at 2 threads, seed 5 at 1)"}
+                                          "docs/salamander.md (two 2-core machines; on each, seeds 0-4 at 1 and "
+                                          "at 2 threads and seed 5 at 1)"}
 
 
 @hookimpl
