@@ -48,6 +48,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "statesim.builtin.scenarios.linear_system",
     "statesim.builtin.scenarios.long_lag",
     "statesim.builtin.scenarios.flipflop",
+    "statesim.builtin.scenarios.sequences",
     "statesim.builtin.salamander.cpg",
     "statesim.builtin.scenarios.salamander",
     "statesim.builtin.loggers",

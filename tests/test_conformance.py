@@ -81,6 +81,7 @@ SCENARIO_RUNS = {
     "copy": ("copy", ["scenario.delay=2", "scenario.symbols=2", "scenario.train_sequences=8",
                       "scenario.val_sequences=4", "scenario.test_sequences=4", "scenario.diagnose=false",
                       "model.cell.hidden_size=4"]),
+    "sequences_csv": ("sequences", ["model.cell.hidden_size=4"]),
     "flipflop": ("flipflop", ["scenario.steps=8", "scenario.train_sequences=8", "scenario.test_sequences=4",
                               "model.cell.hidden_size=4"]),
     "initial_state_effect": ("initial_state_effect", ["scenario.prefix_steps=3", "scenario.window_steps=6",

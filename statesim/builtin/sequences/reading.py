@@ -1,0 +1,253 @@
+"""Reading a user's recordings (CSV, ``.npz``) into named sequences, refusing bad data by file, row and column."""
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from statesim.errors import StatesimError
+
+
+class DataError(StatesimError):
+    """A data file the ``sequences`` scenario reads is missing, malformed or holds values it cannot use."""
+
+
+@dataclass
+class Recording:
+    """One sequence: ``inputs [T, F]``, ``targets [T, O]`` (float) and ``labels [T]`` (str, classification)."""
+
+    name: str
+    inputs: np.ndarray
+    targets: np.ndarray
+    labels: list[str] | None = None
+    time: np.ndarray | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.inputs.shape[0]
+
+
+def _suggest(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _column_index(file: Path, header: list[str], name: str, key: str) -> int:
+    if name not in header:
+        raise DataError(f"{file}: the column '{name}' named in scenario.{key} is not in the file's header "
+                        f"({', '.join(header)}).{_suggest(name, header)} Fix scenario.{key} or the header row.")
+    return header.index(name)
+
+
+def _number(file: Path, line: int, column: str, cell: str) -> float:
+    """A cell as a float; empty or NaN is missing (NaN), inf is refused."""
+    text = cell.strip()
+    if text == "" or text.lower() in ("nan", "na"):
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{file}, row {line}, column '{column}': '{text}' is not a number. Fix the cell (a decimal "
+                        f"point, no units), or leave it empty and set scenario.missing: ffill or zero.") from None
+    if math.isinf(value):
+        raise DataError(f"{file}, row {line}, column '{column}': the value is {text}, which no model can learn "
+                        f"from. Replace it with a finite number or leave the cell empty (scenario.missing).")
+    return value
+
+
+def fill_missing(values: np.ndarray, policy: str, file: Path, rows: list[int], columns: list[str]) -> np.ndarray:
+    """Missing values (NaN) of ``values [T, C]`` refused (``error``) or filled (``ffill``, ``zero``)."""
+    holes = np.isnan(values)
+    if not holes.any():
+        return values
+    row, col = map(int, np.argwhere(holes)[0])
+    if policy == "error":
+        raise DataError(f"{file}, row {rows[row]}, column '{columns[col]}': the value is missing (empty or NaN; "
+                        f"{int(holes.sum())} missing in all). Fill it in, or set scenario.missing: ffill (repeat "
+                        f"the last value) or zero.")
+    if policy == "zero":
+        return np.where(holes, 0.0, values)
+    filled = values.copy()
+    for c in range(filled.shape[1]):
+        missing = np.isnan(filled[:, c])
+        if missing[0]:
+            raise DataError(f"{file}, row {rows[0]}, column '{columns[c]}': the first value of a sequence is "
+                            f"missing, so ffill has nothing to repeat. Fill it in or use scenario.missing: zero.")
+        index = np.where(missing, 0, np.arange(len(missing)))
+        filled[:, c] = filled[np.maximum.accumulate(index), c]
+    return filled
+
+
+@dataclass(frozen=True)
+class Columns:
+    """What to read from a file (the scenario's keys)."""
+
+    inputs: list[str]
+    targets: list[str]
+    time: str | None = None
+    sequence_id: str | None = None
+    label_targets: bool = False  # classification: the target column holds class labels (any text)
+    missing: str = "error"
+
+
+def read_header(path: Path) -> list[str]:
+    """The header row of a CSV file (what validation checks the column names against)."""
+    with _open(path) as handle:
+        header = next(csv.reader(handle), None)
+    if not header:
+        raise DataError(f"{path}: the file is empty; a CSV needs a header row naming its columns and at least one "
+                        f"data row.")
+    return [name.strip() for name in header]
+
+
+def _open(path: Path) -> TextIO:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
+                        f"scenario.path.")
+    return path.open(newline="", encoding="utf-8-sig")
+
+
+def read_csv(path: Path, columns: Columns) -> list[Recording]:
+    """The recordings of a CSV file: one, or one per value of the ``sequence_id`` column (in file order)."""
+    header = read_header(path)
+    idx_in = [_column_index(path, header, c, "inputs") for c in columns.inputs]
+    idx_out = [_column_index(path, header, c, "targets") for c in columns.targets]
+    idx_time = None if columns.time is None else _column_index(path, header, columns.time, "time")
+    idx_id = None if columns.sequence_id is None else _column_index(path, header, columns.sequence_id, "sequence_id")
+    groups: dict[str, list[tuple[int, list[str]]]] = {}
+    with _open(path) as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}, row {line}: {len(row)} cells, but the header names {len(header)} columns. "
+                                f"Every row needs one cell per column (an empty cell for a missing value).")
+            key = row[idx_id].strip() if idx_id is not None else "0"
+            groups.setdefault(key, []).append((line, row))
+    if not groups:
+        raise DataError(f"{path}: the file has a header but no data rows; add the recordings below the header.")
+    return [_recording(path, header, name, rows, columns, idx_in, idx_out, idx_time) for name, rows in groups.items()]
+
+
+def _recording(path: Path, header: list[str], name: str, rows: list[tuple[int, list[str]]], columns: Columns,
+               idx_in: list[int], idx_out: list[int], idx_time: int | None) -> Recording:
+    lines = [line for line, _ in rows]
+
+    def numbers(indices: list[int]) -> np.ndarray:
+        table = [[_number(path, line, header[i], row[i]) for i in indices] for line, row in rows]
+        values = np.array(table, dtype=np.float64).reshape(len(rows), len(indices))
+        return fill_missing(values, columns.missing, path, lines, [header[i] for i in indices])
+
+    time = None
+    if idx_time is not None:
+        time = numbers([idx_time])[:, 0]
+        backwards = np.nonzero(np.diff(time) <= 0)[0]
+        if len(backwards):
+            raise DataError(f"{path}, row {lines[backwards[0] + 1]}, column '{header[idx_time]}': time does not "
+                            f"increase ({time[backwards[0]]} then {time[backwards[0] + 1]}). Sort the rows by time "
+                            f"within each sequence (or name each sequence in a sequence_id column).")
+    inputs = numbers(idx_in)
+    if columns.label_targets:
+        labels = [row[idx_out[0]].strip() for _, row in rows]
+        empty = [line for line, label in zip(lines, labels) if not label]
+        if empty:
+            raise DataError(f"{path}, row {empty[0]}, column '{header[idx_out[0]]}': the class label is missing. "
+                            f"Every row of a classified sequence needs its label.")
+        if len(set(labels)) > 1:
+            raise DataError(f"{path}, sequence '{name}' (rows {lines[0]}-{lines[-1]}), column '{header[idx_out[0]]}':"
+                            f" the label changes within the sequence ({', '.join(sorted(set(labels))[:4])}). "
+                            f"Classification gives one label per sequence; split it with a sequence_id column.")
+        return Recording(name, inputs, np.zeros((len(rows), 0)), labels, time)
+    return Recording(name, inputs, numbers(idx_out), None, time)
+
+
+def read_npz(path: Path, columns: Columns) -> list[Recording]:
+    """The recordings of a ``.npz``: ``inputs [N, T, F]``, ``targets [N, T, O]`` or ``labels [N]``, ``lengths``."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
+                        f"scenario.path.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:  # never unpickle a user's file
+            arrays = {key: archive[key] for key in archive.files}
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot be read without unpickling ({exc}); save plain numeric arrays with "
+                        f"np.savez(path, inputs=..., targets=...).") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc}); write it with np.savez.") from None
+    want = ["inputs", "labels" if columns.label_targets else "targets"]
+    for key in want:
+        if key not in arrays:
+            raise DataError(f"{path}: the archive has no array '{key}' (it holds {', '.join(arrays) or 'nothing'})."
+                            f"{_suggest(key, list(arrays))} Save it with np.savez(path, {key}=...).")
+    inputs = arrays["inputs"]
+    if inputs.ndim == 2:
+        inputs = inputs[None]
+    count, steps = inputs.shape[:2]
+    lengths = arrays.get("lengths", np.full(count, steps))
+    inputs = _select(path, arrays, inputs, "input_names", columns.inputs, "inputs")
+    recordings = []
+    for n in range(count):
+        length = int(lengths[n])
+        rows = list(range(length))
+        x = fill_missing(np.asarray(inputs[n, :length], dtype=np.float64), columns.missing, path / f"inputs[{n}]",
+                         rows, columns.inputs or [f"{i}" for i in range(inputs.shape[2])])
+        if columns.label_targets:
+            label = str(arrays["labels"].reshape(-1)[n])
+            recordings.append(Recording(str(n), x, np.zeros((length, 0)), [label] * length))
+            continue
+        targets = arrays["targets"]
+        targets = _select(path, arrays, targets[None] if targets.ndim == 2 else targets, "target_names",
+                          columns.targets, "targets")
+        y = fill_missing(np.asarray(targets[n, :length], dtype=np.float64), columns.missing, path / f"targets[{n}]",
+                         rows, columns.targets or [f"{i}" for i in range(targets.shape[2])])
+        recordings.append(Recording(str(n), x, y))
+    return recordings
+
+
+def _select(path: Path, arrays: dict[str, np.ndarray], values: np.ndarray, names_key: str, wanted: list[str],
+            key: str) -> np.ndarray:
+    """The columns of ``values [N, T, C]`` named in the scenario (all of them when it names none)."""
+    if not wanted:
+        return values
+    names = [str(n) for n in arrays.get(names_key, np.array([], dtype=str))]
+    if not names:
+        raise DataError(f"{path}: scenario.{key} names columns, but the archive has no '{names_key}' array to find "
+                        f"them in. Save np.savez(..., {names_key}=np.array([...])) or leave scenario.{key} out.")
+    picked = []
+    for name in wanted:
+        if name not in names:
+            raise DataError(f"{path}: the column '{name}' named in scenario.{key} is not in '{names_key}' "
+                            f"({', '.join(names)}).{_suggest(name, names)}")
+        picked.append(names.index(name))
+    return values[..., picked]
+
+
+def finite_check(path: Path, recordings: list[Recording]) -> None:
+    """Refuse inf in arrays read from a binary file (CSV cells are checked as they are parsed)."""
+    for rec in recordings:
+        for key, values in (("inputs", rec.inputs), ("targets", rec.targets)):
+            bad = np.argwhere(~np.isfinite(values))
+            if len(bad):
+                raise DataError(f"{path}: {key} of sequence {rec.name}, step {int(bad[0][0])}, column "
+                                f"{int(bad[0][1])} is {values[tuple(bad[0])]}; replace it with a finite number.")
+
+
+def read(path: Path, columns: Columns) -> list[Recording]:
+    """The recordings of a CSV or ``.npz`` file."""
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        recordings = read_npz(path, columns)
+        finite_check(path, recordings)
+        return recordings
+    if suffix == ".csv":
+        return read_csv(path, columns)
+    raise DataError(f"{path}: statesim's sequences scenario reads .csv and .npz files, not '{suffix}'. Convert it "
+                    f"(e.g. np.savez(path, inputs=..., targets=...)).")

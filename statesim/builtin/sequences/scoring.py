@@ -1,0 +1,104 @@
+"""Scores of the ``sequences`` scenario next to naive baselines, and its plots."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def regression_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """MSE, MAE and NRMSE (RMSE over the truth's std, per column, averaged) of ``[S, O]`` arrays."""
+    error = prediction - truth
+    spread = truth.std(axis=0)
+    rmse = np.sqrt((error ** 2).mean(axis=0))
+    nrmse = np.where(spread > 1e-12, rmse / np.where(spread > 1e-12, spread, 1.0), np.nan)
+    return {"mse": float((error ** 2).mean()), "mae": float(np.abs(error).mean()),
+            "nrmse": float(np.nanmean(nrmse)) if np.isfinite(nrmse).any() else float("nan")}
+
+
+def classification_scores(prediction: np.ndarray, truth: np.ndarray, classes: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (the mean of each class's F1; a class never predicted nor present is left out)."""
+    f1 = []
+    for c in range(classes):
+        tp = int(((prediction == c) & (truth == c)).sum())
+        fp = int(((prediction == c) & (truth != c)).sum())
+        fn = int(((prediction != c) & (truth == c)).sum())
+        if tp + fp + fn:
+            f1.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": float((prediction == truth).mean()), "macro_f1": float(np.mean(f1)) if f1 else 0.0}
+
+
+def last_steps(mask: Tensor) -> Tensor:
+    """Index of each sequence's last real step, from a ``[T, B]`` mask."""
+    return (mask.sum(0).long() - 1).clamp_min(0)
+
+
+def last_step_cross_entropy(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """Cross-entropy of the logits at each sequence's last real step: one label per sequence, seen whole."""
+    last, rows = last_steps(mask), torch.arange(outputs.shape[1], device=outputs.device)
+    return torch.nn.functional.cross_entropy(outputs[last, rows], targets[last, rows].long())
+
+
+Loss = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def after_warmup(loss: Loss, warmup: int) -> Loss:
+    """``loss`` with the first ``warmup`` steps of every sequence masked out."""
+    if warmup == 0:
+        return loss
+
+    def masked(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        mask = mask.clone()
+        mask[:warmup] = False
+        return loss(outputs, targets, mask)
+
+    return masked
+
+
+def plot_predictions(ctx: Any, name: str, title: str, series: list[dict[str, Any]], names: list[str]) -> None:
+    """One panel per target column: truth, prediction and (forecast) persistence of a few held-out pieces."""
+    if not ctx.plots_enabled or not series:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = len(names)
+    fig, axes = plt.subplots(len(series), columns, figsize=(6 * columns, 2.6 * len(series)), squeeze=False)
+    for row, item in enumerate(series):
+        for col, target in enumerate(names):
+            ax = axes[row][col]
+            ax.plot(item["t"], item["truth"][:, col], color="k", lw=1.5, label="truth")
+            ax.plot(item["t"], item["prediction"][:, col], color="C1", lw=1.5, label="model")
+            if item.get("persistence") is not None:
+                ax.plot(item["t"], item["persistence"][:, col], color="0.6", lw=1, ls=":", label="persistence")
+            ax.set_title(f"{item['label']}: {target}", fontsize=9)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    ctx.save_plot(fig, name)
+
+
+def plot_confusion(ctx: Any, prediction: np.ndarray, truth: np.ndarray, classes: list[str]) -> None:
+    """The test split's confusion matrix (rows: true class)."""
+    if not ctx.plots_enabled or not len(truth):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.zeros((len(classes), len(classes)), dtype=int)
+    np.add.at(matrix, (truth, prediction), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.2 * len(classes) + 1.5))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title="test confusion matrix")
+    fig.tight_layout()
+    ctx.save_plot(fig, "confusion")

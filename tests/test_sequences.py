@@ -1,0 +1,313 @@
+"""The ``sequences`` scenario: the user's own recordings, checked against truths computed here with numpy."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from statesim.builtin.scenarios.sequences import Sequences, SequencesParams
+from statesim.builtin.sequences import reading, scoring
+from statesim.builtin.sequences.reading import Columns, DataError
+from statesim.builtin.sequences.shaping import Piece, Scaling, time_blocks, windows
+from statesim.cli import main
+
+QUIET = {"output": {"plots": False, "progress": False}}
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    """A CSV file of ``rows`` under ``header``."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def scenario_file(folder: Path, scenario: dict, *, model: dict | None = None, training: dict | None = None) -> Path:
+    """A scenario YAML for ``sequences`` with a tiny training recipe."""
+    doc = {"name": "seq", "scenario": {"type": "sequences", **scenario},
+           "model": model or {"cell": {"type": "gru", "hidden_size": 4}},
+           "training": {"steps": 2, "batch_size": 4, "lr": 0.01, "log_every": 1, "checkpoint_every": 100,
+                        **(training or {})},
+           "seed": 0, **QUIET}
+    path = folder / "seq.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run(folder: Path, scenario: dict, **kwargs: dict) -> tuple[Path, dict]:
+    """Run the scenario into ``folder/run``; its folder and results."""
+    path = scenario_file(folder, scenario, **kwargs)
+    out = folder / "run"
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def linear_system(sequences: int, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``[N, T]`` and outputs of ``h_t = 0.8 h_{t-1} + x_t``, ``y_t = 0.5 h_t``."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(sequences, steps))
+    h = np.zeros(sequences)
+    y = np.zeros_like(x)
+    for t in range(steps):
+        h = 0.8 * h + x[:, t]
+        y[:, t] = 0.5 * h
+    return x, y
+
+
+def long_table(x: np.ndarray, y: np.ndarray) -> list[list[object]]:
+    """Rows ``id, time, x, y`` of ``[N, T]`` arrays."""
+    return [[f"s{n}", t, f"{x[n, t]:.6f}", f"{y[n, t]:.6f}"] for n in range(x.shape[0]) for t in range(x.shape[1])]
+
+
+# --------------------------------------------------------------------------- learning
+def test_a_linear_cell_learns_a_linear_system_written_to_csv(tmp_path):
+    x, y = linear_system(12, 40)
+    write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    _, results = run(tmp_path, {"path": str(tmp_path / "lin.csv"), "sequence_id": "id", "time": "t",
+                                "inputs": ["x"], "targets": ["y"], "normalise": False},
+                     model={"cell": {"type": "linear", "hidden_size": 1, "output_size": 1}, "head": "none"},
+                     training={"steps": 150, "lr": 0.05})
+    assert results["test"]["nrmse"] < 0.05, results["test"]
+    assert results["baselines"]["test"]["train_mean"]["nrmse"] > 0.9
+
+
+def test_a_separable_classification_is_learned(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = []
+    for n in range(48):
+        label = "up" if n % 2 else "down"
+        for t, value in enumerate(rng.normal(1.0 if n % 2 else -1.0, 0.5, size=8)):
+            rows.append([f"s{n}", t, f"{value:.5f}", label])
+    write_csv(tmp_path / "cls.csv", ["id", "t", "x", "label"], rows)
+    _, results = run(tmp_path, {"path": str(tmp_path / "cls.csv"), "sequence_id": "id", "inputs": ["x"],
+                                "targets": ["label"], "task": "classification"},
+                     model={"cell": {"type": "vanilla", "hidden_size": 8}}, training={"steps": 60, "lr": 0.05})
+    assert results["classes"] == ["down", "up"]
+    assert results["test"]["accuracy"] >= 0.9 and results["test"]["macro_f1"] >= 0.9
+    majority = results["baselines"]["test"]["majority_class"]["accuracy"]
+    assert majority <= 0.75
+
+
+# --------------------------------------------------------------------------- normalisation and splits
+def offset_table(tmp_path: Path) -> Path:
+    """Six sequences whose levels differ (sequence k sits near k), so split statistics differ from global ones."""
+    rng = np.random.default_rng(2)
+    rows = [[f"s{k}", t, f"{k + rng.normal():.6f}", f"{2 * k + rng.normal():.6f}"] for k in range(6) for t in range(20)]
+    return write_csv(tmp_path / "off.csv", ["id", "t", "x", "y"], rows)
+
+
+def test_normalisation_is_numpys_on_the_training_split_only(tmp_path):
+    path = offset_table(tmp_path)
+    out, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "inputs": ["x"], "targets": ["y"],
+                                  "split": {"by": "sequence", "train": 0.5, "val": 0.25, "test": 0.25}})
+    data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(2, 3))
+    ids = np.array([row.split(",")[0] for row in path.read_text().splitlines()[1:]])
+    train = np.isin(ids, results["split"]["train"])
+    stats = json.loads((out / "normalisation.json").read_text())
+    assert stats == results["normalisation"]
+    assert stats["inputs"]["x"]["mean"] == pytest.approx(data[train, 0].mean(), abs=1e-9)
+    assert stats["inputs"]["x"]["std"] == pytest.approx(data[train, 0].std(), abs=1e-9)
+    assert stats["targets"]["y"]["mean"] == pytest.approx(data[train, 1].mean(), abs=1e-9)
+    assert stats["targets"]["y"]["std"] == pytest.approx(data[train, 1].std(), abs=1e-9)
+    assert abs(stats["inputs"]["x"]["mean"] - data[:, 0].mean()) > 0.1  # the held-out sequences were left out
+
+
+def test_a_sequence_split_shares_out_every_sequence_once(tmp_path):
+    path = offset_table(tmp_path)
+    _, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "inputs": ["x"], "targets": ["y"],
+                                "split": {"by": "sequence", "train": 0.5, "val": 0.25, "test": 0.25}})
+    parts = [set(results["split"][name]) for name in ("train", "val", "test")]
+    assert parts[0].isdisjoint(parts[1]) and parts[0].isdisjoint(parts[2]) and parts[1].isdisjoint(parts[2])
+    assert set().union(*parts) == {f"s{k}" for k in range(6)}
+
+
+def test_another_split_seed_shuffles_differently():
+    params = {"path": "unused.csv", "inputs": ["x"], "targets": ["y"]}
+    from statesim.builtin.sequences.shaping import split_names
+
+    assert split_names(20, (0.6, 0.2, 0.2), 0) != split_names(20, (0.6, 0.2, 0.2), 1)
+    assert split_names(20, (0.6, 0.2, 0.2), 3) == split_names(20, (0.6, 0.2, 0.2), 3)
+    assert SequencesParams(**params).split.by == "sequence"
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_a_time_split_keeps_every_window_inside_its_block(tmp_path, horizon):
+    x, y = linear_system(2, 97)
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    scenario = Sequences(SequencesParams(path=str(path), sequence_id="id", inputs=["x"], targets=["y"],
+                                         task="forecast", horizon=horizon, window=8, stride=3,
+                                         split={"by": "time", "train": 0.6, "val": 0.2, "test": 0.2}))
+    recordings, classes = scenario.load()
+    pieces = scenario.pieces(recordings, classes, seed=0)
+    blocks = dict(zip(("train", "val", "test"), time_blocks(97, (0.6, 0.2, 0.2))))
+    assert blocks == {"train": (0, 58), "val": (58, 78), "test": (78, 97)}
+    for name, (a, b) in blocks.items():
+        assert pieces[name]
+        for piece in pieces[name]:
+            # the window reads steps [start, start + len) and predicts up to start + len - 1 + horizon
+            assert a <= piece.start and piece.start + len(piece.targets) + horizon <= b
+
+
+def test_the_window_count_is_the_closed_form():
+    piece = Piece("a", np.zeros((103, 1)), np.zeros((103, 1)), 0)
+    cut = windows(piece, 10, 7)
+    assert len(cut) == (103 - 10) // 7 + 1 == 14
+    assert [w.start for w in cut] == list(range(0, 103 - 10 + 1, 7))
+    assert all(len(w.inputs) == 10 for w in cut)
+    assert windows(piece, 200, 7) == [piece]
+
+
+def test_the_scenario_counts_windows_per_split(tmp_path):
+    x, y = linear_system(6, 50)
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    _, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "inputs": ["x"], "targets": ["y"],
+                                "window": 12, "stride": 5, "split": {"train": 0.5, "val": 0.25, "test": 0.25}})
+    per_sequence = (50 - 12) // 5 + 1
+    counts = {name: len(results["split"][name]) for name in ("train", "val", "test")}
+    assert counts == {"train": 3, "val": 1, "test": 2}  # round(6 * [0.5, 0.75, 1.0]) = [3, 4, 6]
+    assert results["sizes"] == {**{k: v * per_sequence for k, v in counts.items()}, "sequences": 6}
+
+
+# --------------------------------------------------------------------------- baselines
+def test_forecast_baselines_are_the_hand_computed_ones(tmp_path):
+    rng = np.random.default_rng(4)
+    y = np.cumsum(rng.normal(size=100))
+    path = write_csv(tmp_path / "walk.csv", ["y"], [[f"{v:.6f}"] for v in y])
+    y = np.loadtxt(path, skiprows=1)
+    _, results = run(tmp_path, {"path": str(path), "targets": ["y"], "task": "forecast", "horizon": 2,
+                                "split": {"by": "time", "train": 0.6, "val": 0.2, "test": 0.2}})
+    truth, last = y[82:100], y[80:98]  # test block [80, 100): predict y[t + 2] from y[<= t]
+    base = results["baselines"]["test"]
+    assert base["persistence"]["mse"] == pytest.approx(np.mean((last - truth) ** 2))
+    assert base["persistence"]["mae"] == pytest.approx(np.mean(np.abs(last - truth)))
+    train_mean = y[2:60].mean()  # the training targets: y[2:60] of the train block [0, 60)
+    assert base["train_mean"]["mse"] == pytest.approx(np.mean((train_mean - truth) ** 2))
+    assert base["train_mean"]["nrmse"] == pytest.approx(np.sqrt(np.mean((train_mean - truth) ** 2)) / truth.std())
+    assert results["horizon"] == 2 and set(results["test"]) == {"mse", "mae", "nrmse"}
+
+
+def test_classification_scores_are_accuracy_and_macro_f1():
+    truth = np.array([0, 0, 1, 1, 2])
+    chosen = np.array([0, 1, 1, 1, 0])
+    scores = scoring.classification_scores(chosen, truth, 3)
+    f1 = [2 * 1 / (2 * 1 + 1 + 1), 2 * 2 / (2 * 2 + 1 + 0), 0.0]
+    assert scores == {"accuracy": pytest.approx(3 / 5), "macro_f1": pytest.approx(np.mean(f1))}
+
+
+# --------------------------------------------------------------------------- readers
+def test_npz_gives_the_arrays_of_the_csv(tmp_path):
+    x, y = linear_system(3, 15)
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    from_csv = reading.read(path, Columns(["x"], ["y"], "t", "id"))
+    x6, y6 = np.round(x, 6), np.round(y, 6)
+    np.savez(tmp_path / "lin.npz", inputs=x6[..., None], targets=y6[..., None], input_names=np.array(["x"]),
+             target_names=np.array(["y"]))
+    from_npz = reading.read(tmp_path / "lin.npz", Columns(["x"], ["y"]))
+    assert len(from_csv) == len(from_npz) == 3
+    for a, b in zip(from_csv, from_npz):
+        np.testing.assert_allclose(a.inputs, b.inputs, atol=1e-12)
+        np.testing.assert_allclose(a.targets, b.targets, atol=1e-12)
+
+
+def test_npz_lengths_make_ragged_sequences(tmp_path):
+    np.savez(tmp_path / "r.npz", inputs=np.ones((2, 5, 1)), targets=np.ones((2, 5, 1)), lengths=np.array([5, 3]))
+    recordings = reading.read(tmp_path / "r.npz", Columns([], []))
+    assert [r.steps for r in recordings] == [5, 3]
+
+
+def test_an_npz_that_needs_unpickling_is_refused(tmp_path):
+    np.savez(tmp_path / "p.npz", inputs=np.array([{"a": 1}], dtype=object), targets=np.zeros((1, 1, 1)))
+    with pytest.raises(DataError, match="without unpickling"):
+        reading.read(tmp_path / "p.npz", Columns([], []))
+
+
+def test_missing_values_are_filled_by_the_declared_policy():
+    values = np.array([[1.0, 5.0], [np.nan, 6.0], [3.0, np.nan], [np.nan, np.nan]])
+    filled = reading.fill_missing(values, "ffill", Path("f.csv"), [2, 3, 4, 5], ["a", "b"])
+    np.testing.assert_array_equal(filled, [[1, 5], [1, 6], [3, 6], [3, 6]])
+    np.testing.assert_array_equal(reading.fill_missing(values, "zero", Path("f.csv"), [2, 3, 4, 5], ["a", "b"]),
+                                  np.nan_to_num(values))
+
+
+# --------------------------------------------------------------------------- bad data, through the CLI
+GOOD = [["s0", 0, 1.0, 2.0], ["s0", 1, 1.5, 2.5], ["s1", 0, 0.5, 1.0], ["s1", 1, 0.7, 1.1]]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("ragged", ["bad.csv, row 3:", "3 cells, but the header names 4"]),
+    ("text", ["bad.csv, row 4, column 'y'", "'fast' is not a number"]),
+    ("empty", ["bad.csv: the file is empty"]),
+    ("header_only", ["no data rows"]),
+    ("column", ["the column 'yy'", "scenario.targets", "Did you mean 'y'?"]),
+    ("nan", ["bad.csv, row 2, column 'x'", "missing", "scenario.missing: ffill"]),
+    ("inf", ["bad.csv, row 3, column 'x'", "inf"]),
+    ("time", ["bad.csv, row 3, column 't'", "time does not increase"]),
+    ("nofile", ["nothing.csv: no such file"]),
+])
+def test_bad_data_is_refused_by_file_row_and_column_with_exit_2(tmp_path, capsys, case, expected):
+    rows = [list(r) for r in GOOD]
+    header, targets = ["id", "t", "x", "y"], ["y"]
+    if case == "ragged":
+        rows[1] = rows[1][:3]
+    elif case == "text":
+        rows[2][3] = "fast"
+    elif case == "nan":
+        rows[0][2] = ""
+    elif case == "inf":
+        rows[1][2] = "inf"
+    elif case == "time":
+        rows[1][1] = 0
+    elif case == "column":
+        targets = ["yy"]
+    elif case == "header_only":
+        rows = []
+    path = write_csv(tmp_path / "bad.csv", header, rows)
+    if case == "empty":
+        path.write_text("", encoding="utf-8")
+    scenario = {"path": str(tmp_path / ("nothing.csv" if case == "nofile" else "bad.csv")), "sequence_id": "id",
+                "time": "t", "inputs": ["x"], "targets": targets}
+    yaml_path = scenario_file(tmp_path, scenario)
+    for command in (["validate", str(yaml_path)], ["run", str(yaml_path), "--out", str(tmp_path / "r")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err
+        for text in expected:
+            assert text in err, err
+
+
+def test_keys_that_do_not_fit_the_task_are_config_errors(tmp_path, capsys):
+    yaml_path = scenario_file(tmp_path, {"path": "x.csv", "inputs": ["x"]})
+    assert main(["validate", str(yaml_path)]) == 2
+    assert "name the target column(s)" in capsys.readouterr().err
+
+
+def test_probes_build_the_model_on_the_datas_sizes(tmp_path, capsys):
+    path = write_csv(tmp_path / "ok.csv", ["id", "t", "x", "y"], GOOD)
+    forecast = Sequences(SequencesParams(path=str(path), sequence_id="id", inputs=["x"], targets=["y"],
+                                         task="forecast"))
+    probe, = forecast.probes(None)  # type: ignore[arg-type]
+    assert probe.batch.inputs.shape[-1] == 2 and probe.batch.targets.shape[-1] == 1  # reads x and y, predicts y
+    labelled = write_csv(tmp_path / "lab.csv", ["id", "x", "label"], [["a", 1, "3"], ["b", 2, "10"], ["c", 0, "3"]])
+    classify = Sequences(SequencesParams(path=str(labelled), sequence_id="id", inputs=["x"], targets=["label"],
+                                         task="classification"))
+    probe, = classify.probes(None)  # type: ignore[arg-type]
+    assert probe.batch.targets.shape[-1] == 2 and classify.load()[1] == ["3", "10"]  # numeric labels sort as numbers
+    ok = scenario_file(tmp_path, {"path": str(path), "sequence_id": "id", "inputs": ["x"], "targets": ["y"],
+                                  "task": "forecast"})
+    assert main(["validate", str(ok)]) == 0
+
+
+def test_a_run_writes_the_prediction_plot_and_the_scaling(tmp_path):
+    x, y = linear_system(4, 20)
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    doc = scenario_file(tmp_path, {"path": str(path), "sequence_id": "id", "time": "t", "inputs": ["x"],
+                                   "targets": ["y"], "task": "forecast", "plots": 1})
+    assert main(["run", str(doc), "--out", str(tmp_path / "r"), "--set", "output.plots=true"]) == 0
+    assert (tmp_path / "r" / "plots" / "forecast.png").is_file()
+    assert (tmp_path / "r" / "normalisation.json").is_file()
+    assert Scaling.fit([Piece("a", np.ones((3, 1)), np.ones((3, 1)), 0)], False).input_std.tolist() == [1.0]
