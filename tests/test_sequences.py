@@ -311,3 +311,23 @@ def test_a_run_writes_the_prediction_plot_and_the_scaling(tmp_path):
     assert (tmp_path / "r" / "plots" / "forecast.png").is_file()
     assert (tmp_path / "r" / "normalisation.json").is_file()
     assert Scaling.fit([Piece("a", np.ones((3, 1)), np.ones((3, 1)), 0)], False).input_std.tolist() == [1.0]
+
+
+def test_the_documented_embed_recipe_reproduces_the_test_score(tmp_path):
+    """docs/your-data.md: embed/export read normalised inputs; normalisation.json scales in and out."""
+    from statesim.embed import load
+
+    x, y = linear_system(4, 30, seed=5)
+    x, y = 3.0 + 2.0 * x, 1.0 + y  # far from zero mean and unit std, so forgetting the scaling would show
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    out, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "inputs": ["x"], "targets": ["y"],
+                                  "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, training={"steps": 5})
+    scale = json.loads((out / "normalisation.json").read_text())
+    xs, ys = scale["inputs"]["x"], scale["targets"]["y"]
+    test, = results["split"]["test"]
+    n = int(test[1:])
+    xt, yt = np.round(x[n], 6), np.round(y[n], 6)
+    model = load(out)
+    model.reset(batch_size=1)
+    predicted = np.array([model.step([(v - xs["mean"]) / xs["std"]])[0] * ys["std"] + ys["mean"] for v in xt])
+    assert np.mean((predicted - yt) ** 2) == pytest.approx(results["test"]["mse"], rel=1e-4)
