@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, TextIO
 
 if TYPE_CHECKING:
     from statesim.plugin_manager import PluginHost
@@ -372,6 +372,22 @@ def _add_export_command(sub: "argparse._SubParsersAction[argparse.ArgumentParser
     export.set_defaults(func=cmd_export)
 
 
+def _show_statesim_warnings_plainly() -> None:
+    """statesim's own warnings read ``warning: <paragraph>`` on stderr, without Python's file:line and source."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+             line: str | None = None) -> None:
+        if category.__module__.startswith("statesim."):  # by module: importing the classes would import torch
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run a subcommand; user errors print one paragraph and exit non-zero."""
     parser = build_parser()
@@ -384,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["STATESIM_STRICT"] = "1"  # an environment variable so worker processes inherit it
     from statesim.errors import StatesimError
 
+    _show_statesim_warnings_plainly()
     try:
         try:
             return func(args)

@@ -5,6 +5,7 @@ run folder exists, and not at run start."""
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from statesim.config import ConfigIssue, RunConfig
 from statesim.errors import ConfigError, StatesimError
 from statesim.plugin_manager import PluginHost
 from statesim.scenario import Probe, RunContext
+
+class UntrainedParametersWarning(UserWarning):
+    """Some of a model's parameters receive no gradient from its outputs, so training never changes them."""
+
 
 #: What a model's first forward may raise when its settings (or its plugin's code) do not fit the scenario.
 FORWARD_FAILURES = (StatesimError, RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError)
@@ -55,7 +60,28 @@ def _probe_issues(ctx: RunContext, probe: Probe, file: str) -> list[ConfigIssue]
                                                    f"{list(outputs.shape)} for inputs {list(batch.inputs.shape)}; "
                                                    f"a model must give one output per step and sequence "
                                                    f"([T, N, O]). Fix the cell or topology plugin that shapes it.")]
+    _warn_untrained(model, probe, file)
     return []
+
+
+def _warn_untrained(model: torch.nn.Module, probe: Probe, file: str) -> None:
+    """Warn when parameters get no gradient from the outputs (an encoder nothing reads): they would never train."""
+    batch = probe.batch
+    try:
+        outputs = model(batch.inputs, lengths=batch.lengths, prefix=batch.prefix, condition=batch.condition,
+                        condition_lengths=batch.condition_lengths).outputs
+        outputs.float().sum().backward()
+    except FORWARD_FAILURES:  # the no-grad forward ran; a backward failure is the trainer's to report
+        return
+    dead = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if not dead:
+        return
+    parts = sorted({".".join(name.split(".")[:2]) for name in dead})
+    warnings.warn(UntrainedParametersWarning(
+        f"{file}: `{probe.key}`: {len(dead)} parameter tensors ({', '.join(parts)}) receive no gradient from the "
+        f"model's outputs, so training will never change them. Connect them or drop them: for example an "
+        f"encoder_decoder whose decoder starts from zeros without attention never reads its encoder (use "
+        f"initial_state: {{type: encoded}} or attention: additive)."), stacklevel=2)
 
 
 def check_first_forward(config: RunConfig, host: PluginHost, file: str) -> None:

@@ -37,6 +37,28 @@ def test_validation_builds_the_model_and_refuses_what_would_fail_at_once(tmp_pat
     assert not out.exists()
 
 
+def test_validation_warns_when_part_of_the_model_would_never_train(capsys):
+    """An encoder_decoder whose decoder starts from zeros without attention never reads its encoder: the
+    probe's backward reaches none of the encoder's parameters, and validation says so (the shipped file,
+    which starts the decoder from the encoding, gives no warning)."""
+    import warnings
+
+    from statesim.cli import main
+    from statesim.probing import UntrainedParametersWarning
+
+    translation = str(ROOT / "scenarios" / "translation.yaml")
+    with pytest.warns(UntrainedParametersWarning) as caught:
+        prepare(translation, ["model.initial_state.type=zeros"])
+    message = str(caught[0].message)
+    assert "`model`" in message and "encoder.embed" in message and "encoder.topology" in message, message
+    assert "decoder." not in message and "head" not in message  # what the outputs do reach is not named
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedParametersWarning)
+        prepare(translation)
+    assert main(["validate", translation, "--set", "model.initial_state.type=zeros"]) == 0
+    assert "warning: " + translation + ": `model`: 9 parameter tensors" in capsys.readouterr().err
+
+
 def test_a_run_failing_its_first_forward_removes_its_new_folder_and_can_be_rerun(tmp_path, unprobed):
     out = tmp_path / "run"
     notes = []
