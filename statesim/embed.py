@@ -164,6 +164,7 @@ class EmbeddedModel:
         self._kernel: NumpyStep | None = None
         self._numpy_kernel: NumpyStep | None = None
         self._head = self._numpy_head = None
+        self._np_scaling: dict[str, np.ndarray | None] | None = None
         self.refresh()
         if model.encoder is None:
             self.reset(batch_size=batch_size)
@@ -274,6 +275,11 @@ class EmbeddedModel:
                     head = (weight, bias)
                 # any other head is run through torch on the kernel's output
             self._numpy_kernel, self._numpy_head = kernel, head
+            scaling = self.model.scaling
+            #: The model's fixed z-scores as NumPy arrays (None: none), applied around the NumPy kernel.
+            self._np_scaling = None if scaling is None else {
+                name: None if value is None else value.detach().cpu().numpy().astype(self._np_dtype)
+                for name, value in scaling.named_buffers()}
             self._choose_path(self._batch)
 
     def _choose_path(self, batch: int) -> None:
@@ -723,6 +729,15 @@ class EmbeddedModel:
     __call__ = step
 
     def _step_numpy(self, x: np.ndarray) -> np.ndarray:
+        scaling = self._np_scaling
+        if scaling is None:
+            return self._kernel_step(x)
+        if scaling["input_mean"] is not None:
+            x = (x - scaling["input_mean"]) / scaling["input_std"]
+        y = self._kernel_step(x)
+        return y if scaling["output_mean"] is None else y * scaling["output_std"] + scaling["output_mean"]
+
+    def _kernel_step(self, x: np.ndarray) -> np.ndarray:
         state = self._state
         kernel, stepper = self._kernel, self._stepper
         assert kernel is not None and stepper is not None  # step() chose this path; reset built the stepper
@@ -750,6 +765,8 @@ class EmbeddedModel:
 
     def _step_torch(self, x: Tensor) -> Tensor:
         assert self._stepper is not None  # step() checked reset gave the model its cell (and so a stepper)
+        if self.model.scaling is not None:
+            x = self.model.scaling.inputs(x)
         if self._batch <= self.numpy_max_batch:
             # x was checked against the batch, and the state is ours (reset/set_state check it): no re-check
             y, state = self._stepper.tick(x, self._state, self._t)
@@ -757,7 +774,7 @@ class EmbeddedModel:
             traj = self._stepper.run(x.unsqueeze(0), self._state, t0=self._t)
             y, state = traj.outputs[0], traj.final_state
         self._state = state
-        if self._head_module is not None:
+        if self._head_module is not None or self.model.scaling is not None:
             return self.model.read_out(y)
         for value in state.values():
             if y is value:  # y_t = h_t: the caller may write into y; the state must not change with it

@@ -53,6 +53,7 @@ class SingleStep(nn.Module):
         self.cell = model.step_cell()
         self.head = model.head  # registered here so tracing sees its parameters; applied through read_out
         self.embed = model.embed  # token-id inputs x [batch] are embedded inside the step (read_in)
+        self.scaling = model.scaling  # fixed z-scores, registered for tracing; read_in/read_out apply them
         self._read_in, self._read_out = model.read_in, model.read_out
         self._stepper = Stepper(self.cell)
         self.parts = list(self.cell.state_spec)

@@ -340,6 +340,44 @@ class Encoder(nn.Module):
         return cls(**dict(params))
 
 
+class Standardise(nn.Module):
+    """Fixed z-scores inside a model: inputs ``(x - mean) / std`` on the way in, outputs ``y * std + mean`` on
+    the way out, so a model trained on normalised data reads and writes the data's own units wherever it runs
+    (trainer, ``statesim.embed``, ``statesim export``). The statistics are buffers: checkpoints store them.
+
+    >>> import torch
+    >>> from statesim.model import Standardise
+    >>> scaling = Standardise({"input_mean": [1.0], "input_std": [2.0], "output_mean": [10.0], "output_std": [5.0]})
+    >>> scaling.inputs(torch.tensor([[3.0]])).item(), scaling.outputs(torch.tensor([[1.0]])).item()
+    (1.0, 15.0)
+    """
+
+    input_mean: Tensor | None
+    input_std: Tensor | None
+    output_mean: Tensor | None
+    output_std: Tensor | None
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__()
+        for name in ("input_mean", "input_std", "output_mean", "output_std"):
+            values = spec.get(name)
+            self.register_buffer(name, None if values is None else torch.tensor(values, dtype=torch.float32))
+        #: The statistics as plain JSON data (what build_spec records to rebuild the model).
+        self.spec = {k: (None if v is None else [float(x) for x in v]) for k, v in spec.items()}
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """``(x - mean) / std`` (unchanged without input statistics)."""
+        if self.input_mean is None or self.input_std is None:
+            return x
+        return (x - self.input_mean) / self.input_std
+
+    def outputs(self, y: Tensor) -> Tensor:
+        """``y * std + mean`` (unchanged without output statistics)."""
+        if self.output_mean is None or self.output_std is None:
+            return y
+        return y * self.output_std + self.output_mean
+
+
 class SequenceModel(nn.Module):
     """A topology, its initial-state policy and an optional output head: what trainers and embedders use.
 
@@ -360,13 +398,16 @@ class SequenceModel(nn.Module):
     compile_steps: bool | None = None
 
     def __init__(self, topology: Topology, initial_state: InitialState, head: nn.Module | None = None, *,
-                 embed: nn.Embedding | None = None, encoder: Encoder | None = None) -> None:
+                 embed: nn.Embedding | None = None, encoder: Encoder | None = None,
+                 scaling: Standardise | None = None) -> None:
         super().__init__()
         self.topology, self.initial_state, self.head = topology, initial_state, head
         #: Token ids -> the topology's inputs (None: the inputs are features already).
         self.embed = embed
         #: Reads each sequence's condition into a Memory (None: an unconditioned model).
         self.encoder = encoder
+        #: Fixed input and output z-scores (None: the model reads and writes its data as they are).
+        self.scaling = scaling
         #: How :func:`build_model` made this model (resolved model config and sizes, plain JSON data);
         #: trainers store it in checkpoints so a checkpoint alone can rebuild the model (statesim.embed).
         self.build_spec: dict[str, Any] | None = None
@@ -401,12 +442,15 @@ class SequenceModel(nn.Module):
         return self.initial_state(batch_size, device=device, dtype=dtype, context=context)
 
     def read_in(self, inputs: Tensor) -> Tensor:
-        """Apply the input embedding (token ids ``[...]`` -> ``[..., input_size]``), if any."""
-        return inputs if self.embed is None else self.embed(inputs)
+        """Apply the input embedding (token ids ``[...]`` -> ``[..., input_size]``) or the input z-scores, if any."""
+        if self.embed is not None:
+            return self.embed(inputs)
+        return inputs if self.scaling is None else self.scaling.inputs(inputs)
 
     def read_out(self, outputs: Tensor) -> Tensor:
-        """Apply the output head (to ``[..., O]``)."""
-        return outputs if self.head is None else self.head(outputs)
+        """Apply the output head (to ``[..., O]``), then the output z-scores' inverse, if any."""
+        outputs = outputs if self.head is None else self.head(outputs)
+        return outputs if self.scaling is None else self.scaling.outputs(outputs)
 
     def forward(self, inputs: Tensor, state: State | None = None, *, lengths: Tensor | None = None,
                 forcing: Forcing | None = None, return_states: bool = False, t0: int = 0,
@@ -449,7 +493,7 @@ class SequenceModel(nn.Module):
             traj = self.topology.condition(memory)(self.read_in(inputs), state, lengths=lengths, forcing=forcing,
                                                    return_states=return_states, t0=t0)
         outputs = self.read_out(traj.outputs)
-        if lengths is not None and self.head is not None:
+        if lengths is not None and (self.head is not None or self.scaling is not None):
             mask = lengths_to_mask(torch.as_tensor(lengths, device=inputs.device), inputs.shape[0])
             outputs = outputs * mask.unsqueeze(-1).to(outputs.dtype)
         return Trajectory(outputs, traj.final_state, traj.states)
@@ -538,7 +582,8 @@ def build_encoder(registry: Registry, spec: dict[str, Any], topology_spec: Any, 
 
 
 def build_model(registry: Registry, config: Any, input_size: int, output_size: int | None = None, *,
-                input_vocab: int | None = None, encoder: dict[str, Any] | None = None) -> SequenceModel:
+                input_vocab: int | None = None, encoder: dict[str, Any] | None = None,
+                scaling: dict[str, Any] | None = None) -> SequenceModel:
     """Build a :class:`SequenceModel` from a resolved ``ModelConfig`` and the data's sizes.
 
     ``input_vocab``: the inputs are token ids, embedded to ``input_size`` features. ``encoder``: the
@@ -546,6 +591,8 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
     declare ``memory_size`` and an initial-state policy whose parameters declare ``encoded_size`` get the
     encoder's sizes when they leave them unset, so the learned maps always bridge encoder and model. A head
     ``y = W h + b`` is added when ``output_size`` differs from the topology's (``model.head: auto``).
+    ``scaling``: fixed z-scores, ``{input_mean, input_std, output_mean, output_std}`` lists (see
+    :class:`Standardise`; either pair may be None), applied before the topology and after the head.
 
     >>> import torch, statesim
     >>> from statesim.config import validate_model
@@ -582,7 +629,8 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
     if wants_head:
         head = nn.Linear(topology.output_size, output_size or topology.output_size, bias=config.head_bias)
     embed = nn.Embedding(input_vocab, input_size) if input_vocab else None
-    model = SequenceModel(topology, policy, head, embed=embed, encoder=conditioning)
+    model = SequenceModel(topology, policy, head, embed=embed, encoder=conditioning,
+                          scaling=Standardise(scaling) if scaling is not None else None)
     model.fast_path, model.compile_steps = getattr(config, "fast_path", None), getattr(config, "compile", None)
     model.build_spec = {"model": config.model_dump(mode="json"), "input_size": input_size, "output_size": output_size}
     # who provided each component (distribution, version): a host without the plugin is told what to install
@@ -592,4 +640,6 @@ def build_model(registry: Registry, config: Any, input_size: int, output_size: i
         model.build_spec["input_vocab"] = input_vocab
     if encoder is not None:
         model.build_spec["encoder"] = dict(encoder)
+    if model.scaling is not None:
+        model.build_spec["scaling"] = model.scaling.spec
     return model

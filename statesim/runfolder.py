@@ -9,6 +9,8 @@ and :func:`statesim.embed.load` all open runs this way.
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,14 +125,32 @@ def _stored_spec(spec: Any, sidecar: Path) -> dict[str, Any] | None:
             and spec["output_size"] > 0))
     vocab = spec.get("input_vocab") if isinstance(spec, dict) else None
     encoder = spec.get("encoder") if isinstance(spec, dict) else None
+    scaling = spec.get("scaling") if isinstance(spec, dict) else None
     extras_ok = (vocab is None or (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0)) and (
-        encoder is None or (isinstance(encoder, dict) and isinstance(encoder.get("type"), str)))
+        encoder is None or (isinstance(encoder, dict) and isinstance(encoder.get("type"), str))) and (
+        scaling is None or _scaling_ok(scaling))
     if not (sizes_ok and extras_ok):
         raise CheckpointError(f"the checkpoint sidecar {sidecar} describes its model wrongly (meta.model must be "
                               f"{{model: {{...}}, input_size: N, output_size: N or null}}, optionally with "
-                              f"input_vocab: N and encoder: {{type: NAME, ...}}); it was edited or damaged. Use "
+                              f"input_vocab: N, encoder: {{type: NAME, ...}} and scaling: {{input_mean: [...], "
+                              f"...}}); it was edited or damaged. Use "
                               f"another checkpoint of the run.")
     return spec
+
+
+def _scaling_ok(scaling: Any) -> bool:
+    """A sidecar's ``scaling``: the four statistics, each null or a list of finite numbers (stds positive)."""
+    names = ("input_mean", "input_std", "output_mean", "output_std")
+    if not isinstance(scaling, dict) or not set(scaling) <= set(names):
+        return False
+    for name, values in scaling.items():
+        if values is None:
+            continue
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   and math.isfinite(v) and (v > 0 or "std" not in name)
+                                                   for v in values):
+            return False
+    return True
 
 
 def _build_checked(registry: Registry, config: Any, input_size: int, output_size: int | None,
@@ -205,7 +225,7 @@ def load_model(path: str | Path, *, job: str | None = None, weights: str = "auto
     else:
         raise EmbedError(f"cannot tell which model the checkpoint {sidecar} holds: it records no model and no "
                          f"run folder with a config.yaml `model:` section encloses it.")
-    extra = {k: spec[k] for k in ("input_vocab", "encoder") if spec is not None and spec.get(k) is not None}
+    extra = {k: spec[k] for k in ("input_vocab", "encoder", "scaling") if spec is not None and spec.get(k) is not None}
     model = _build_checked(registry, config, int(input_size), output_size, tree, sidecar, **extra)
 
     best = tree.get("best_model")

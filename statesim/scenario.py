@@ -123,11 +123,13 @@ class RunContext:
         return target
 
     def build_model(self, config: ModelConfig | None, input_size: int, output_size: int | None, *,
-                    input_vocab: int | None = None, encoder: dict[str, Any] | None = None) -> SequenceModel:
+                    input_vocab: int | None = None, encoder: dict[str, Any] | None = None,
+                    scaling: dict[str, Any] | None = None) -> SequenceModel:
         """Build a model from config (the run's ``model:`` when ``config`` is None).
 
         ``input_vocab``: the inputs are token ids; ``encoder``: the model's conditioning encoder,
-        ``{type: NAME, ...params}`` (see :func:`statesim.model.build_model`).
+        ``{type: NAME, ...params}``; ``scaling``: fixed input/output z-scores inside the model (see
+        :func:`statesim.model.build_model`).
         """
         config = config or self.config.model
         if config is None:
@@ -139,7 +141,7 @@ class RunContext:
         # build_model records the config and sizes (model.build_spec); every checkpoint stores them, so
         # `statesim diagnose` and `statesim.embed` rebuild any job of a finished run from its checkpoint alone.
         model = build_model(self.host.registry, config, input_size, output_size, input_vocab=input_vocab,
-                            encoder=encoder).to(self.device)
+                            encoder=encoder, scaling=scaling).to(self.device)
         if config is self.config.model:
             self.check_forcing(model)
         return model

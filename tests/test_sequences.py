@@ -313,21 +313,52 @@ def test_a_run_writes_the_prediction_plot_and_the_scaling(tmp_path):
     assert Scaling.fit([Piece("a", np.ones((3, 1)), np.ones((3, 1)), 0)], False).input_std.tolist() == [1.0]
 
 
-def test_the_documented_embed_recipe_reproduces_the_test_score(tmp_path):
-    """docs/your-data.md: embed/export read normalised inputs; normalisation.json scales in and out."""
+def test_embed_and_export_apply_the_training_z_scores_themselves(tmp_path):
+    """The z-scores are part of the model: statesim.embed steps raw data to raw predictions, the export too."""
     from statesim.embed import load
+    from statesim.export import export_model, verify_export
+    from statesim.runfolder import load_model
 
     x, y = linear_system(4, 30, seed=5)
-    x, y = 3.0 + 2.0 * x, 1.0 + y  # far from zero mean and unit std, so forgetting the scaling would show
+    x, y = 3.0 + 2.0 * x, 1.0 + y  # far from zero mean and unit std, so a missing scaling would show
     path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
     out, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "inputs": ["x"], "targets": ["y"],
                                   "split": {"train": 0.5, "val": 0.25, "test": 0.25}}, training={"steps": 5})
-    scale = json.loads((out / "normalisation.json").read_text())
-    xs, ys = scale["inputs"]["x"], scale["targets"]["y"]
     test, = results["split"]["test"]
-    n = int(test[1:])
-    xt, yt = np.round(x[n], 6), np.round(y[n], 6)
-    model = load(out)
-    model.reset(batch_size=1)
-    predicted = np.array([model.step([(v - xs["mean"]) / xs["std"]])[0] * ys["std"] + ys["mean"] for v in xt])
-    assert np.mean((predicted - yt) ** 2) == pytest.approx(results["test"]["mse"], rel=1e-4)
+    xt, yt = np.round(x[int(test[1:])], 6), np.round(y[int(test[1:])], 6)
+    for fast in (True, False):  # the NumPy kernel and the torch step
+        model = load(out, fast=fast)
+        model.reset(batch_size=1)
+        predicted = np.array([model.step([v])[0] for v in xt])
+        assert np.mean((predicted - yt) ** 2) == pytest.approx(results["test"]["mse"], rel=1e-4)
+    scale = json.loads((out / "normalisation.json").read_text())
+    trained, _ = load_model(out)
+    assert trained.scaling is not None
+    assert trained.scaling.input_mean.tolist() == pytest.approx([scale["inputs"]["x"]["mean"]])
+    assert trained.scaling.output_std.tolist() == pytest.approx([scale["targets"]["y"]["std"]])
+    sidecar = export_model(trained, tmp_path / "step.pt", "torchscript")
+    assert verify_export(sidecar, trained, steps=10) < 1e-4
+
+
+def test_without_normalise_the_model_holds_no_scaling(tmp_path):
+    from statesim.runfolder import load_model
+
+    x, y = linear_system(4, 10)
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    out, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "inputs": ["x"], "targets": ["y"],
+                                  "normalise": False})
+    assert load_model(out)[0].scaling is None and "normalisation" not in results
+    assert not (out / "normalisation.json").exists()
+
+
+@pytest.mark.parametrize("scaling, ok", [
+    ({"input_mean": [0.5], "input_std": [2.0], "output_mean": None, "output_std": None}, True),
+    ({"input_mean": [0.5], "input_std": [0.0]}, False),  # a std of 0 would divide by zero
+    ({"input_mean": [float("nan")]}, False),
+    ({"input_mean": "0.5"}, False),
+    ({"shift": [1.0]}, False),
+])
+def test_a_checkpoint_sidecar_with_damaged_scaling_is_refused(scaling, ok):
+    from statesim.runfolder import _scaling_ok
+
+    assert _scaling_ok(scaling) is ok

@@ -151,10 +151,16 @@ class Sequences(Scenario[SequencesParams]):
                             f"or add sequences.")
         classify = p.task == "classification"
         scaling = Scaling.fit(pieces["train"], classify) if p.normalise else None
-        data = {name: batch(pieces[name], scaling, classify) if pieces[name] else None for name in SPLITS}
+        data = {name: batch(pieces[name], classify) if pieces[name] else None for name in SPLITS}
         assert data["train"] is not None
-        model = ctx.build_model(None, *self.sizes(recordings, classes))
-        loss = scoring.last_step_cross_entropy if classify else scoring.after_warmup(mse_loss, p.warmup)
+        # The z-scores live inside the model (buffers its checkpoints keep), so statesim.embed and statesim
+        # export read and write the data's own units; the loss compares z-scored outputs and targets.
+        model = ctx.build_model(None, *self.sizes(recordings, classes),
+                                scaling=scaling.as_model() if scaling is not None else None)
+        loss: scoring.Loss = scoring.last_step_cross_entropy if classify else mse_loss
+        if scaling is not None and scaling.target_mean is not None and scaling.target_std is not None:
+            loss = scoring.standardised(loss, scaling.target_mean.tolist(), scaling.target_std.tolist())
+        loss = loss if classify else scoring.after_warmup(loss, p.warmup)
         ctx.train(model, DataSplits(data["train"], data["val"], data["test"]), loss_fn=loss)
         results: dict[str, Any] = {"task": p.task, "sizes": {name: len(pieces[name]) for name in SPLITS}}
         results["sizes"]["sequences"] = len(recordings)
@@ -164,7 +170,7 @@ class Sequences(Scenario[SequencesParams]):
         if scaling is not None:
             results["normalisation"] = scaling.as_json(input_names, target_names)
             self._write_normalisation(ctx, results["normalisation"])
-        predictions = {name: self._predict(ctx, model, data[name], scaling) for name in SPLITS if data[name]}
+        predictions = {name: self._predict(ctx, model, data[name]) for name in SPLITS if data[name]}
         if classify:
             results.update(self._classification(ctx, pieces, predictions, classes))
         else:
@@ -185,15 +191,13 @@ class Sequences(Scenario[SequencesParams]):
         if is_writer():
             atomic_write_text(ctx.path("normalisation.json"), json.dumps(stats, indent=2) + "\n")
 
-    def _predict(self, ctx: RunContext, model: torch.nn.Module, data: Any, scaling: Scaling | None) -> np.ndarray:
+    def _predict(self, ctx: RunContext, model: torch.nn.Module, data: Any) -> np.ndarray:
         """The model's outputs ``[T, N, O]`` on a split, in the data's own units (logits to classify)."""
         model.eval()
         with torch.no_grad():
             lengths = None if data.lengths is None else data.lengths.to(ctx.device)
             out = model(data.inputs.to(ctx.device), lengths=lengths).outputs.double().cpu().numpy()
         model.train()
-        if scaling is not None and scaling.target_mean is not None and self.params.task != "classification":
-            out = out * scaling.target_std + scaling.target_mean
         return out
 
     def _regression(self, ctx: RunContext, pieces: dict[str, list[Piece]], predictions: dict[str, np.ndarray],

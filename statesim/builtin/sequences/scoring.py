@@ -57,6 +57,18 @@ def after_warmup(loss: Loss, warmup: int) -> Loss:
     return masked
 
 
+def standardised(loss: Loss, mean: list[float], std: list[float]) -> Loss:
+    """``loss`` of outputs and targets both z-scored: the model writes the data's units, the loss weighs every
+    target column alike (an MSE in metres and one in millimetres train at the same pace)."""
+    mean_t, std_t = torch.tensor(mean), torch.tensor(std)
+
+    def scaled(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        m, s = mean_t.to(outputs), std_t.to(outputs)
+        return loss((outputs - m) / s, (targets - m) / s, mask)
+
+    return scaled
+
+
 def plot_predictions(ctx: Any, name: str, title: str, series: list[dict[str, Any]], names: list[str]) -> None:
     """One panel per target column: truth, prediction and (forecast) persistence of a few held-out pieces."""
     if not ctx.plots_enabled or not series:

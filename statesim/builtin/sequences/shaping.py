@@ -111,8 +111,17 @@ class Scaling:
         return out
 
 
-def batch(pieces: list[Piece], scaling: Scaling | None, classification: bool) -> SequenceData:
-    """Pieces stacked time-major and zero-padded (``lengths``), normalised by ``scaling`` when given."""
+    def as_model(self) -> dict[str, list[float] | None]:
+        """The statistics as :func:`statesim.model.build_model`'s ``scaling`` (inside the model, in checkpoints)."""
+        def plain(values: np.ndarray | None) -> list[float] | None:
+            return None if values is None else [float(v) for v in values]
+
+        return {"input_mean": plain(self.input_mean), "input_std": plain(self.input_std),
+                "output_mean": plain(self.target_mean), "output_std": plain(self.target_std)}
+
+
+def batch(pieces: list[Piece], classification: bool) -> SequenceData:
+    """Pieces stacked time-major and zero-padded (``lengths``), in the data's own units (the model scales)."""
     steps = max(len(p.inputs) for p in pieces)
     features = pieces[0].inputs.shape[1]
     x = np.zeros((steps, len(pieces), features), dtype=np.float32)
@@ -122,12 +131,7 @@ def batch(pieces: list[Piece], scaling: Scaling | None, classification: bool) ->
     else:
         y = np.zeros((steps, len(pieces), pieces[0].targets.shape[1]), dtype=np.float32)
     for n, p in enumerate(pieces):
-        xi, yi = p.inputs, p.targets
-        if scaling is not None:
-            xi = (xi - scaling.input_mean) / scaling.input_std
-            if not classification and scaling.target_mean is not None and scaling.target_std is not None:
-                yi = (yi - scaling.target_mean) / scaling.target_std
-        x[:len(xi), n] = xi
-        y[:len(yi), n] = yi
+        x[:len(p.inputs), n] = p.inputs
+        y[:len(p.targets), n] = p.targets
     ragged = bool((lengths != steps).any())
     return SequenceData(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(lengths) if ragged else None)
