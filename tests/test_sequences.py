@@ -214,6 +214,31 @@ def test_npz_gives_the_arrays_of_the_csv(tmp_path):
         np.testing.assert_allclose(a.targets, b.targets, atol=1e-12)
 
 
+def test_parquet_gives_the_arrays_of_the_csv(tmp_path):
+    pa = pytest.importorskip("pyarrow")  # in the dev extra, so CI runs this
+    import pyarrow.parquet as pq
+
+    x, y = linear_system(3, 15)
+    rows = long_table(x, y)
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], rows)
+    table = pa.table({"id": [r[0] for r in rows], "t": [float(r[1]) for r in rows],
+                      "x": [float(r[2]) for r in rows], "y": [float(r[3]) for r in rows]})
+    pq.write_table(table, tmp_path / "lin.parquet")
+    columns = Columns(["x"], ["y"], "t", "id")
+    from_csv, from_parquet = reading.read(path, columns), reading.read(tmp_path / "lin.parquet", columns)
+    assert [r.name for r in from_csv] == [r.name for r in from_parquet] == ["s0", "s1", "s2"]
+    for a, b in zip(from_csv, from_parquet):
+        np.testing.assert_array_equal(a.inputs, b.inputs)
+        np.testing.assert_array_equal(a.targets, b.targets)
+        np.testing.assert_array_equal(a.time, b.time)
+    pq.write_table(pa.table({"x": [1.0, None, 3.0], "y": [1.0, 2.0, 3.0]}), tmp_path / "hole.parquet")
+    with pytest.raises(DataError, match=r"hole.parquet, row 2, column 'x': the value is missing"):
+        reading.read(tmp_path / "hole.parquet", Columns(["x"], ["y"]))
+    pq.write_table(pa.table({"x": ["a", "b"], "y": [1.0, 2.0]}), tmp_path / "text.parquet")
+    with pytest.raises(DataError, match=r"text.parquet, row 1, column 'x': 'a' is not a number"):
+        reading.read(tmp_path / "text.parquet", Columns(["x"], ["y"]))
+
+
 def test_npz_lengths_make_ragged_sequences(tmp_path):
     np.savez(tmp_path / "r.npz", inputs=np.ones((2, 5, 1)), targets=np.ones((2, 5, 1)), lengths=np.array([5, 3]))
     recordings = reading.read(tmp_path / "r.npz", Columns([], []))

@@ -1,4 +1,4 @@
-"""Scenario ``sequences``: train the run's model on the user's own recordings (CSV or ``.npz``), from YAML alone.
+"""Scenario ``sequences``: train the run's model on the user's own recordings (CSV, Parquet, ``.npz``), from YAML.
 
 Three tasks: ``regression`` (y_t from x_<=t), ``forecast`` (the targets ``horizon`` steps ahead, from the
 inputs and the targets seen so far) and ``classification`` (one label per sequence, scored at its last
@@ -41,10 +41,11 @@ class SplitParams(ScenarioParams):
 
 
 class SequencesParams(ScenarioParams):
-    path: DataPath = Field(description="the data file: a .csv with a header row, or a .npz with arrays `inputs` "
+    path: DataPath = Field(description="the data file: a .csv with a header row, a .parquet (pip install "
+                           "'statesim[parquet]'), or a .npz with arrays `inputs` "
                            "[N, T, F] and `targets` [N, T, O] (`labels` [N] to classify), optional `lengths` [N], "
                            "`input_names`, `target_names`")
-    inputs: list[str] = Field(default_factory=list, description="input columns (CSV header names); a .npz uses "
+    inputs: list[str] = Field(default_factory=list, description="input columns (CSV or Parquet names); a .npz uses "
                               "all its input columns when empty")
     targets: list[str] = Field(default_factory=list, description="target columns (one class-label column to "
                                "classify); required for a CSV")
@@ -277,4 +278,4 @@ def _clean(scores: dict[str, float]) -> dict[str, float | None]:
 def statesim_scenarios() -> list[Registration]:
     """Register the scenario."""
     return [Registration("sequences", Sequences, SequencesParams,
-                         "your own recordings (CSV, .npz): regression, forecasting or classification, from YAML")]
+                         "your own recordings (CSV, Parquet, .npz): regression, forecast or classification, from YAML")]

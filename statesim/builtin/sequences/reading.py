@@ -115,26 +115,53 @@ def _open(path: Path) -> TextIO:
 def read_csv(path: Path, columns: Columns) -> list[Recording]:
     """The recordings of a CSV file: one, or one per value of the ``sequence_id`` column (in file order)."""
     header = read_header(path)
+    with _open(path) as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        rows = []
+        for row in reader:
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}, row {reader.line_num}: {len(row)} cells, but the header names "
+                                f"{len(header)} columns. Every row needs one cell per column (an empty cell for a "
+                                f"missing value).")
+            rows.append((reader.line_num, row))
+    return _grouped(path, header, rows, columns)
+
+
+def read_parquet(path: Path, columns: Columns) -> list[Recording]:
+    """The recordings of a Parquet file (``pip install 'statesim[parquet]'``); rows are counted from 1."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow; pip install 'statesim[parquet]' (or convert the "
+                        f"file to .csv or .npz).") from None
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
+                        f"scenario.path.")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc}).") from None
+    header = [str(name) for name in table.column_names]
+    cells = [["" if v is None else str(v) for v in table.column(i).to_pylist()] for i in range(len(header))]
+    rows = [(n + 1, [column[n] for column in cells]) for n in range(table.num_rows)]
+    return _grouped(path, header, rows, columns)
+
+
+def _grouped(path: Path, header: list[str], rows: list[tuple[int, list[str]]], columns: Columns) -> list[Recording]:
+    """Rows (numbered as the user counts them) grouped into recordings by the ``sequence_id`` column."""
     idx_in = [_column_index(path, header, c, "inputs") for c in columns.inputs]
     idx_out = [_column_index(path, header, c, "targets") for c in columns.targets]
     idx_time = None if columns.time is None else _column_index(path, header, columns.time, "time")
     idx_id = None if columns.sequence_id is None else _column_index(path, header, columns.sequence_id, "sequence_id")
     groups: dict[str, list[tuple[int, list[str]]]] = {}
-    with _open(path) as handle:
-        reader = csv.reader(handle)
-        next(reader)
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}, row {line}: {len(row)} cells, but the header names {len(header)} columns. "
-                                f"Every row needs one cell per column (an empty cell for a missing value).")
-            key = row[idx_id].strip() if idx_id is not None else "0"
-            groups.setdefault(key, []).append((line, row))
+    for line, row in rows:
+        groups.setdefault(row[idx_id].strip() if idx_id is not None else "0", []).append((line, row))
     if not groups:
         raise DataError(f"{path}: the file has a header but no data rows; add the recordings below the header.")
-    return [_recording(path, header, name, rows, columns, idx_in, idx_out, idx_time) for name, rows in groups.items()]
+    return [_recording(path, header, name, group, columns, idx_in, idx_out, idx_time) for name, group in groups.items()]
 
 
 def _recording(path: Path, header: list[str], name: str, rows: list[tuple[int, list[str]]], columns: Columns,
@@ -241,7 +268,7 @@ def finite_check(path: Path, recordings: list[Recording]) -> None:
 
 
 def read(path: Path, columns: Columns) -> list[Recording]:
-    """The recordings of a CSV or ``.npz`` file."""
+    """The recordings of a CSV, ``.npz`` or Parquet file."""
     suffix = path.suffix.lower()
     if suffix == ".npz":
         recordings = read_npz(path, columns)
@@ -249,5 +276,8 @@ def read(path: Path, columns: Columns) -> list[Recording]:
         return recordings
     if suffix == ".csv":
         return read_csv(path, columns)
-    raise DataError(f"{path}: statesim's sequences scenario reads .csv and .npz files, not '{suffix}'. Convert it "
+    if suffix in (".parquet", ".pq"):
+        return read_parquet(path, columns)
+    raise DataError(f"{path}: statesim's sequences scenario reads .csv, .npz and .parquet files, not '{suffix}'. "
+                    f"Convert it "
                     f"(e.g. np.savez(path, inputs=..., targets=...)).")
