@@ -33,8 +33,17 @@ def _sha256(path: str, mtime_ns: int, size: int) -> str:
 
 
 def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes ("missing" when it cannot be read); cached by path, mtime and size."""
+    """SHA-256 of a file's bytes ("missing" when it cannot be read); cached by path, mtime and size.
+
+    A folder (of data files, one sequence each) hashes the names and hashes of every file under it, so adding,
+    removing, renaming or changing one changes the digest.
+    """
     try:
+        if Path(path).is_dir():
+            digest = hashlib.sha256()
+            for file in sorted(f for f in Path(path).rglob("*") if f.is_file()):
+                digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(str(file))}\n".encode())
+            return digest.hexdigest()
         stat = Path(path).stat()
         return _sha256(path, stat.st_mtime_ns, stat.st_size)
     except OSError:

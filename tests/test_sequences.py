@@ -239,6 +239,32 @@ def test_parquet_gives_the_arrays_of_the_csv(tmp_path):
         reading.read(tmp_path / "text.parquet", Columns(["x"], ["y"]))
 
 
+def test_a_folder_of_files_is_one_sequence_per_file(tmp_path):
+    from statesim.datafiles import file_sha256
+
+    x, y = linear_system(3, 15)
+    rows = long_table(x, y)
+    single = write_csv(tmp_path / "all.csv", ["id", "t", "x", "y"], rows)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for n in range(3):
+        write_csv(folder / f"s{n}.csv", ["t", "x", "y"], [r[1:] for r in rows if r[0] == f"s{n}"])
+    (folder / "notes.txt").write_text("ignored", encoding="utf-8")
+    from_file = reading.read(single, Columns(["x"], ["y"], "t", "id"))
+    from_folder = reading.read(folder, Columns(["x"], ["y"], "t"))
+    assert [r.name for r in from_folder] == ["s0", "s1", "s2"]
+    for a, b in zip(from_file, from_folder):
+        np.testing.assert_array_equal(a.inputs, b.inputs)
+        np.testing.assert_array_equal(a.targets, b.targets)
+    before = file_sha256(str(folder))
+    write_csv(folder / "s1.csv", ["t", "x", "y"], [[0, 1.0, 2.0]])
+    assert file_sha256(str(folder)) not in (before, "missing")  # a resume refuses a changed folder
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="holds no data files"):
+        reading.read(empty, Columns(["x"], ["y"]))
+
+
 def test_npz_lengths_make_ragged_sequences(tmp_path):
     np.savez(tmp_path / "r.npz", inputs=np.ones((2, 5, 1)), targets=np.ones((2, 5, 1)), lengths=np.array([5, 3]))
     recordings = reading.read(tmp_path / "r.npz", Columns([], []))

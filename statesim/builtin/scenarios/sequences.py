@@ -41,8 +41,8 @@ class SplitParams(ScenarioParams):
 
 
 class SequencesParams(ScenarioParams):
-    path: DataPath = Field(description="the data file: a .csv with a header row, a .parquet (pip install "
-                           "'statesim[parquet]'), or a .npz with arrays `inputs` "
+    path: DataPath = Field(description="the data file, or a folder of them (one sequence per file): a .csv with a "
+                           "header row, a .parquet (pip install 'statesim[parquet]'), or a .npz with arrays `inputs` "
                            "[N, T, F] and `targets` [N, T, O] (`labels` [N] to classify), optional `lengths` [N], "
                            "`input_names`, `target_names`")
     inputs: list[str] = Field(default_factory=list, description="input columns (CSV or Parquet names); a .npz uses "

@@ -267,8 +267,29 @@ def finite_check(path: Path, recordings: list[Recording]) -> None:
                                 f"{int(bad[0][1])} is {values[tuple(bad[0])]}; replace it with a finite number.")
 
 
+FOLDER_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
+
+
+def read_folder(path: Path, columns: Columns) -> list[Recording]:
+    """The recordings of every data file in a folder (sorted by name): one per file, named by the file's stem
+    (``stem/id`` when a ``sequence_id`` column splits a file further)."""
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in FOLDER_SUFFIXES)
+    if not files:
+        raise DataError(f"{path}: the folder holds no data files ({', '.join(FOLDER_SUFFIXES)}); put one recording "
+                        f"per file in it, or point scenario.path at a file.")
+    recordings = []
+    for file in files:
+        found = read(file, columns)
+        for rec in found:
+            rec.name = file.stem if len(found) == 1 and columns.sequence_id is None else f"{file.stem}/{rec.name}"
+        recordings += found
+    return recordings
+
+
 def read(path: Path, columns: Columns) -> list[Recording]:
-    """The recordings of a CSV, ``.npz`` or Parquet file."""
+    """The recordings of a CSV, ``.npz`` or Parquet file, or of a folder of them."""
+    if path.is_dir():
+        return read_folder(path, columns)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         recordings = read_npz(path, columns)
