@@ -413,3 +413,15 @@ def test_a_checkpoint_sidecar_with_damaged_scaling_is_refused(scaling, ok):
     from statesim.runfolder import _scaling_ok
 
     assert _scaling_ok(scaling) is ok
+
+
+@pytest.mark.slow
+def test_the_shipped_csv_example_beats_its_baseline(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the file names its data relative to the repository root
+    out = tmp_path / "run"
+    assert main(["run", "scenarios/sequences_csv.yaml", "--out", str(out), "--set", "training.steps=150",
+                 "--set", "output.plots=false", "--set", "output.progress=false"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["split"]["test"] == ["run1"] and results["sizes"]["sequences"] == 6
+    assert results["test"]["nrmse"] < 0.3 < results["baselines"]["test"]["train_mean"]["nrmse"]
