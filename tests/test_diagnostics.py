@@ -220,6 +220,42 @@ def test_diagnose_a_finished_run(tmp_path):
     assert entry["closed_form_max_relative_error"] < 1e-9
 
 
+def test_diagnose_gives_the_cell_the_scenario_data_through_the_models_input_layer(tmp_path, monkeypatch):
+    """The gradient flow is measured on the cell, so a scenario's diagnostic batch must pass the model's input
+    layer first (here input z-scores of mean 1 and std 2 attached to the loaded model): the cell sees
+    (x - 1) / 2, not the raw x."""
+    from statesim.model import Standardise
+    from statesim.run import execute
+
+    run_dir = execute("scenarios/adding.yaml", ["scenario.length=6", "scenario.train_sequences=16",
+                                                "scenario.val_sequences=4", "scenario.test_sequences=4",
+                                                "training.steps=2", "model.cell.hidden_size=3",
+                                                "output.plots=false"], out=tmp_path / "run", echo=lambda m: None)
+    from statesim.builtin.scenarios.long_lag import Adding, AddingParams
+    from statesim import runfolder
+    from statesim.diagnostics import report as diagnose_module
+
+    loaded, flow, seen = runfolder.load_model, diagnose_module.gradient_flow, []
+
+    def scaled(*args, **kwargs):
+        model, info = loaded(*args, **kwargs)
+        model.scaling = Standardise({"input_mean": [1.0, 1.0], "input_std": [2.0, 2.0],
+                                     "output_mean": [0.0], "output_std": [1.0]})
+        return model, info
+
+    def recorded(cell, inputs, **kwargs):
+        seen.append(inputs)
+        return flow(cell, inputs, **kwargs)
+
+    monkeypatch.setattr(runfolder, "load_model", scaled)
+    monkeypatch.setattr(diagnose_module, "gradient_flow", recorded)
+    diagnose_module.diagnose_run(run_dir, batch=3, seed=0, echo=lambda m: None)
+    params = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())["scenario"]))
+    params.pop("type")
+    raw = Adding(AddingParams(**params)).diagnostic_batch("main", 3, 0)[0].inputs
+    torch.testing.assert_close(seen[0], (raw - 1) / 2)
+
+
 def test_diagnose_refuses_a_folder_that_is_not_a_run(tmp_path):
     from statesim.cli import main
 

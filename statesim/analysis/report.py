@@ -248,7 +248,8 @@ def analyze_run(run_dir: str | Path, *, job: str | None = None, x_star: list[flo
                 if offered is None:
                     raise AnalyzeError(f"the scenario '{config.scenario.type}' offers no data batch for analysis "
                                        f"(job '{name}'); drop --inputs-from-data to explore with x* plus noise.")
-                inputs = offered[0].inputs
+                with torch.no_grad():  # in the cell's units: after the model's embedding or input z-scores
+                    inputs = model.read_in(offered[0].inputs)
             point = torch.zeros(model.input_size) if x_star is None else torch.tensor(x_star)
             report, artefacts = analyze_model(model, point, inputs=inputs, options=options)
             write_job(run_dir / "analysis", name, report, artefacts)

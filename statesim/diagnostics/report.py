@@ -64,7 +64,8 @@ def _diagnose_in(run_dir: Path, host: Any, *, batch: int, steps: int, max_lag: i
         offered = scenario.diagnostic_batch(job, batch, seed)
         if offered is not None:
             data, loss_fn = offered
-            inputs = data.inputs
+            with torch.no_grad():  # the cell reads what the model's input layer gives it (embedding, z-scores)
+                inputs = model.read_in(data.inputs)
         else:
             inputs = torch.randn(steps, batch, model.input_size, generator=torch.Generator().manual_seed(seed))
             data = loss_fn = None
