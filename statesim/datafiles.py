@@ -8,19 +8,65 @@ different data (or failing deep inside with a size mismatch when a vocabulary gr
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
+
+from statesim.errors import StatesimError
 
 
 class DataFile:
     """Marker in a field's metadata: the string is the path of a data file the scenario reads."""
 
 
-#: A params field holding the path of a data file the scenario reads (relative to the working directory).
-DataPath = Annotated[str, DataFile()]
+#: How a data file an installed package ships is spelled as a string: ``package:NAME/RESOURCE``.
+PACKAGE_PREFIX = "package:"
+
+
+class PackageDataError(StatesimError):
+    """A data path names a package that is not installed, or a resource the package does not ship."""
+
+
+def _package_form(value: Any) -> Any:
+    """``{package: NAME, resource: RESOURCE}`` as the string ``package:NAME/RESOURCE`` (what the config keeps)."""
+    if isinstance(value, dict) and set(value) == {"package", "resource"}:
+        return f"{PACKAGE_PREFIX}{value['package']}/{str(value['resource']).lstrip('/')}"
+    if isinstance(value, dict):
+        raise ValueError(f"a data path given as a mapping needs exactly the keys package and resource (got "
+                         f"{', '.join(map(str, value)) or 'none'}); e.g. {{package: matplotlib, resource: "
+                         f"mpl-data/sample_data/Stocks.csv}}")
+    return value
+
+
+#: A params field holding the path of a data file the scenario reads (relative to the working directory), or
+#: a file an installed package ships: ``{package: NAME, resource: RESOURCE}`` or ``package:NAME/RESOURCE``.
+DataPath = Annotated[str, BeforeValidator(_package_form), DataFile()]
+
+
+def resolve(path: str) -> Path:
+    """The file a data path names: itself, or (``package:NAME/RESOURCE``) the file inside the installed package."""
+    if not path.startswith(PACKAGE_PREFIX):
+        return Path(path)
+    name, _, resource = path[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.submodule_search_locations is None:
+        raise PackageDataError(f"data path '{path}': no installed package '{name}' to read '{resource}' from. "
+                               f"Install it (pip install {name.split('.')[0]}) or fix the package key of "
+                               f"scenario.path.")
+    found = importlib.resources.files(name).joinpath(resource)
+    # A package imported from a zip has no file to hash or to open with csv; only one on disk is accepted.
+    if not isinstance(found, Path) or not found.exists():
+        raise PackageDataError(f"data path '{path}': the package '{name}' (at {spec.submodule_search_locations[0]})"
+                               f" ships no file '{resource}' on disk. Fix the resource key of scenario.path "
+                               f"(a path inside the package's folder, '/'-separated).")
+    return found
 
 
 @lru_cache(maxsize=64)
@@ -39,6 +85,8 @@ def file_sha256(path: str) -> str:
     removing, renaming or changing one changes the digest.
     """
     try:
+        if path.startswith(PACKAGE_PREFIX):
+            return file_sha256(str(resolve(path)))
         if Path(path).is_dir():
             digest = hashlib.sha256()
             for file in sorted(f for f in Path(path).rglob("*") if f.is_file()):
@@ -46,7 +94,7 @@ def file_sha256(path: str) -> str:
             return digest.hexdigest()
         stat = Path(path).stat()
         return _sha256(path, stat.st_mtime_ns, stat.st_size)
-    except OSError:
+    except (OSError, PackageDataError):
         return "missing"
 
 

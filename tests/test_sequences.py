@@ -425,3 +425,90 @@ def test_the_shipped_csv_example_beats_its_baseline(tmp_path, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     assert results["split"]["test"] == ["run1"] and results["sizes"]["sequences"] == 6
     assert results["test"]["nrmse"] < 0.3 < results["baselines"]["test"]["train_mean"]["nrmse"]
+
+
+# --------------------------------------------------------------------------- data a package ships
+STOCKS = {"package": "matplotlib", "resource": "mpl-data/sample_data/Stocks.csv"}
+
+
+def stocks_file() -> Path:
+    """matplotlib's Stocks.csv, found without statesim (the independent truth of where it lies)."""
+    import matplotlib
+
+    return Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "Stocks.csv"
+
+
+def test_a_package_resource_resolves_to_the_file_and_is_hashed():
+    import hashlib
+
+    from statesim.datafiles import file_sha256, resolve
+
+    params = SequencesParams(path=STOCKS, targets=["^GSPC"], task="forecast")
+    assert params.path == "package:matplotlib/mpl-data/sample_data/Stocks.csv"
+    assert resolve(params.path).samefile(stocks_file())
+    assert file_sha256(params.path) == hashlib.sha256(stocks_file().read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("package:no_such_package_xyz/data.csv", ["no installed package 'no_such_package_xyz'", "pip install"]),
+    ("package:matplotlib/mpl-data/nothing.csv", ["ships no file 'mpl-data/nothing.csv'", "resource key"]),
+])
+def test_a_missing_package_or_resource_is_refused(path, expected):
+    from statesim.datafiles import PackageDataError, file_sha256, resolve
+
+    with pytest.raises(PackageDataError) as error:
+        resolve(path)
+    assert all(text in str(error.value) for text in expected)
+    assert file_sha256(path) == "missing"
+
+
+def test_a_mapping_with_other_keys_is_a_config_error():
+    with pytest.raises(ValueError, match="exactly the keys package and resource"):
+        SequencesParams(path={"package": "matplotlib"}, targets=["y"])
+
+
+def test_comments_iso_dates_and_drop_read_the_stocks_file_as_csv_does():
+    with stocks_file().open(newline="") as handle:
+        rows = [row for row in csv.reader(line for line in handle if not line.startswith("#"))]
+    header, body = rows[0], rows[1:]
+    a, b = header.index("^GSPC"), header.index("AMZN")  # AMZN starts in 1997: leading missing cells
+    kept = [row for row in body if row and row[a].strip() and row[b].strip()]
+    columns = Columns(["AMZN"], ["^GSPC"], "Date", missing="drop")
+    rec, = reading.read(stocks_file(), columns)
+    np.testing.assert_array_equal(rec.targets[:, 0], [float(row[a]) for row in kept])
+    np.testing.assert_array_equal(rec.inputs[:, 0], [float(row[b]) for row in kept])
+    assert rec.time is not None and rec.time.dtype.kind == "M"
+    assert str(rec.time[0].astype("datetime64[D]")) == kept[0][0]
+    with pytest.raises(DataError, match=r"row 3, column 'AMZN'.*missing: drop"):
+        reading.read(stocks_file(), Columns(["AMZN"], ["^GSPC"], "Date", missing="ffill"))
+
+
+def test_dates_that_go_back_and_text_that_is_no_date_are_refused(tmp_path):
+    file = tmp_path / "d.csv"
+    file.write_text("# a comment\nday,x\n2020-01-02,1\n# another\n2020-01-01,2\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 5, column 'day': time does not increase"):
+        reading.read(file, Columns(["x"], ["x"], "day"))
+    file.write_text("day,x\n2020-01-01,1\nMonday,2\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"row 3, column 'day': 'Monday' is neither a number nor an ISO date"):
+        reading.read(file, Columns(["x"], ["x"], "day"))
+    file.write_text("#x,y\nday,x\n2020-01-01,1\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"header \(#x, y\)"):  # comment: null reads '#x,y' as the header
+        reading.read(file, Columns(["x"], ["x"], "day", comment=None))
+
+
+@pytest.mark.slow
+def test_the_shipped_stocks_example_reports_persistence_from_the_file(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    assert main(["run", str(root / "scenarios/sequences_stocks.yaml"), "--out", str(out), "--set",
+                 "training.steps=20", "--set", "output.plots=false", "--set", "output.progress=false"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    with stocks_file().open(newline="") as handle:
+        rows = [row for row in csv.reader(line for line in handle if not line.startswith("#"))]
+    a, b = rows[0].index("^GSPC"), rows[0].index("^IXIC")
+    y = np.array([float(row[a]) for row in rows[1:] if row and row[a].strip() and row[b].strip()])
+    start, end = results["split"]["test"]["0"]
+    test = y[start:end]
+    assert results["baselines"]["test"]["persistence"]["mse"] == pytest.approx(np.mean(np.diff(test) ** 2))
+    assert "package:matplotlib/mpl-data/sample_data/Stocks.csv" in json.loads((out / "run.json").read_text())[
+        "data_files"]

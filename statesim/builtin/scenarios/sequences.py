@@ -10,7 +10,6 @@ next to a naive baseline (training mean, persistence, majority class). The walk-
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -23,7 +22,7 @@ from statesim.builtin.sequences.shaping import SPLITS, Piece, Scaling, batch, sp
     windows
 from statesim.config import RunConfig
 from statesim.data import DataSplits, mse_loss
-from statesim.datafiles import DataPath
+from statesim.datafiles import DataPath, resolve
 from statesim.hookimpl import hookimpl
 from statesim.registry import Registration
 from statesim.scenario import Probe, RunContext, Scenario, ScenarioParams, sized_probe
@@ -44,13 +43,14 @@ class SequencesParams(ScenarioParams):
     path: DataPath = Field(description="the data file, or a folder of them (one sequence per file): a .csv with a "
                            "header row, a .parquet (pip install 'statesim[parquet]'), or a .npz with arrays `inputs` "
                            "[N, T, F] and `targets` [N, T, O] (`labels` [N] to classify), optional `lengths` [N], "
-                           "`input_names`, `target_names`")
+                           "`input_names`, `target_names`; or a file an installed package ships: {package: NAME, "
+                           "resource: RESOURCE} (e.g. matplotlib, mpl-data/sample_data/Stocks.csv)")
     inputs: list[str] = Field(default_factory=list, description="input columns (CSV or Parquet names); a .npz uses "
                               "all its input columns when empty")
     targets: list[str] = Field(default_factory=list, description="target columns (one class-label column to "
                                "classify); required for a CSV")
-    time: str | None = Field(None, description="a time column: must increase within each sequence; the x-axis "
-                             "of the plots")
+    time: str | None = Field(None, description="a time column, numbers or ISO dates (YYYY-MM-DD): must increase "
+                             "within each sequence; the x-axis of the plots")
     sequence_id: str | None = Field(None, description="a column naming the sequence of each row (one file, many "
                                     "sequences); without it the file is one sequence")
     task: Literal["regression", "forecast", "classification"] = Field(
@@ -67,8 +67,12 @@ class SequencesParams(ScenarioParams):
     split: SplitParams = Field(default_factory=SplitParams, description="how sequences are shared out")
     normalise: bool = Field(True, description="z-score inputs and targets with statistics of the training split "
                             "(written to normalisation.json; scores are in the data's own units)")
-    missing: Literal["error", "ffill", "zero"] = Field("error", description="a missing value (empty cell, NaN): "
-                                                       "refuse it, repeat the last value, or use 0")
+    missing: Literal["error", "ffill", "zero", "drop"] = Field(
+        "error", description="a missing value (empty cell, NaN): refuse it, repeat the last value (`ffill`; a "
+        "sequence's first value is refused), use 0, or (`drop`, tables only) leave out every row missing a value "
+        "in the columns read (a series that starts later than the file)")
+    comment: str | None = Field("#", description="CSV lines starting with this (after spaces) are skipped, "
+                                "before and among the rows; null reads every line")
     plots: int = Field(3, ge=0, description="held-out sequences drawn in plots/predictions.png")
 
     @model_validator(mode="after")
@@ -96,11 +100,11 @@ class Sequences(Scenario[SequencesParams]):
 
     def _columns(self) -> Columns:
         p = self.params
-        return Columns(p.inputs, p.targets, p.time, p.sequence_id, p.task == "classification", p.missing)
+        return Columns(p.inputs, p.targets, p.time, p.sequence_id, p.task == "classification", p.missing, p.comment)
 
     def load(self) -> tuple[list[Recording], list[str]]:
         """The recordings and, to classify, the sorted class labels."""
-        recordings = reading.read(Path(self.params.path), self._columns())
+        recordings = reading.read(resolve(self.params.path), self._columns())
         classes: list[str] = []
         if self.params.task == "classification":
             labels = {rec.labels[0] for rec in recordings if rec.labels}

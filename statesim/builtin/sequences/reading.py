@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import difflib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -72,12 +74,18 @@ def fill_missing(values: np.ndarray, policy: str, file: Path, rows: list[int], c
                         f"the last value) or zero.")
     if policy == "zero":
         return np.where(holes, 0.0, values)
+    if policy == "drop":
+        raise DataError(f"{file}, row {rows[row]}, column '{columns[col]}': the value is missing, and "
+                        f"scenario.missing: drop removes rows of a table (CSV, Parquet) only. Fill the array in, or "
+                        f"set scenario.missing: ffill or zero.")
     filled = values.copy()
     for c in range(filled.shape[1]):
         missing = np.isnan(filled[:, c])
         if missing[0]:
             raise DataError(f"{file}, row {rows[0]}, column '{columns[c]}': the first value of a sequence is "
-                            f"missing, so ffill has nothing to repeat. Fill it in or use scenario.missing: zero.")
+                            f"missing, so ffill has nothing to repeat (a series that starts later than the "
+                            f"others). Fill it in, or use scenario.missing: drop (leave out every row with a "
+                            f"missing value) or zero.")
         index = np.where(missing, 0, np.arange(len(missing)))
         filled[:, c] = filled[np.maximum.accumulate(index), c]
     return filled
@@ -93,16 +101,28 @@ class Columns:
     sequence_id: str | None = None
     label_targets: bool = False  # classification: the target column holds class labels (any text)
     missing: str = "error"
+    comment: str | None = "#"
 
 
-def read_header(path: Path) -> list[str]:
+def _uncommented(handle: TextIO, comment: str | None) -> Iterator[str]:
+    """The file's lines, a comment line blanked (not dropped, so the reader's line numbers stay the file's)."""
+    for line in handle:
+        yield "\n" if comment and line.lstrip().startswith(comment) else line
+
+
+def _header(path: Path, reader: Iterator[list[str]]) -> list[str]:
+    """The first non-blank row (the column names)."""
+    for row in reader:
+        if row and any(cell.strip() for cell in row):
+            return [name.strip() for name in row]
+    raise DataError(f"{path}: the file is empty; a CSV needs a header row naming its columns and at least one "
+                    f"data row.")
+
+
+def read_header(path: Path, comment: str | None = "#") -> list[str]:
     """The header row of a CSV file (what validation checks the column names against)."""
     with _open(path) as handle:
-        header = next(csv.reader(handle), None)
-    if not header:
-        raise DataError(f"{path}: the file is empty; a CSV needs a header row naming its columns and at least one "
-                        f"data row.")
-    return [name.strip() for name in header]
+        return _header(path, csv.reader(_uncommented(handle, comment)))
 
 
 def _open(path: Path) -> TextIO:
@@ -114,10 +134,9 @@ def _open(path: Path) -> TextIO:
 
 def read_csv(path: Path, columns: Columns) -> list[Recording]:
     """The recordings of a CSV file: one, or one per value of the ``sequence_id`` column (in file order)."""
-    header = read_header(path)
     with _open(path) as handle:
-        reader = csv.reader(handle)
-        next(reader)
+        reader = csv.reader(_uncommented(handle, columns.comment))
+        header = _header(path, reader)
         rows = []
         for row in reader:
             if not row or all(not cell.strip() for cell in row):
@@ -166,6 +185,8 @@ def _grouped(path: Path, header: list[str], rows: list[tuple[int, list[str]]], c
 
 def _recording(path: Path, header: list[str], name: str, rows: list[tuple[int, list[str]]], columns: Columns,
                idx_in: list[int], idx_out: list[int], idx_time: int | None) -> Recording:
+    if columns.missing == "drop":
+        rows = _complete(path, name, rows, idx_in + idx_out + ([] if idx_time is None else [idx_time]))
     lines = [line for line, _ in rows]
 
     def numbers(indices: list[int]) -> np.ndarray:
@@ -175,8 +196,9 @@ def _recording(path: Path, header: list[str], name: str, rows: list[tuple[int, l
 
     time = None
     if idx_time is not None:
-        time = numbers([idx_time])[:, 0]
-        backwards = np.nonzero(np.diff(time) <= 0)[0]
+        time = _times(path, header[idx_time], lines, [row[idx_time] for _, row in rows], columns.missing)
+        order = time.astype("datetime64[us]").astype(np.int64) if time.dtype.kind == "M" else time
+        backwards = np.nonzero(np.diff(order) <= 0)[0]
         if len(backwards):
             raise DataError(f"{path}, row {lines[backwards[0] + 1]}, column '{header[idx_time]}': time does not "
                             f"increase ({time[backwards[0]]} then {time[backwards[0] + 1]}). Sort the rows by time "
@@ -194,6 +216,46 @@ def _recording(path: Path, header: list[str], name: str, rows: list[tuple[int, l
                             f"Classification gives one label per sequence; split it with a sequence_id column.")
         return Recording(name, inputs, np.zeros((len(rows), 0)), labels, time)
     return Recording(name, inputs, numbers(idx_out), None, time)
+
+
+def _missing_cell(cell: str) -> bool:
+    return cell.strip().lower() in ("", "nan", "na")
+
+
+def _complete(path: Path, name: str, rows: list[tuple[int, list[str]]], indices: list[int]) -> list[tuple[int,
+                                                                                                         list[str]]]:
+    """``missing: drop``: the rows whose cells in the read columns are all present (a series that starts late)."""
+    kept = [(line, row) for line, row in rows if not any(_missing_cell(row[i]) for i in indices)]
+    if not kept:
+        raise DataError(f"{path}, sequence '{name}' (rows {rows[0][0]}-{rows[-1][0]}): every row misses a value in "
+                        f"the columns read, so scenario.missing: drop leaves nothing. Check scenario.inputs and "
+                        f"scenario.targets, or use missing: ffill or zero.")
+    return kept
+
+
+def _times(path: Path, column: str, lines: list[int], cells: list[str], policy: str) -> np.ndarray:
+    """The time column: numbers, or ISO dates (``YYYY-MM-DD``, optionally ``THH:MM:SS``) as ``datetime64``."""
+    texts = [cell.strip() for cell in cells]
+    if all(_is_number_text(text) or _missing_cell(text) for text in texts):
+        values = np.array([_number(path, line, column, text) for line, text in zip(lines, texts)])
+        return fill_missing(values[:, None], policy, path, lines, [column])[:, 0]
+    stamps = []
+    for line, text in zip(lines, texts):
+        try:
+            stamps.append(np.datetime64(datetime.datetime.fromisoformat(text), "us"))
+        except ValueError:
+            raise DataError(f"{path}, row {line}, column '{column}': '{text}' is neither a number nor an ISO date "
+                            f"(YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SS). Fix the cell, or leave scenario.time out "
+                            f"(steps are then counted).") from None
+    return np.array(stamps)
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_npz(path: Path, columns: Columns) -> list[Recording]:
