@@ -512,3 +512,93 @@ def test_the_shipped_stocks_example_reports_persistence_from_the_file(tmp_path):
     assert results["baselines"]["test"]["persistence"]["mse"] == pytest.approx(np.mean(np.diff(test) ** 2))
     assert "package:matplotlib/mpl-data/sample_data/Stocks.csv" in json.loads((out / "run.json").read_text())[
         "data_files"]
+
+
+# --------------------------------------------------------------------------- multi-step forecasts (outputs: path)
+def ar1(sequences: int, steps: int, a: float = 0.9, seed: int = 0) -> np.ndarray:
+    """``[N, T]`` of the noise-free ``x_{t+1} = a x_t`` from random starts (so ``x_{t+h} = a^h x_t``)."""
+    start = np.random.default_rng(seed).uniform(1.0, 3.0, size=sequences)
+    return start[:, None] * a ** np.arange(steps)[None, :]
+
+
+def test_a_path_piece_holds_the_next_h_values_horizon_major():
+    from statesim.builtin.sequences.reading import Recording
+    from statesim.builtin.sequences.shaping import task_piece
+
+    x = ar1(1, 10)[0]
+    y = np.stack([x, 10 * x], axis=1)  # two target columns, to check the order of the H blocks
+    rec = Recording("r", np.zeros((10, 0)), y)
+    piece = task_piece(rec, 0, 10, "forecast", 3, [], path=True)
+    assert piece is not None and piece.targets.shape == (7, 6) and piece.inputs.shape == (7, 2)
+    hand = np.array([[y[t + 1, 0], y[t + 1, 1], y[t + 2, 0], y[t + 2, 1], y[t + 3, 0], y[t + 3, 1]]
+                     for t in range(7)])
+    np.testing.assert_array_equal(piece.targets, hand)
+    np.testing.assert_allclose(piece.targets[:, ::2], x[:7, None] * 0.9 ** np.arange(1, 4), rtol=1e-12)
+    np.testing.assert_array_equal(piece.persistence, np.tile(y[:7], (1, 3)))
+    scaling = Scaling.fit([piece], False, repeat=3)  # each variable's statistics, repeated per horizon step
+    np.testing.assert_allclose(scaling.target_mean, np.tile(piece.targets.reshape(21, 2).mean(0), 3))
+
+
+def test_a_linear_model_learns_the_ar1_path_and_scores_every_step_ahead(tmp_path):
+    horizon, a = 3, 0.9
+    x = ar1(10, 12, a)
+    rows = [[f"s{n}", t, f"{x[n, t]:.9f}"] for n in range(10) for t in range(12)]
+    path = write_csv(tmp_path / "ar.csv", ["id", "t", "x"], rows)
+    _, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "time": "t", "targets": ["x"],
+                                "task": "forecast", "horizon": horizon, "outputs": "path", "normalise": False},
+                       model={"cell": {"type": "linear", "hidden_size": 1, "output_size": horizon}, "head": "none"},
+                       training={"steps": 600, "lr": 0.05})
+    by_h = results["by_horizon"]["test"]
+    assert [row["h"] for row in by_h] == [1, 2, 3] and results["outputs"] == "path"
+    test = np.stack([np.round(x[int(name[1:])], 9) for name in results["split"]["test"]])
+    for h, row in enumerate(by_h, start=1):
+        truth, last = test[:, h:12 - horizon + h], test[:, :12 - horizon]
+        assert row["persistence"]["mse"] == pytest.approx(np.mean((truth - last) ** 2), rel=1e-9)
+        assert row["model"]["mse"] < 0.02 * row["persistence"]["mse"], row
+    assert results["baselines"]["test"]["persistence"]["mse"] == pytest.approx(
+        np.mean([row["persistence"]["mse"] for row in by_h]))  # the overall score is the mean over the steps
+
+
+def test_outputs_path_needs_a_forecast():
+    with pytest.raises(ValueError, match="outputs: path is a forecast's path"):
+        SequencesParams(path="a.csv", inputs=["x"], targets=["y"], outputs="path")
+
+
+def test_the_fan_plot_is_written_from_origins_whose_path_fits(tmp_path):
+    assert scoring.fan_origins(10, 3, 4) == [0, 2, 5, 7] and scoring.fan_origins(2, 3, 4) == []
+    x = ar1(4, 12)
+    path = write_csv(tmp_path / "ar.csv", ["id", "x"], [[f"s{n}", x[n, t]] for n in range(4) for t in range(12)])
+    doc = scenario_file(tmp_path, {"path": str(path), "sequence_id": "id", "targets": ["x"], "task": "forecast",
+                                   "horizon": 4, "outputs": "path", "plots": 1})
+    assert main(["run", str(doc), "--out", str(tmp_path / "r"), "--set", "output.plots=true"]) == 0
+    assert (tmp_path / "r" / "plots" / "forecast_fan.png").is_file()
+    assert (tmp_path / "r" / "plots" / "forecast.png").is_file()
+
+
+def test_a_path_model_embeds_and_exports_with_its_scaling_repeated_per_step(tmp_path):
+    from statesim.embed import load
+    from statesim.export import export_model, verify_export
+    from statesim.runfolder import load_model
+
+    horizon = 3
+    x = 5.0 + ar1(6, 12)  # far from zero mean and unit std, so a missing or unrepeated scaling would show
+    rows = [[f"s{n}", t, f"{x[n, t]:.9f}"] for n in range(6) for t in range(12)]
+    path = write_csv(tmp_path / "ar.csv", ["id", "t", "x"], rows)
+    out, results = run(tmp_path, {"path": str(path), "sequence_id": "id", "targets": ["x"], "task": "forecast",
+                                  "horizon": horizon, "outputs": "path",
+                                  "split": {"train": 0.5, "val": 0.17, "test": 0.33}}, training={"steps": 5})
+    trained, _ = load_model(out)
+    assert trained.scaling is not None and trained.scaling.output_mean is not None
+    scale = json.loads((out / "normalisation.json").read_text())["targets"]["x"]
+    assert trained.scaling.output_mean.tolist() == pytest.approx([scale["mean"]] * horizon)
+    seen = np.stack([np.round(x[int(name[1:])], 9) for name in results["split"]["test"]])
+    truth = np.stack([seen[:, h:12 - horizon + h] for h in range(1, horizon + 1)], axis=-1)  # [N, T, H]
+    for fast in (True, False):
+        model = load(out, fast=fast)
+        predicted = []
+        for series in seen:
+            model.reset(batch_size=1)
+            predicted.append([model.step([v]) for v in series[:12 - horizon]])
+        assert np.mean((np.array(predicted) - truth) ** 2) == pytest.approx(results["test"]["mse"], rel=1e-4)
+    sidecar = export_model(trained, tmp_path / "step.pt", "torchscript")
+    assert verify_export(sidecar, trained, steps=10) < 1e-4

@@ -1,7 +1,8 @@
 """Scenario ``sequences``: train the run's model on the user's own recordings (CSV, Parquet, ``.npz``), from YAML.
 
 Three tasks: ``regression`` (y_t from x_<=t), ``forecast`` (the targets ``horizon`` steps ahead, from the
-inputs and the targets seen so far) and ``classification`` (one label per sequence, scored at its last
+inputs and the targets seen so far; with ``outputs: path`` every step up to it, scored per step ahead and
+drawn as a fan) and ``classification`` (one label per sequence, scored at its last
 step). Splits by sequence or by time never leak (a window never crosses a split's boundary); z-score
 statistics are fitted on the training split alone and written to ``normalisation.json``. Every score sits
 next to a naive baseline (training mean, persistence, majority class). The walk-through is
@@ -57,7 +58,12 @@ class SequencesParams(ScenarioParams):
         "regression", description="`regression`: y_t from x_<=t; `forecast`: the targets `horizon` steps ahead "
         "from the inputs and targets seen so far; `classification`: one label per sequence, at its last step")
     horizon: int = Field(1, ge=1, description="forecast: how many steps ahead the targets are predicted (the "
-                         "model predicts y_{t+horizon}, one value per target)")
+                         "model predicts y_{t+horizon}, one value per target; `outputs: path`: all of "
+                         "y_{t+1..t+horizon})")
+    outputs: Literal["point", "path"] = Field("point", description="forecast: `point` predicts the one step "
+                                              "`horizon` ahead; `path` the whole path to it, horizon x targets "
+                                              "outputs (horizon-major), scored at each step ahead and drawn as "
+                                              "a fan (plots/forecast_fan.png)")
     window: int | None = Field(None, gt=1, description="cut sequences into windows of this many steps (long "
                                "recordings); whole sequences when unset")
     stride: int | None = Field(None, gt=0, description="steps between window starts; `window` when unset (no "
@@ -88,6 +94,9 @@ class SequencesParams(ScenarioParams):
         if self.window is not None and self.warmup >= self.window:
             raise ValueError(f"warmup ({self.warmup}) leaves no step of a {self.window}-step window to score; "
                              f"lower warmup or raise window")
+        if self.outputs == "path" and self.task != "forecast":
+            raise ValueError(f"outputs: path is a forecast's path of future steps; task {self.task} has none "
+                             f"(set task: forecast, or leave outputs out)")
         if self.stride is not None and self.window is None:
             raise ValueError("stride is the step between windows; set window too")
         return self
@@ -120,7 +129,13 @@ class Sequences(Scenario[SequencesParams]):
         features, targets = recordings[0].inputs.shape[1], recordings[0].targets.shape[1]
         if self.params.task == "classification":
             return features, len(classes)
-        return (features + targets if self.params.task == "forecast" else features), targets
+        if self.params.task == "forecast":
+            return features + targets, targets * self._repeat()
+        return features, targets
+
+    def _repeat(self) -> int:
+        """How many times the target columns repeat in the outputs: ``horizon`` for a forecast path, else 1."""
+        return self.params.horizon if self.params.outputs == "path" else 1
 
     def probes(self, config: RunConfig) -> list[Probe]:
         """The run's model on the data's real sizes (validation reads the file, so bad data is refused there)."""
@@ -136,12 +151,13 @@ class Sequences(Scenario[SequencesParams]):
             chosen = split_names(len(recordings), fractions, seed)
             for name in SPLITS:
                 for i in chosen[name]:
-                    piece = task_piece(recordings[i], 0, recordings[i].steps, p.task, p.horizon, classes)
+                    piece = task_piece(recordings[i], 0, recordings[i].steps, p.task, p.horizon, classes,
+                                       p.outputs == "path")
                     out[name] += windows(piece, p.window, p.stride or p.window or 1) if piece else []
             return out
         for rec in recordings:
             for name, (a, b) in zip(SPLITS, time_blocks(rec.steps, fractions)):
-                piece = task_piece(rec, a, b, p.task, p.horizon, classes)
+                piece = task_piece(rec, a, b, p.task, p.horizon, classes, p.outputs == "path")
                 out[name] += windows(piece, p.window, p.stride or p.window or 1) if piece else []
         return out
 
@@ -155,7 +171,7 @@ class Sequences(Scenario[SequencesParams]):
                             f"{p.split.by}); raise scenario.split.train, lower scenario.window or scenario.horizon, "
                             f"or add sequences.")
         classify = p.task == "classification"
-        scaling = Scaling.fit(pieces["train"], classify) if p.normalise else None
+        scaling = Scaling.fit(pieces["train"], classify, self._repeat()) if p.normalise else None
         data = {name: batch(pieces[name], classify) if pieces[name] else None for name in SPLITS}
         assert data["train"] is not None
         # The z-scores live inside the model (buffers its checkpoints keep), so statesim.embed and statesim
@@ -170,7 +186,7 @@ class Sequences(Scenario[SequencesParams]):
         results: dict[str, Any] = {"task": p.task, "sizes": {name: len(pieces[name]) for name in SPLITS}}
         results["sizes"]["sequences"] = len(recordings)
         if p.task == "forecast":
-            results["horizon"] = p.horizon
+            results["horizon"], results["outputs"] = p.horizon, p.outputs
         input_names, target_names = self._names(recordings)
         if scaling is not None:
             results["normalisation"] = scaling.as_json(input_names, target_names)
@@ -220,21 +236,41 @@ class Sequences(Scenario[SequencesParams]):
                                        if piece.persistence is not None])
                 base["persistence"] = _clean(scoring.regression_scores(last, truth))
             out["baselines"][name] = base
+            if self._repeat() > 1:
+                out.setdefault("by_horizon", {})[name] = self._by_horizon(
+                    model, truth, np.broadcast_to(train_mean, truth.shape), last)
+        ahead = 1 if self._repeat() > 1 else self.params.horizon  # a path's first block is one step ahead
         shown = "test" if "test" in predictions else ("val" if "val" in predictions else "train")
         series = []
         for n, piece in enumerate(pieces[shown][:self.params.plots]):
             steps = len(piece.targets)
             rec = next(r for r in recordings if r.name == piece.name)
-            offset = piece.start + (self.params.horizon if self.params.task == "forecast" else 0)
+            offset = piece.start + (ahead if self.params.task == "forecast" else 0)
             t = rec.time[offset:offset + steps] if rec.time is not None else np.arange(offset, offset + steps)
             series.append({"label": f"{shown} sequence {piece.name} from step {piece.start}", "t": t,
                            "truth": piece.targets, "prediction": predictions[shown][:steps, n],
                            "persistence": piece.persistence})
-        title = (f"{self.params.horizon}-step-ahead forecast vs truth ({shown} split)" if self.params.task == "forecast"
+        title = (f"{ahead}-step-ahead forecast vs truth ({shown} split)" if self.params.task == "forecast"
                  else f"predictions vs truth ({shown} split)")
         scoring.plot_predictions(ctx, "forecast" if self.params.task == "forecast" else "predictions", title,
                                  series, names)
+        if self._repeat() > 1 and series:
+            scoring.plot_fan(ctx, series[0], self.params.horizon, names, self.params.plots + 2)
         return out
+
+    def _by_horizon(self, model: np.ndarray, truth: np.ndarray, mean: np.ndarray,
+                    last: np.ndarray) -> list[dict[str, Any]]:
+        """Scores of the model and both baselines at each step ahead h = 1..H (``[S, H * O]`` arrays)."""
+        h_count = self._repeat()
+        width = truth.shape[1] // h_count
+
+        def at(values: np.ndarray, h: int) -> np.ndarray:
+            return values[:, h * width:(h + 1) * width]
+
+        return [{"h": h + 1, "model": _clean(scoring.regression_scores(at(model, h), at(truth, h))),
+                 "persistence": _clean(scoring.regression_scores(at(last, h), at(truth, h))),
+                 "train_mean": _clean(scoring.regression_scores(at(mean, h), at(truth, h)))}
+                for h in range(h_count)]
 
     def _classification(self, ctx: RunContext, pieces: dict[str, list[Piece]], predictions: dict[str, np.ndarray],
                         classes: list[str]) -> dict[str, Any]:

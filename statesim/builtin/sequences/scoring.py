@@ -95,6 +95,41 @@ def plot_predictions(ctx: Any, name: str, title: str, series: list[dict[str, Any
     ctx.save_plot(fig, name)
 
 
+def fan_origins(steps: int, horizon: int, count: int) -> list[int]:
+    """Up to ``count`` evenly spaced steps of a ``steps``-step piece whose whole ``horizon`` path lies inside it."""
+    last = steps - horizon
+    if last < 0 or count < 1:
+        return []
+    return sorted({int(i) for i in np.linspace(0, last, min(count, last + 1)).round()})
+
+
+def plot_fan(ctx: Any, item: dict[str, Any], horizon: int, names: list[str], count: int) -> None:
+    """``plots/forecast_fan.png``: from a few origins of one held-out piece, the predicted path y_{t+1..t+H}
+    (one line per origin) over the truth."""
+    origins = fan_origins(len(item["truth"]), horizon, count)
+    if not ctx.plots_enabled or not origins:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = len(names)
+    fig, axes = plt.subplots(width, 1, figsize=(9, 2.8 * width), squeeze=False)
+    for col, target in enumerate(names):
+        ax = axes[col][0]
+        # The truth is the path's first block, y_{t+1}: row i of a piece is one step after its origin.
+        ax.plot(item["t"], item["truth"][:, col], color="k", lw=1.5, label="truth")
+        for n, i in enumerate(origins):
+            path = item["prediction"][i].reshape(horizon, width)[:, col]
+            ax.plot(item["t"][i:i + horizon], path, color=f"C{1 + n % 9}", lw=1.3, marker=".",
+                    label="predicted paths" if n == 0 else None)
+        ax.set_title(f"{item['label']}: {target}, {horizon}-step paths from {len(origins)} origins", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    ctx.save_plot(fig, "forecast_fan")
+
+
 def plot_confusion(ctx: Any, prediction: np.ndarray, truth: np.ndarray, classes: list[str]) -> None:
     """The test split's confusion matrix (rows: true class)."""
     if not ctx.plots_enabled or not len(truth):

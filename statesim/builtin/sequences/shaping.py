@@ -47,10 +47,12 @@ def time_blocks(steps: int, fractions: tuple[float, float, float]) -> list[tuple
     return _cuts(steps, fractions)
 
 
-def task_piece(rec: Recording, start: int, stop: int, task: str, horizon: int, classes: list[str]) -> Piece | None:
+def task_piece(rec: Recording, start: int, stop: int, task: str, horizon: int, classes: list[str],
+               path: bool = False) -> Piece | None:
     """Rows ``[start, stop)`` of ``rec`` as model inputs and targets for ``task`` (None when too short).
 
-    A forecast reads the inputs and the observed targets up to t and predicts the targets at t + horizon;
+    A forecast reads the inputs and the observed targets up to t and predicts the targets at t + horizon
+    (``path``: at every t + 1 .. t + horizon, horizon-major: ``[y_{t+1}, ..., y_{t+H}]``, ``H * O`` wide);
     both ends lie inside ``[start, stop)``, so a piece never sees past its split's boundary.
     """
     x, y = rec.inputs[start:stop], rec.targets[start:stop]
@@ -63,6 +65,10 @@ def task_piece(rec: Recording, start: int, stop: int, task: str, horizon: int, c
     if len(x) <= horizon:
         return None
     seen = np.concatenate([x, y], axis=1)[:-horizon]
+    if path:
+        steps = len(seen)
+        ahead = np.concatenate([y[h:h + steps] for h in range(1, horizon + 1)], axis=1)
+        return Piece(rec.name, seen, ahead, start, persistence=np.tile(y[:-horizon], (1, horizon)))
     return Piece(rec.name, seen, y[horizon:], start, persistence=y[:-horizon])
 
 
@@ -89,23 +95,31 @@ class Scaling:
     target_std: np.ndarray | None
 
     @staticmethod
-    def fit(pieces: list[Piece], classification: bool) -> "Scaling":
-        """Mean and std (population, ``np.std``) of every column over the training pieces' steps."""
+    def fit(pieces: list[Piece], classification: bool, repeat: int = 1) -> "Scaling":
+        """Mean and std (population, ``np.std``) of every column over the training pieces' steps.
+
+        ``repeat`` H: the targets are a forecast path, H blocks of the same O columns; each column's statistics
+        are fitted over all H blocks and repeated per block, so every horizon step is scaled as its variable.
+        """
         x = np.concatenate([p.inputs for p in pieces])
         y = None if classification else np.concatenate([p.targets for p in pieces])
+        if y is not None and repeat > 1:
+            y = y.reshape(len(y) * repeat, y.shape[1] // repeat)
 
         def spread(values: np.ndarray) -> np.ndarray:
             std = values.std(axis=0)
             return np.where(std > 1e-12, std, 1.0)  # a constant column is shifted, not blown up
 
-        return Scaling(x.mean(axis=0), spread(x), None if y is None else y.mean(axis=0),
-                       None if y is None else spread(y))
+        if y is None:
+            return Scaling(x.mean(axis=0), spread(x), None, None)
+        return Scaling(x.mean(axis=0), spread(x), np.tile(y.mean(axis=0), repeat), np.tile(spread(y), repeat))
 
     def as_json(self, input_names: list[str], target_names: list[str]) -> dict[str, object]:
         """The statistics by column name (``normalisation.json``)."""
         out: dict[str, object] = {"inputs": {n: {"mean": float(m), "std": float(s)}
                                              for n, m, s in zip(input_names, self.input_mean, self.input_std)}}
         if self.target_mean is not None and self.target_std is not None:
+            # zip stops at the named columns: a forecast path repeats them per horizon step (fit's ``repeat``)
             out["targets"] = {n: {"mean": float(m), "std": float(s)}
                               for n, m, s in zip(target_names, self.target_mean, self.target_std)}
         return out
