@@ -265,6 +265,37 @@ def test_a_folder_of_files_is_one_sequence_per_file(tmp_path):
         reading.read(empty, Columns(["x"], ["y"]))
 
 
+def test_a_folder_of_npy_tables_gives_the_arrays_of_the_csv(tmp_path):
+    """One .npy table [T, C] per recording, columns named by their index (`inputs: [1]` in YAML reads as "1"),
+    a NaN filled by the missing policy, and a non-numeric or 3-D array refused by name."""
+    x, y = linear_system(3, 15)
+    path = write_csv(tmp_path / "lin.csv", ["id", "t", "x", "y"], long_table(x, y))
+    from_csv = reading.read(path, Columns(["x"], ["y"], "t", "id"))
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for n, recording in enumerate(from_csv):
+        np.save(folder / f"s{n}.npy", np.column_stack([recording.time, recording.inputs, recording.targets]))
+    params = SequencesParams(path=str(folder), inputs=[1], targets=[2], time=0)
+    assert (params.inputs, params.targets, params.time) == (["1"], ["2"], "0")
+    from_npy = reading.read(folder, Columns(params.inputs, params.targets, params.time))
+    assert [r.name for r in from_npy] == ["s0", "s1", "s2"]
+    for a, b in zip(from_csv, from_npy):
+        np.testing.assert_array_equal(a.inputs, b.inputs)
+        np.testing.assert_array_equal(a.targets, b.targets)
+    gap = np.array([[0.0, 1.0], [1.0, np.nan], [2.0, 3.0]])
+    np.save(tmp_path / "gap.npy", gap)
+    with pytest.raises(DataError, match=r"row 2, column '1'"):
+        reading.read(tmp_path / "gap.npy", Columns(["0"], ["1"]))
+    filled = reading.read(tmp_path / "gap.npy", Columns(["0"], ["1"], missing="ffill"))[0]
+    np.testing.assert_array_equal(filled.targets[:, 0], [1.0, 1.0, 3.0])
+    np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(DataError, match=r"numeric table \[T, C\]"):
+        reading.read(tmp_path / "cube.npy", Columns(["0"], ["1"]))
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DataError, match="without unpickling"):
+        reading.read(tmp_path / "objects.npy", Columns(["0"], ["1"]))
+
+
 def test_npz_lengths_make_ragged_sequences(tmp_path):
     np.savez(tmp_path / "r.npz", inputs=np.ones((2, 5, 1)), targets=np.ones((2, 5, 1)), lengths=np.array([5, 3]))
     recordings = reading.read(tmp_path / "r.npz", Columns([], []))

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from statesim.builtin.sequences import reading, scoring
 from statesim.builtin.sequences.reading import Columns, DataError, Recording
@@ -42,10 +42,12 @@ class SplitParams(ScenarioParams):
 
 class SequencesParams(ScenarioParams):
     path: DataPath = Field(description="the data file, or a folder of them (one sequence per file): a .csv with a "
-                           "header row, a .parquet (pip install 'statesim[parquet]'), or a .npz with arrays `inputs` "
-                           "[N, T, F] and `targets` [N, T, O] (`labels` [N] to classify), optional `lengths` [N], "
-                           "`input_names`, `target_names`; or a file an installed package ships: {package: NAME, "
-                           "resource: RESOURCE} (e.g. matplotlib, mpl-data/sample_data/Stocks.csv)")
+                           "header row, a .parquet (pip install 'statesim[parquet]'), a .npy numeric table [T, C] "
+                           "(one recording; its columns are named 0 .. C-1, so inputs: [0, 1], targets: [2]), or a "
+                           ".npz with arrays `inputs` [N, T, F] and `targets` [N, T, O] (`labels` [N] to classify), "
+                           "optional `lengths` [N], `input_names`, `target_names`; or a file an installed package "
+                           "ships: {package: NAME, resource: RESOURCE} (e.g. matplotlib, "
+                           "mpl-data/sample_data/Stocks.csv)")
     inputs: list[str] = Field(default_factory=list, description="input columns (CSV or Parquet names); a .npz uses "
                               "all its input columns when empty")
     targets: list[str] = Field(default_factory=list, description="target columns (one class-label column to "
@@ -80,6 +82,14 @@ class SequencesParams(ScenarioParams):
     comment: str | None = Field("#", description="CSV lines starting with this (after spaces) are skipped, "
                                 "before and among the rows; null reads every line")
     plots: int = Field(3, ge=0, description="held-out sequences drawn in plots/predictions.png")
+
+    @field_validator("inputs", "targets", "time", "sequence_id", mode="before")
+    @classmethod
+    def _column_numbers_are_names(cls, value: Any) -> Any:
+        # A .npy table's columns are named by their index; `inputs: [0, 1]` then reads as it looks.
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _consistent(self) -> "SequencesParams":

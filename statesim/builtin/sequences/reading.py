@@ -1,4 +1,5 @@
-"""Reading a user's recordings (CSV, ``.npz``) into named sequences, refusing bad data by file, row and column."""
+"""Reading a user's recordings (CSV, Parquet, ``.npy``, ``.npz``) into named sequences, refusing bad data by
+file, row and column."""
 from __future__ import annotations
 
 import csv
@@ -169,6 +170,30 @@ def read_parquet(path: Path, columns: Columns) -> list[Recording]:
     return _grouped(path, header, rows, columns)
 
 
+def read_npy(path: Path, columns: Columns) -> list[Recording]:
+    """A ``.npy`` table: a numeric array ``[T, C]`` (``[T]`` is one column) whose columns are named ``"0"`` ..
+    ``"C-1"``, read like a CSV of those columns (rows counted from 1; NaN is a missing value)."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
+                        f"scenario.path.")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle, which statesim never unpickles
+        raise DataError(f"{path}: the array cannot be read without unpickling ({exc}); save a numeric array "
+                        f"(np.save(path, values.astype(float))).") from None
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable .npy file ({exc}); write it with np.save.") from None
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2 or array.dtype.kind not in "biuf" or array.shape[0] == 0:
+        raise DataError(f"{path}: a .npy must hold a numeric table [T, C] (one recording, one column per "
+                        f"variable), got {array.dtype} of shape {list(array.shape)}. Save several recordings as "
+                        f"one .npy each in a folder, or as a .npz with inputs [N, T, F].")
+    header = [str(i) for i in range(array.shape[1])]
+    rows = [(t + 1, [repr(float(v)) for v in array[t]]) for t in range(array.shape[0])]
+    return _grouped(path, header, rows, columns)
+
+
 def _grouped(path: Path, header: list[str], rows: list[tuple[int, list[str]]], columns: Columns) -> list[Recording]:
     """Rows (numbered as the user counts them) grouped into recordings by the ``sequence_id`` column."""
     idx_in = [_column_index(path, header, c, "inputs") for c in columns.inputs]
@@ -329,7 +354,7 @@ def finite_check(path: Path, recordings: list[Recording]) -> None:
                                 f"{int(bad[0][1])} is {values[tuple(bad[0])]}; replace it with a finite number.")
 
 
-FOLDER_SUFFIXES = (".csv", ".parquet", ".pq", ".npz")
+FOLDER_SUFFIXES = (".csv", ".parquet", ".pq", ".npy", ".npz")
 
 
 def read_folder(path: Path, columns: Columns) -> list[Recording]:
@@ -349,7 +374,7 @@ def read_folder(path: Path, columns: Columns) -> list[Recording]:
 
 
 def read(path: Path, columns: Columns) -> list[Recording]:
-    """The recordings of a CSV, ``.npz`` or Parquet file, or of a folder of them."""
+    """The recordings of a CSV, ``.npy``, ``.npz`` or Parquet file, or of a folder of them."""
     if path.is_dir():
         return read_folder(path, columns)
     suffix = path.suffix.lower()
@@ -359,8 +384,11 @@ def read(path: Path, columns: Columns) -> list[Recording]:
         return recordings
     if suffix == ".csv":
         return read_csv(path, columns)
+    if suffix == ".npy":
+        return read_npy(path, columns)
     if suffix in (".parquet", ".pq"):
         return read_parquet(path, columns)
-    raise DataError(f"{path}: statesim's sequences scenario reads .csv, .npz and .parquet files, not '{suffix}'. "
+    raise DataError(f"{path}: statesim's sequences scenario reads .csv, .npy, .npz and .parquet files, not "
+                    f"'{suffix}'. "
                     f"Convert it "
                     f"(e.g. np.savez(path, inputs=..., targets=...)).")
