@@ -44,9 +44,8 @@ def _probe_issues(ctx: RunContext, probe: Probe, file: str) -> list[ConfigIssue]
     batch = probe.batch
     try:
         model = probe.build(ctx)
-        with torch.no_grad():
-            outputs = model(batch.inputs, lengths=batch.lengths, prefix=batch.prefix, condition=batch.condition,
-                            condition_lengths=batch.condition_lengths).outputs
+        outputs = model(batch.inputs, lengths=batch.lengths, prefix=batch.prefix, condition=batch.condition,
+                        condition_lengths=batch.condition_lengths).outputs
     except ConfigError as exc:  # the forcing clamps checked against the built model: already keyed
         return [replace(issue, file=file) for issue in exc.issues]
     except FORWARD_FAILURES as exc:
@@ -60,25 +59,24 @@ def _probe_issues(ctx: RunContext, probe: Probe, file: str) -> list[ConfigIssue]
                                                    f"{list(outputs.shape)} for inputs {list(batch.inputs.shape)}; "
                                                    f"a model must give one output per step and sequence "
                                                    f"([T, N, O]). Fix the cell or topology plugin that shapes it.")]
-    _warn_untrained(model, probe, file)
+    _warn_untrained(model, outputs, probe.key, file)
     return []
 
 
-def _warn_untrained(model: torch.nn.Module, probe: Probe, file: str) -> None:
+def _warn_untrained(model: torch.nn.Module, outputs: torch.Tensor, key: str, file: str) -> None:
     """Warn when parameters get no gradient from the outputs (an encoder nothing reads): they would never train."""
-    batch = probe.batch
+    if not outputs.requires_grad:  # a model without trainable parameters: nothing to train
+        return
     try:
-        outputs = model(batch.inputs, lengths=batch.lengths, prefix=batch.prefix, condition=batch.condition,
-                        condition_lengths=batch.condition_lengths).outputs
         outputs.float().sum().backward()
-    except FORWARD_FAILURES:  # the no-grad forward ran; a backward failure is the trainer's to report
+    except FORWARD_FAILURES:  # the forward ran; a backward failure is the trainer's to report
         return
     dead = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
     if not dead:
         return
     parts = sorted({".".join(name.split(".")[:2]) for name in dead})
     warnings.warn(UntrainedParametersWarning(
-        f"{file}: `{probe.key}`: {len(dead)} parameter tensors ({', '.join(parts)}) receive no gradient from the "
+        f"{file}: `{key}`: {len(dead)} parameter tensors ({', '.join(parts)}) receive no gradient from the "
         f"model's outputs, so training will never change them. Connect them or drop them: for example an "
         f"encoder_decoder whose decoder starts from zeros without attention never reads its encoder (use "
         f"initial_state: {{type: encoded}} or attention: additive)."), stacklevel=2)

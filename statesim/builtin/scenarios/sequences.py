@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from statesim.builtin.sequences import reading, scoring
-from statesim.builtin.sequences.reading import Columns, DataError, Recording
+from statesim.builtin.sequences.reading import Columns, DataError, Recording, is_number_text
 from statesim.builtin.sequences.shaping import SPLITS, Piece, Scaling, batch, split_names, task_piece, time_blocks, \
     windows
 from statesim.config import RunConfig
@@ -127,7 +127,7 @@ class Sequences(Scenario[SequencesParams]):
         classes: list[str] = []
         if self.params.task == "classification":
             labels = {rec.labels[0] for rec in recordings if rec.labels}
-            numeric = all(_is_number(label) for label in labels)
+            numeric = all(is_number_text(label) for label in labels)
             classes = sorted(labels, key=float if numeric else str)
             if len(classes) < 2:
                 raise DataError(f"{self.params.path}: every sequence has the label {classes[0] if classes else '?'};"
@@ -309,14 +309,6 @@ class Sequences(Scenario[SequencesParams]):
                 spans[piece.name] = [min(old[0], a), max(old[1], b)] if old else [a, b]
             record[name] = sorted(spans) if self.params.split.by == "sequence" else spans
         return record
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _clean(scores: dict[str, float]) -> dict[str, float | None]:

@@ -126,10 +126,15 @@ def read_header(path: Path, comment: str | None = "#") -> list[str]:
         return _header(path, csv.reader(_uncommented(handle, comment)))
 
 
-def _open(path: Path) -> TextIO:
+def require_file(path: Path) -> None:
+    """Refuse a data path that is not a file, naming the key to fix."""
     if not path.is_file():
         raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
                         f"scenario.path.")
+
+
+def _open(path: Path) -> TextIO:
+    require_file(path)
     return path.open(newline="", encoding="utf-8-sig")
 
 
@@ -157,9 +162,7 @@ def read_parquet(path: Path, columns: Columns) -> list[Recording]:
     except ImportError:
         raise DataError(f"{path}: reading Parquet needs pyarrow; pip install 'statesim[parquet]' (or convert the "
                         f"file to .csv or .npz).") from None
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
-                        f"scenario.path.")
+    require_file(path)
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises its own types for a damaged file
@@ -173,9 +176,7 @@ def read_parquet(path: Path, columns: Columns) -> list[Recording]:
 def read_npy(path: Path, columns: Columns) -> list[Recording]:
     """A ``.npy`` table: a numeric array ``[T, C]`` (``[T]`` is one column) whose columns are named ``"0"`` ..
     ``"C-1"``, read like a CSV of those columns (rows counted from 1; NaN is a missing value)."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
-                        f"scenario.path.")
+    require_file(path)
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:  # object arrays need pickle, which statesim never unpickles
@@ -261,7 +262,7 @@ def _complete(path: Path, name: str, rows: list[tuple[int, list[str]]], indices:
 def _times(path: Path, column: str, lines: list[int], cells: list[str], policy: str) -> np.ndarray:
     """The time column: numbers, or ISO dates (``YYYY-MM-DD``, optionally ``THH:MM:SS``) as ``datetime64``."""
     texts = [cell.strip() for cell in cells]
-    if all(_is_number_text(text) or _missing_cell(text) for text in texts):
+    if all(is_number_text(text) or _missing_cell(text) for text in texts):
         values = np.array([_number(path, line, column, text) for line, text in zip(lines, texts)])
         return fill_missing(values[:, None], policy, path, lines, [column])[:, 0]
     stamps = []
@@ -275,7 +276,8 @@ def _times(path: Path, column: str, lines: list[int], cells: list[str], policy: 
     return np.array(stamps)
 
 
-def _is_number_text(text: str) -> bool:
+def is_number_text(text: str) -> bool:
+    """Whether ``float`` reads the text."""
     try:
         float(text)
     except ValueError:
@@ -285,9 +287,7 @@ def _is_number_text(text: str) -> bool:
 
 def read_npz(path: Path, columns: Columns) -> list[Recording]:
     """The recordings of a ``.npz``: ``inputs [N, T, F]``, ``targets [N, T, O]`` or ``labels [N]``, ``lengths``."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (relative paths are taken from the working directory). Fix "
-                        f"scenario.path.")
+    require_file(path)
     try:
         with np.load(path, allow_pickle=False) as archive:  # never unpickle a user's file
             arrays = {key: archive[key] for key in archive.files}
